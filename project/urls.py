@@ -1,0 +1,10 @@
+from django.contrib import admin
+from django.urls import include, path
+
+admin.site.site_header = "Tenant moves"
+admin.site.site_title = "Tenant moves"
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("shop/", include("shop.urls")),
+]

@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class TenancyConfig(AppConfig):
+    name = "tenancy"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from django.db.models.signals import post_migrate
+
+        from tenancy import crypto, signals
+        from tenancy.servers import ensure_default_server
+
+        # Fail at startup, not at the first credential read: names the variable and how to make one.
+        crypto.keyring()
+        signals.connect()
+        post_migrate.connect(ensure_default_server, sender=self)

@@ -1,0 +1,71 @@
+"""The current tenant: a contextvar set by the middleware and by `tenant_context(...)`.
+
+Schema placement also needs the default connection's search_path, which django-tenants keeps
+on the connection object; `tenant_context` sets it and always restores the previous one
+(a connection's schema survives close(), so a worker must never leave it set).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from django.db import connections
+
+from tenancy.routing import TenantRoute, routes
+
+_current: ContextVar[TenantRoute | None] = ContextVar("current_tenant_route", default=None)
+
+
+def current_route() -> TenantRoute | None:
+    return _current.get()
+
+
+def resolve(tenant) -> TenantRoute:
+    """A fresh route for a Tenant, a TenantRoute, a tenant id or a slug."""
+    from tenancy.models import Tenant
+
+    if isinstance(tenant, TenantRoute):
+        return routes.by_id(tenant.id)
+    if isinstance(tenant, Tenant):
+        return routes.by_id(tenant.pk)
+    if isinstance(tenant, int):
+        return routes.by_id(tenant)
+    return routes.by_id(Tenant.objects.values_list("pk", flat=True).get(slug=tenant))
+
+
+@contextmanager
+def tenant_context(tenant):
+    """Run the block as `tenant`: ORM access to tenant-scoped models goes where it lives."""
+    route = resolve(tenant)
+    conn = connections["default"]
+    previous_tenant = getattr(conn, "tenant", None)
+    previous_schema = getattr(conn, "schema_name", "public")
+    if route.placement == "schema":
+        conn.set_schema(route.schema_name)
+    else:
+        conn.set_schema_to_public()
+    token = _current.set(route)
+    try:
+        yield route
+    finally:
+        _current.reset(token)
+        if previous_schema == "public" or previous_tenant is None:
+            conn.set_schema_to_public()
+        else:
+            conn.set_tenant(previous_tenant)
+
+
+@contextmanager
+def no_tenant():
+    """Run the block as staff/system code: no tenant filter, public schema."""
+    conn = connections["default"]
+    previous_tenant = getattr(conn, "tenant", None)
+    previous_schema = getattr(conn, "schema_name", "public")
+    token = _current.set(None)
+    conn.set_schema_to_public()
+    try:
+        yield
+    finally:
+        _current.reset(token)
+        if previous_schema != "public" and previous_tenant is not None:
+            conn.set_tenant(previous_tenant)

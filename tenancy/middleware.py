@@ -1,0 +1,47 @@
+"""Picks the tenant from the request's host (as django-tenants does) and enforces its status.
+
+Hosts that are no tenant's domain (the admin at 127.0.0.1, say) run with no tenant, on the
+public schema. After the first request for a host, resolving it costs no query.
+"""
+from django.conf import settings
+from django.http import JsonResponse
+
+from tenancy.context import no_tenant, tenant_context
+from tenancy.routing import routes
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refusal(route, method: str):
+    """The response that a request to this tenant gets instead of being served, or None."""
+    retry = str(settings.TENANT_RETRY_AFTER)
+    if route.status == "suspended":
+        response = JsonResponse({"error": f"tenant {route.slug} is suspended", "tenant": route.slug}, status=503)
+        response["Retry-After"] = retry
+        return response
+    if route.status == "migrating" and method not in SAFE_METHODS:
+        response = JsonResponse({"error": f"tenant {route.slug} is being moved; writes resume shortly",
+                                 "tenant": route.slug}, status=503)
+        response["Retry-After"] = retry
+        return response
+    if route.status == "read_only" and method not in SAFE_METHODS:
+        return JsonResponse({"error": f"tenant {route.slug} is read-only", "tenant": route.slug}, status=409)
+    return None
+
+
+class TenantMiddleware:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        host = request.get_host().rsplit(":", 1)[0].lower()
+        route = routes.by_host(host)
+        request.tenant_route = route
+        if route is None:
+            with no_tenant():
+                return self.get_response(request)
+        refused = refusal(route, request.method)
+        if refused is not None:
+            return refused
+        with tenant_context(route):
+            return self.get_response(request)

@@ -1,0 +1,126 @@
+"""Tenants, their domains, the PostgreSQL servers that can host them, and their credentials."""
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django_tenants.models import DomainMixin, TenantMixin
+
+from tenancy import crypto
+
+slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
+                                "lower-case letters, digits and _, starting with a letter, at most 40")
+
+
+class Placement(models.TextChoices):
+    SHARED = "shared", "Shared database"
+    SCHEMA = "schema", "Dedicated schema"
+    DATABASE = "database", "Dedicated database"
+
+
+class Status(models.TextChoices):
+    ACTIVE = "active", "Active"
+    SUSPENDED = "suspended", "Suspended"
+    READ_ONLY = "read_only", "Read-only"
+    MIGRATING = "migrating", "Migrating"
+
+
+class Tenant(TenantMixin):
+    # Pooled tenants have no schema: schemas are created by a migration run, never on save.
+    auto_create_schema = False
+    auto_drop_schema = False
+
+    slug = models.SlugField(max_length=40, unique=True, validators=[slug_validator])
+    name = models.CharField(max_length=200)
+    placement = models.CharField(max_length=10, choices=Placement.choices, default=Placement.SHARED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
+    settings = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self):
+        return self.slug
+
+    def save(self, *args, **kwargs):
+        # schema_name is required and unique in django-tenants; it names the schema the
+        # tenant *would* get. It is only used as search_path in schema placement.
+        if not self.schema_name:
+            self.schema_name = f"{settings.TENANT_SCHEMA_PREFIX}{self.slug}"
+        super().save(*args, **kwargs)
+
+    @property
+    def accepts_writes(self) -> bool:
+        return self.status == Status.ACTIVE
+
+    @property
+    def database_name(self) -> str:
+        return f"{settings.TENANT_DATABASE_PREFIX}{self.slug}"
+
+
+class Domain(DomainMixin):
+    pass
+
+
+class DatabaseServer(models.Model):
+    """A PostgreSQL server that can host dedicated tenant databases."""
+
+    name = models.SlugField(max_length=60, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=5432)
+    admin_user = models.CharField(max_length=63)
+    admin_password_encrypted = models.TextField(blank=True, default="", editable=False)
+    maintenance_db = models.CharField(max_length=63, default="postgres")
+    is_default = models.BooleanField(default=False, help_text="The server of the shared database.")
+    notes = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True),
+                                               name="one_default_server")]
+
+    def __str__(self):
+        return f"{self.name} ({self.host}:{self.port})"
+
+    def set_admin_password(self, password: str) -> None:
+        self.admin_password_encrypted = crypto.encrypt(password, context=crypto.SERVER_CONTEXT) if password else ""
+
+    def admin_password(self) -> str:
+        return crypto.decrypt(self.admin_password_encrypted, context=crypto.SERVER_CONTEXT) \
+            if self.admin_password_encrypted else ""
+
+    def conninfo(self, dbname: str | None = None) -> dict:
+        """psycopg connection keywords as the admin user. Never log the result."""
+        info = {"host": self.host, "port": self.port, "user": self.admin_user,
+                "dbname": dbname or self.maintenance_db, "connect_timeout": 10}
+        password = self.admin_password()
+        if password:
+            info["password"] = password
+        return info
+
+
+class DatabaseCredential(models.Model):
+    """Where a tenant's dedicated database lives and the login role that reaches it."""
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="credential")
+    server = models.ForeignKey(DatabaseServer, on_delete=models.PROTECT, related_name="credentials")
+    database = models.CharField(max_length=63)
+    role = models.CharField(max_length=63)
+    password_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.role}@{self.server.name}/{self.database}"
+
+    def set_password(self, password: str) -> None:
+        self.password_encrypted = crypto.encrypt(password, context=crypto.CREDENTIAL_CONTEXT)
+
+    def password(self) -> str:
+        return crypto.decrypt(self.password_encrypted, context=crypto.CREDENTIAL_CONTEXT)
+
+    def conninfo(self) -> dict:
+        """psycopg connection keywords as the tenant role. Never log the result."""
+        return {"host": self.server.host, "port": self.server.port, "user": self.role,
+                "password": self.password(), "dbname": self.database, "connect_timeout": 10}

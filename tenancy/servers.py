@@ -1,0 +1,26 @@
+"""The `default` DatabaseServer: the server of the shared database, kept in step with settings."""
+from django.conf import settings
+
+
+def default_server_values() -> dict:
+    db = settings.DATABASES["default"]
+    return {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
+            "admin_user": db.get("USER") or "postgres", "maintenance_db": db.get("NAME")}
+
+
+def ensure_default_server(using="default", **kwargs):
+    """Create or refresh the `default` server row from the default database settings."""
+    from tenancy.models import DatabaseServer
+
+    if using != "default":
+        return None
+    values = default_server_values()
+    server = DatabaseServer.objects.filter(is_default=True).first() or DatabaseServer(name="default", is_default=True)
+    password = settings.DATABASES["default"].get("PASSWORD") or ""
+    changed = any(getattr(server, k) != v for k, v in values.items()) or server.admin_password() != password
+    if changed or server.pk is None:
+        for key, value in values.items():
+            setattr(server, key, value)
+        server.set_admin_password(password)
+        server.save()
+    return server
