@@ -61,8 +61,10 @@ TENANT_BASE_DOMAIN = env("TENANT_BASE_DOMAIN", default="localhost")
 TENANT_RETRY_AFTER = env.int("TENANT_RETRY_AFTER", default=30)
 
 SHARED_APPS = [
-    "django_tenants",
+    # tenancy first: its `migrate` command (django-tenants' own, limited to tenants that
+    # really have a schema, plus dedicated databases) must win over django-tenants'.
     "tenancy",
+    "django_tenants",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

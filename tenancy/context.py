@@ -33,6 +33,18 @@ def resolve(tenant) -> TenantRoute:
     return routes.by_id(Tenant.objects.values_list("pk", flat=True).get(slug=tenant))
 
 
+def _use_schema(conn, schema: str, tenant=None) -> None:
+    # django-tenants re-issues SET search_path after every set_*; skip when nothing changes.
+    if getattr(conn, "schema_name", None) == schema:
+        return
+    if tenant is not None:
+        conn.set_tenant(tenant)
+    elif schema == "public":
+        conn.set_schema_to_public()
+    else:
+        conn.set_schema(schema)
+
+
 @contextmanager
 def tenant_context(tenant):
     """Run the block as `tenant`: ORM access to tenant-scoped models goes where it lives."""
@@ -40,19 +52,13 @@ def tenant_context(tenant):
     conn = connections["default"]
     previous_tenant = getattr(conn, "tenant", None)
     previous_schema = getattr(conn, "schema_name", "public")
-    if route.placement == "schema":
-        conn.set_schema(route.schema_name)
-    else:
-        conn.set_schema_to_public()
+    _use_schema(conn, route.schema_name if route.placement == "schema" else "public")
     token = _current.set(route)
     try:
         yield route
     finally:
         _current.reset(token)
-        if previous_schema == "public" or previous_tenant is None:
-            conn.set_schema_to_public()
-        else:
-            conn.set_tenant(previous_tenant)
+        _use_schema(conn, previous_schema or "public", None if previous_schema == "public" else previous_tenant)
 
 
 @contextmanager
@@ -62,10 +68,9 @@ def no_tenant():
     previous_tenant = getattr(conn, "tenant", None)
     previous_schema = getattr(conn, "schema_name", "public")
     token = _current.set(None)
-    conn.set_schema_to_public()
+    _use_schema(conn, "public")
     try:
         yield
     finally:
         _current.reset(token)
-        if previous_schema != "public" and previous_tenant is not None:
-            conn.set_tenant(previous_tenant)
+        _use_schema(conn, previous_schema or "public", None if previous_schema == "public" else previous_tenant)

@@ -92,9 +92,19 @@ class DatabaseServer(models.Model):
 
     def conninfo(self, dbname: str | None = None) -> dict:
         """psycopg connection keywords as the admin user. Never log the result."""
-        info = {"host": self.host, "port": self.port, "user": self.admin_user,
-                "dbname": dbname or self.maintenance_db, "connect_timeout": 10}
-        password = self.admin_password()
+        if self.is_default:
+            # The shared database's server: always as the settings say now (the embedded
+            # cluster's port can change between starts; tests use another database name).
+            from tenancy.servers import default_server_values
+
+            live = default_server_values()
+            info = {"host": live["host"], "port": live["port"], "user": live["admin_user"],
+                    "dbname": dbname or live["maintenance_db"], "connect_timeout": 10}
+            password = settings.DATABASES["default"].get("PASSWORD") or ""
+        else:
+            info = {"host": self.host, "port": self.port, "user": self.admin_user,
+                    "dbname": dbname or self.maintenance_db, "connect_timeout": 10}
+            password = self.admin_password()
         if password:
             info["password"] = password
         return info

@@ -113,10 +113,9 @@ class RouteListener(threading.Thread):
                 self.conn.execute(f"LISTEN {CHANNEL}")
                 self.cache.clear()  # anything cached before we listened may be stale
                 self.connected.set()
-                for notify in self.conn.notifies():
-                    self.cache.clear(int(notify.payload) if notify.payload.isdigit() else None)
-                    if self.stopping.is_set():
-                        break
+                while not self.stopping.is_set():
+                    for notify in self.conn.notifies(timeout=1.0):
+                        self.cache.clear(int(notify.payload) if notify.payload.isdigit() else None)
             except Exception as exc:  # noqa: BLE001 - any failure: distrust the cache, retry
                 if not self.stopping.is_set():
                     log.warning("tenant route listener disconnected (%s); routing queries until it is back",
@@ -128,13 +127,9 @@ class RouteListener(threading.Thread):
                     self.conn.close()
             self.stopping.wait(1.0)
 
-    def stop(self):
+    def stop(self, timeout: float = 5.0):
         self.stopping.set()
-        if self.conn is not None:
-            try:
-                self.conn.cancel_safe()
-            except Exception:  # noqa: BLE001
-                pass
+        self.join(timeout)
 
 
 routes = RouteCache()

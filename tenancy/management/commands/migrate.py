@@ -1,0 +1,46 @@
+"""`migrate`: django-tenants' migrate_schemas, fitted to tenants that move.
+
+django-tenants migrates the schema of every tenant row; pooled tenants (shared placement)
+have a schema *name* but no schema, and moving tenants may have one half-made. So: public
+first, then only tenants in schema placement, then each dedicated database (Django's own
+migrate on that database, tenant apps only), so a model change reaches every placement.
+"""
+from django_tenants.management.commands.migrate_schemas import MigrateSchemasCommand
+
+
+class Command(MigrateSchemasCommand):
+    help = ("Apply migrations to the shared schema, every dedicated tenant schema and every "
+            "dedicated tenant database.")
+
+    def handle(self, *args, **options):
+        from django_tenants.migration_executors import get_executor
+        from django_tenants.utils import get_public_schema_name
+
+        from tenancy.models import Placement, Tenant
+
+        # Parse the options as django-tenants does, but choose the tenants ourselves.
+        super(MigrateSchemasCommand, self).handle(*args, **options)
+        executor = get_executor(codename=self.executor)(self.args, self.options)
+        if self.sync_public and (not self.schema_name or self.schema_name == get_public_schema_name()):
+            executor.run_migrations(tenants=[get_public_schema_name()])
+        if not self.sync_tenant:
+            return
+        schema_tenants = Tenant.objects.filter(placement=Placement.SCHEMA)
+        database_tenants = Tenant.objects.filter(placement=Placement.DATABASE).select_related("credential__server")
+        if self.schema_name and self.schema_name != get_public_schema_name():
+            schema_tenants = schema_tenants.filter(schema_name=self.schema_name)
+            database_tenants = database_tenants.none()
+        schemas = list(schema_tenants.values_list("schema_name", flat=True))
+        if schemas:
+            executor.run_migrations(tenants=schemas)
+        self._migrate_databases(database_tenants, options)
+
+    def _migrate_databases(self, tenants, options):
+        from migration_jobs.engine.provision import grant_existing, migrate_database
+
+        for tenant in tenants:
+            credential = tenant.credential
+            if int(options.get("verbosity", 1)) >= 1:
+                self.stdout.write(f"[database:{credential.database}] migrating tenant {tenant.slug}")
+            migrate_database(credential.server, credential.database, verbosity=int(options.get("verbosity", 1)) - 1)
+            grant_existing(credential.server, credential.database, credential.role)

@@ -1,0 +1,134 @@
+"""Shared fixtures. Every test talks to a real PostgreSQL server: the embedded cluster, or
+the server of DATABASE_URL."""
+import os
+
+import psycopg
+import pytest
+from django.conf import settings
+from psycopg import sql
+
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+@pytest.fixture(autouse=True)
+def _allow_dedicated_aliases(request):
+    """Django's test case refuses connections to aliases it was not told about; dedicated
+    tenant databases get theirs at run time, so let those through (the real connection)."""
+    if not request.node.get_closest_marker("django_db"):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")
+    real = request.getfixturevalue("django_db_blocker")._real_ensure_connection
+    guarded = BaseDatabaseWrapper.ensure_connection
+
+    def ensure_connection(self, *args, **kwargs):
+        if self.alias.startswith("tenant_"):
+            return real(self, *args, **kwargs)
+        return guarded(self, *args, **kwargs)
+
+    BaseDatabaseWrapper.ensure_connection = ensure_connection
+    yield
+    BaseDatabaseWrapper.ensure_connection = guarded
+
+
+def _server_conninfo(dbname="postgres"):
+    db = settings.DATABASES["default"]
+    info = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "dbname": dbname}
+    if db.get("PASSWORD"):
+        info["password"] = db["PASSWORD"]
+    return info
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_databases_and_roles(conn, predicate):
+    for (name,) in conn.execute("SELECT datname FROM pg_database WHERE datname ~ '^test'").fetchall():
+        if predicate(name):
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    for (name,) in conn.execute("SELECT rolname FROM pg_roles WHERE rolname ~ '^test[0-9]+_'").fetchall():
+        if predicate(name):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def _owner_pid(name: str):
+    """The pytest process a test database or role belongs to (see project/test_settings.py)."""
+    import re
+
+    match = re.match(r"^test_repairshop_(\d+)$", name) or re.match(r"^test(\d+)_", name)
+    return int(match.group(1)) if match else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_server():
+    """Drop what dead test runs left behind, and, at the end, what this run made."""
+    with psycopg.connect(**_server_conninfo(), autocommit=True) as conn:
+        _drop_databases_and_roles(conn, lambda n: _owner_pid(n) is not None and not _pid_alive(_owner_pid(n)))
+    yield
+    with psycopg.connect(**_server_conninfo(), autocommit=True) as conn:
+        mine = settings.TENANT_DATABASE_PREFIX
+        _drop_databases_and_roles(conn, lambda n: n.startswith(mine))
+
+
+@pytest.fixture
+def make_tenant(db):
+    from tenancy.models import Domain, Tenant
+
+    def make(slug, placement="shared", status="active", name=None):
+        tenant = Tenant(slug=slug, name=name or slug.replace("_", " ").title(), placement=placement, status=status)
+        tenant.save()
+        Domain.objects.create(domain=f"{slug}.{settings.TENANT_BASE_DOMAIN}", tenant=tenant, is_primary=True)
+        return tenant
+
+    return make
+
+
+@pytest.fixture
+def server_conninfo():
+    return _server_conninfo
+
+
+@pytest.fixture
+def place_tenant(db):
+    """Give a tenant an empty dedicated schema or database (no rows moved) and route it there."""
+    from migration_jobs.engine import provision
+    from tenancy.models import DatabaseCredential
+    from tenancy.servers import ensure_default_server
+
+    made = []
+
+    def place(tenant, placement, server=None):
+        if placement == "schema":
+            provision.ensure_schema(tenant.schema_name)
+            made.append(("schema", tenant.schema_name))
+        elif placement == "database":
+            server = server or ensure_default_server()
+            database = tenant.database_name
+            role = provision.role_name(database)
+            password = provision.new_password()
+            made.append(("database", server, database, role))
+            provision.provision_database(server, database, role, password)
+            credential = DatabaseCredential(tenant=tenant, server=server, database=database, role=role)
+            credential.set_password(password)
+            credential.save()
+        tenant.placement = placement
+        tenant.save()
+        return tenant
+
+    yield place
+    from django.db import connection
+
+    connection.set_schema_to_public()
+    for item in made:
+        if item[0] == "schema":
+            provision.drop_schema(item[1])
+        else:
+            provision.drop_database(*item[1:])
