@@ -48,17 +48,19 @@ def validate_key(value: str, name: str = KEY_SETTING) -> bytes:
         raise ImproperlyConfigured(f"{name} is not set; it must be 64 hex characters (32 bytes). {HOW_TO_MAKE_ONE}")
     if not _HEX64.match(value.strip()):
         raise ImproperlyConfigured(
-            f"{name} is malformed: it must be exactly 64 hex characters (32 bytes), "
+            f"{name} is malformed: it must be exactly 64 hex characters (0-9, a-f; 32 bytes), "
             f"got {len(value.strip())} characters. {HOW_TO_MAKE_ONE}")
     return bytes.fromhex(value.strip())
 
 
 @lru_cache(maxsize=8)
 def _keyring(current: str, old: tuple[str, ...]) -> tuple[tuple[str, AESGCM], dict[str, AESGCM]]:
-    primary = (key_id(current), AESGCM(validate_key(current)))
+    current_raw = validate_key(current)  # before key_id(): fromhex would fail first, naming nothing
+    primary = (key_id(current), AESGCM(current_raw))
     by_id = {primary[0]: primary[1]}
     for index, value in enumerate(old):
-        by_id.setdefault(key_id(value.strip()), AESGCM(validate_key(value, f"{OLD_KEYS_SETTING}[{index}]")))
+        raw = validate_key(value, f"{OLD_KEYS_SETTING}[{index}]")
+        by_id.setdefault(key_id(value.strip()), AESGCM(raw))
     return primary, by_id
 
 

@@ -9,10 +9,10 @@ invalidated
   exactly when that change commits. While the listener is not connected the cache is not
   trusted and every lookup queries.
 
-Dedicated databases get a connection alias `tenant_<tenant id>_c<credential id>`, registered
-at run time from the decrypted credential. A new credential means a new alias, so a
-connection that another thread still holds can never point at the old database under the
-new name.
+Dedicated databases get a connection alias `tenant_<tenant id>_c<credential id>_<hash>`,
+registered at run time from the decrypted credential; the hash covers server, database,
+role and password, so any change gives a new alias and a connection another thread still
+holds can never point at the old place under the new name.
 """
 from __future__ import annotations
 
@@ -142,9 +142,18 @@ def _load_route(tenant_id: int) -> TenantRoute:
     alias = None
     if tenant.placement == Placement.DATABASE:
         credential = tenant.credential
-        alias = f"{DEDICATED_ALIAS_PREFIX}{tenant.pk}_c{credential.pk}"
+        alias = dedicated_alias(tenant.pk, credential)
         _register_alias(alias, credential)
     return TenantRoute(tenant.pk, tenant.slug, tenant.schema_name, tenant.placement, tenant.status, alias)
+
+
+def dedicated_alias(tenant_id: int, credential) -> str:
+    """A name that changes whenever where or how the tenant connects changes."""
+    import hashlib
+
+    where = f"{credential.server.host}:{credential.server.port}/{credential.database}/{credential.role}/" \
+            f"{credential.password_encrypted}"
+    return f"{DEDICATED_ALIAS_PREFIX}{tenant_id}_c{credential.pk}_{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
 def dedicated_settings(credential) -> dict:
