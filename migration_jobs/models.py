@@ -1,0 +1,118 @@
+"""Run history: one MigrationRun per move, one MigrationStep per step. Thin on purpose; the
+engine lives in migration_jobs/engine and migration_jobs/runner.py."""
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+class RunKind(models.TextChoices):
+    MOVE = "move", "Move to dedicated"
+    MOVE_BACK = "move_back", "Move back to shared"
+    VERIFY = "verify", "Verify"
+
+
+class MigrationRun(models.Model):
+    tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.PROTECT, related_name="migration_runs")
+    kind = models.CharField(max_length=10, choices=RunKind.choices, default=RunKind.MOVE)
+    source_placement = models.CharField(max_length=10)
+    target_placement = models.CharField(max_length=10)
+    target_server = models.ForeignKey("tenancy.DatabaseServer", on_delete=models.PROTECT, null=True, blank=True,
+                                      related_name="+")
+    target_database = models.CharField(max_length=63, blank=True, default="")
+    target_schema = models.CharField(max_length=63, blank=True, default="")
+    online = models.BooleanField(default=False)
+    dry_run = models.BooleanField(default=False)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                     related_name="+")
+    requested_via = models.CharField(max_length=20, default="command")
+    status = models.CharField(max_length=12, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    current_step = models.CharField(max_length=40, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=100, blank=True, default="")
+    rows_total = models.BigIntegerField(default=0, help_text="Estimated rows to copy (from preflight).")
+    rows_copied = models.BigIntegerField(default=0)
+    bytes_copied = models.BigIntegerField(default=0)
+    rows_per_second = models.FloatField(null=True, blank=True)
+    freeze_seconds = models.FloatField(null=True, blank=True, help_text="Time the tenant refused writes.")
+    previous_status = models.CharField(max_length=10, blank=True, default="",
+                                       help_text="Tenant status before the run, restored at the end or on rollback.")
+    error = models.TextField(blank=True, default="")
+    report = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # The database, not only the code, refuses a second active run for a tenant.
+            models.UniqueConstraint(fields=["tenant"], condition=models.Q(status__in=["queued", "running"]),
+                                    name="one_active_run_per_tenant"),
+        ]
+
+    def __str__(self):
+        return f"run {self.pk}: {self.tenant} {self.source_placement}->{self.target_placement} ({self.status})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
+    def progress_percent(self) -> float | None:
+        if not self.rows_total:
+            return None
+        return min(100.0, 100.0 * self.rows_copied / self.rows_total)
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    SKIPPED = "skipped"
+
+
+class MigrationStep(models.Model):
+    run = models.ForeignKey(MigrationRun, on_delete=models.CASCADE, related_name="steps")
+    name = models.CharField(max_length=40)
+    order = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=12, choices=StepStatus.choices, default=StepStatus.PENDING)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    rows = models.BigIntegerField(default=0)
+    bytes = models.BigIntegerField(default=0)
+    message = models.TextField(blank=True, default="")
+    details = models.JSONField(default=dict, blank=True,
+                               help_text="What the step needs to resume or roll back (never a secret).")
+
+    class Meta:
+        ordering = ["run", "order"]
+        constraints = [models.UniqueConstraint(fields=["run", "name"], name="one_step_per_name")]
+
+    def __str__(self):
+        return f"{self.order}. {self.name} ({self.status})"
+
+    @property
+    def duration(self):
+        if not self.started_at:
+            return None
+        return (self.finished_at or timezone.now()) - self.started_at

@@ -154,3 +154,9 @@ LOGGING = {
 
 # Clear cached tenant routes in every process when another commits a change (LISTEN/NOTIFY).
 TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
+
+# --- Moves --------------------------------------------------------------------------------
+# Parallel table copies (each uses a source and a target connection).
+MIGRATION_COPY_WORKERS = env.int("MIGRATION_COPY_WORKERS", default=2)
+# How long a freeze waits for transactions begun before it to finish before giving up.
+MIGRATION_DRAIN_TIMEOUT = env.float("MIGRATION_DRAIN_TIMEOUT", default=30.0)

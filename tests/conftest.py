@@ -132,3 +132,19 @@ def place_tenant(db):
             provision.drop_schema(item[1])
         else:
             provision.drop_database(*item[1:])
+
+
+@pytest.fixture(scope="session")
+def second_cluster():
+    """A second PostgreSQL server (another embedded cluster) for moves across servers."""
+    from project.embedded_pg import ensure_running
+
+    return ensure_running(settings.BASE_DIR / ".pgdata-second")
+
+
+@pytest.fixture
+def second_server(db, second_cluster):
+    from tenancy.models import DatabaseServer
+
+    return DatabaseServer.objects.create(name="second", host=second_cluster.host, port=second_cluster.port,
+                                         admin_user=second_cluster.user, maintenance_db="postgres")

@@ -1,0 +1,295 @@
+"""Bulk copy of one tenant's rows from a place to another with binary COPY.
+
+- `copy_table` streams one table: `COPY (SELECT <cols> FROM src WHERE tenant_id = ...) TO
+  STDOUT (FORMAT binary)` piped block by block into `COPY dst (<cols>) FROM STDIN (FORMAT
+  binary)`. Nothing is ever held in memory but one block (BLOCK_SIZE bytes).
+- `copy_tenant` copies every table from ONE consistent snapshot of the source (exported by
+  a coordinator transaction, imported by every worker), tables in parallel when the target
+  has no foreign keys between them (see deferral.py), one target transaction per table
+  (a crash keeps the finished tables; `skip` resumes).
+
+Functions take places and psycopg 3 connections; they never touch the ORM. Identifiers are
+composed with psycopg.sql, values are parameters.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import psycopg
+from psycopg import sql
+
+from .places import Place
+from .tables import TableSpec
+
+log = logging.getLogger(__name__)
+
+# Rows read from the source are gathered into blocks of this size before being written to
+# the target: one write per block instead of one per row.
+BLOCK_SIZE = 1024 * 1024
+# on_bytes / on_progress are called about this often.
+PROGRESS_EVERY = 8 * 1024 * 1024
+
+
+class CopyCancelled(Exception):
+    """Another worker failed: this one stops (never surfaces to the caller of copy_tenant)."""
+
+
+@dataclass(frozen=True)
+class TableCopy:
+    rows: int
+    bytes: int
+    seconds: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _columns(table: TableSpec) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
+
+
+def copy_out_statement(source: Place, table: TableSpec) -> sql.Composed:
+    return sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {tenant} = %s) TO STDOUT (FORMAT binary)").format(
+        cols=_columns(table), tbl=source.table(table.name), tenant=sql.Identifier("tenant_id"))
+
+
+def copy_in_statement(target: Place, table: TableSpec, *, freeze: bool = False) -> sql.Composed:
+    options = sql.SQL("FORMAT binary, FREEZE") if freeze else sql.SQL("FORMAT binary")
+    return sql.SQL("COPY {tbl} ({cols}) FROM STDIN ({options})").format(
+        tbl=target.table(table.name), cols=_columns(table), options=options)
+
+
+def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, source: Place, target: Place,
+               table: TableSpec, tenant_id: int, on_bytes: Callable[[int], None] | None = None, *,
+               freeze: bool = False, cancel: threading.Event | None = None,
+               block_size: int = BLOCK_SIZE) -> TableCopy:
+    """Copy the tenant's rows of one table from `source` to `target`.
+
+    Runs in whatever transactions the two connections are in (nothing is committed here).
+    `on_bytes(n)` is called with the number of bytes copied since its previous call, about
+    every PROGRESS_EVERY bytes and once at the end. `freeze=True` writes the rows frozen
+    (COPY FREEZE), allowed only when the table was truncated in the current target
+    transaction. `cancel`: an event checked between blocks; when set, the copy is aborted
+    (both COPY operations are terminated) with CopyCancelled.
+    """
+    started = time.monotonic()
+    total = unreported = 0
+    with src_conn.cursor() as src_cur, dst_conn.cursor() as dst_cur:
+        with src_cur.copy(copy_out_statement(source, table), (tenant_id,)) as copy_out, \
+                dst_cur.copy(copy_in_statement(target, table, freeze=freeze)) as copy_in:
+            block = bytearray()
+            for data in copy_out:        # one CopyData message (one row) at a time
+                block += data
+                if len(block) >= block_size:
+                    if cancel is not None and cancel.is_set():
+                        raise CopyCancelled(table.name)
+                    copy_in.write(memoryview(block))
+                    total += len(block)
+                    unreported += len(block)
+                    block = bytearray()
+                    if on_bytes is not None and unreported >= PROGRESS_EVERY:
+                        on_bytes(unreported)
+                        unreported = 0
+            if block:
+                copy_in.write(memoryview(block))
+                total += len(block)
+                unreported += len(block)
+        rows = _copied_rows(dst_cur)
+    if on_bytes is not None and unreported:
+        on_bytes(unreported)
+    return TableCopy(rows=rows, bytes=total, seconds=round(time.monotonic() - started, 6))
+
+
+def _copied_rows(cur: psycopg.Cursor) -> int:
+    """Rows written by the COPY FROM just finished, from its command status ("COPY n")."""
+    status = cur.statusmessage or ""
+    if status.startswith("COPY "):
+        return int(status.split()[1])
+    if cur.rowcount is not None and cur.rowcount >= 0:
+        return cur.rowcount
+    raise RuntimeError(f"no row count in the COPY command status {status!r}")
+
+
+# --- Whole tenant ------------------------------------------------------------------------
+
+def _target_foreign_keys(conn: psycopg.Connection, place: Place, names: Iterable[str]) -> list[tuple[str, str]]:
+    """(child, parent) table names of every foreign key of the place's tables `names`."""
+    rows = conn.execute(
+        """SELECT child.relname, parent.relname
+             FROM pg_constraint co
+             JOIN pg_class child ON child.oid = co.conrelid
+             JOIN pg_namespace n ON n.oid = child.relnamespace
+             JOIN pg_class parent ON parent.oid = co.confrelid
+            WHERE co.contype = 'f' AND n.nspname = %s
+              AND (child.relname = ANY(%s) OR parent.relname = ANY(%s))""",
+        (place.schema, list(names), list(names))).fetchall()
+    return [(child, parent) for child, parent in rows]
+
+
+def _source_sizes(conn: psycopg.Connection, place: Place, names: list[str]) -> dict[str, int]:
+    rows = conn.execute(
+        """SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = ANY(%s)""", (place.schema, names)).fetchall()
+    return dict(rows)
+
+
+def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], *,
+                skip: Iterable[str] = frozenset(), workers: int = 2,
+                on_table_done: Callable[[str, TableCopy], None] | None = None,
+                on_progress: Callable[[dict], None] | None = None,
+                block_size: int = BLOCK_SIZE, synchronous_commit: bool = True) -> dict[str, TableCopy]:
+    """Copy the tenant's rows of every table in `tables` (FK order) but those in `skip`.
+
+    All reads come from one snapshot of the source. Each table is emptied in the target
+    (plain TRUNCATE, or DELETE when another table's foreign key still references it) and
+    filled in its own target transaction, committed when the table is done; then
+    `on_table_done(name, TableCopy)` is called (from the worker thread). When the target
+    still has foreign keys between the tables, tables are copied one by one in FK order
+    (drop them first with deferral.drop_secondary to copy in parallel). `on_progress(info)`
+    gets {"table", "bytes" (since the previous call), "table_bytes", "total_bytes"} from the
+    worker threads. The first error stops every worker (their COPY is aborted, their target
+    transaction rolled back) and is raised here once all threads are finished and every
+    connection is closed.
+    """
+    skip = frozenset(skip)
+    todo = [t for t in tables if t.name not in skip]
+    if not todo:
+        return {}
+    results: dict[str, TableCopy] = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    live: set[psycopg.Connection] = set()
+    totals = {"bytes": 0}
+
+    coordinator = source.connect(autocommit=True, application_name="tenant-move copy")
+    try:
+        coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
+
+        with target.connect(autocommit=True) as probe:
+            fks = _target_foreign_keys(probe, target, [t.name for t in tables])
+        referenced = {parent for child, parent in fks if child != parent}
+        if fks:
+            workers = 1  # FKs in place: children must find their parents committed
+        else:
+            sizes = _source_sizes(coordinator, source, [t.name for t in todo])
+            todo.sort(key=lambda t: -sizes.get(t.name, 0))  # biggest first: balanced workers
+        workers = max(1, min(workers, len(todo)))
+        pending: queue.SimpleQueue[TableSpec] = queue.SimpleQueue()
+        for spec in todo:
+            pending.put(spec)
+
+        def progress(name):
+            state = {"table_bytes": 0}
+
+            def on_bytes(n):
+                state["table_bytes"] += n
+                with lock:
+                    totals["bytes"] += n
+                    total = totals["bytes"]
+                if on_progress is not None:
+                    on_progress({"table": name, "bytes": n, "table_bytes": state["table_bytes"],
+                                 "total_bytes": total})
+            return on_bytes
+
+        def worker(number: int):
+            src = dst = None
+            try:
+                src = source.connect(autocommit=True, application_name=f"tenant-move copy {number}")
+                with lock:
+                    live.add(src)
+                src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+                dst = target.connect(autocommit=False, application_name=f"tenant-move copy {number}")
+                with lock:
+                    live.add(dst)
+                if not synchronous_commit:
+                    dst.execute("SET synchronous_commit = off")
+                    dst.commit()
+                while not stop.is_set():
+                    try:
+                        spec = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    try:
+                        if spec.name in referenced:
+                            # TRUNCATE refuses a table another table's FK references.
+                            dst.execute(sql.SQL("DELETE FROM {}").format(target.table(spec.name)))
+                            freeze = False
+                        else:
+                            dst.execute(sql.SQL("TRUNCATE {}").format(target.table(spec.name)))
+                            freeze = True
+                        result = copy_table(src, dst, source, target, spec, tenant_id, progress(spec.name),
+                                            freeze=freeze, cancel=stop, block_size=block_size)
+                        dst.commit()
+                    except BaseException:
+                        _rollback_quietly(dst)
+                        raise
+                    with lock:
+                        results[spec.name] = result
+                    log.info("copied %s: %s rows, %s bytes in %.2fs", spec.name, result.rows, result.bytes,
+                             result.seconds)
+                    if on_table_done is not None:
+                        on_table_done(spec.name, result)
+            except BaseException:
+                stop.set()
+                raise
+            finally:
+                for conn in (dst, src):
+                    if conn is not None:
+                        with lock:
+                            live.discard(conn)
+                        conn.close()
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant-copy") as pool:
+            futures = [pool.submit(worker, i + 1) for i in range(workers)]
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                failed = any(f.exception() is not None for f in done)
+            except BaseException:      # KeyboardInterrupt in the caller
+                failed = True
+                stop.set()
+                _cancel_all(live, lock)
+                wait(futures)
+                raise
+            if failed:
+                stop.set()
+                _cancel_all(live, lock)  # a worker blocked in the server (a lock wait) stops too
+                wait(futures)
+        errors = [f.exception() for f in futures if f.exception() is not None]
+        real = [e for e in errors if not isinstance(e, (CopyCancelled, psycopg.errors.QueryCanceled))]
+        if real or errors:
+            raise (real or errors)[0]
+        return results
+    finally:
+        _rollback_quietly(coordinator)
+        coordinator.close()
+
+
+def _cancel_all(live: set, lock: threading.Lock) -> None:
+    with lock:
+        conns = list(live)
+    for conn in conns:
+        try:
+            conn.cancel_safe(timeout=5)
+        except Exception:  # noqa: BLE001 - best effort: the worker's own error wins
+            pass
+
+
+def _rollback_quietly(conn: psycopg.Connection) -> None:
+    try:
+        if not conn.closed:
+            if conn.autocommit:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.execute("ROLLBACK")
+            else:
+                conn.rollback()
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,79 @@
+"""A *place* is where a tenant's tables are: the shared tables (public schema of the shared
+database), a dedicated schema in it, or a dedicated database. Engine functions take places
+and open their own psycopg connections, so they run the same from a task, a command or a
+test. Connections to a dedicated database are made as the server's admin user (the copy
+writes tables the tenant role may not own)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import psycopg
+from django.conf import settings
+from psycopg import sql
+
+# Session settings that make text output (and so checksums) the same on every server.
+CANONICAL_SESSION = {
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, YMD",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "3",
+    "bytea_output": "hex",
+}
+
+
+@dataclass(frozen=True)
+class Place:
+    kind: str                 # "shared" | "schema" | "database"
+    schema: str               # schema holding the tenant tables
+    conninfo: dict = field(repr=False, compare=False)  # psycopg keywords; may hold a password
+    label: str = ""           # human-readable, never holds a secret
+
+    def connect(self, *, autocommit: bool = False, application_name: str = "tenant-move") -> psycopg.Connection:
+        options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SESSION.items())
+        conn = psycopg.connect(**self.conninfo, autocommit=autocommit, application_name=application_name,
+                               options=options)
+        return conn
+
+    def table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    @property
+    def same_database_as_shared(self) -> bool:
+        return self.kind in ("shared", "schema")
+
+    def __str__(self):
+        return self.label or f"{self.kind}:{self.schema}"
+
+
+def _default_conninfo(dbname: str | None = None) -> dict:
+    db = settings.DATABASES["default"]
+    info = {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
+            "user": db.get("USER"), "dbname": dbname or db["NAME"], "connect_timeout": 10}
+    if db.get("PASSWORD"):
+        info["password"] = db["PASSWORD"]
+    return info
+
+
+def shared_place() -> Place:
+    info = _default_conninfo()
+    return Place("shared", "public", info, f"shared database {info['dbname']}")
+
+
+def schema_place(schema: str) -> Place:
+    info = _default_conninfo()
+    return Place("schema", schema, info, f"schema {schema} of {info['dbname']}")
+
+
+def database_place(server, database: str) -> Place:
+    info = server.conninfo(database)
+    return Place("database", "public", info, f"database {database} on server {server.name}")
+
+
+def place_of(tenant) -> Place:
+    """Where the tenant's live rows are, from its placement."""
+    if tenant.placement == "schema":
+        return schema_place(tenant.schema_name)
+    if tenant.placement == "database":
+        credential = tenant.credential
+        return database_place(credential.server, credential.database)
+    return shared_place()

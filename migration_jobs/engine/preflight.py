@@ -1,0 +1,155 @@
+"""Checks made before a move changes anything. Each check says what it found and, when it
+fails, what to fix. A failed check stops the run with nothing changed."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from psycopg import sql
+
+from migration_jobs.engine.places import Place
+from migration_jobs.engine.tables import TableSpec
+
+MIN_SERVER_VERSION = 140000
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class PreflightReport:
+    checks: list[Check] = field(default_factory=list)
+    row_counts: dict[str, int] = field(default_factory=dict)
+    estimated_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.row_counts.values())
+
+    def add(self, name, ok, detail, fix=""):
+        self.checks.append(Check(name, bool(ok), detail, "" if ok else fix))
+
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{len(self.checks)} checks passed; {self.total_rows} rows, ~{self.estimated_bytes // 1024} KiB"
+        return "; ".join(f"{c.name}: {c.detail} -> {c.fix}" for c in self.failures())
+
+    def as_dict(self) -> dict:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks], "row_counts": self.row_counts,
+                "total_rows": self.total_rows, "estimated_bytes": self.estimated_bytes}
+
+
+def _tenant_ids_missing(conn, place: Place, table: TableSpec) -> list[int]:
+    # Loose index scan over the tenant_id index: one probe per distinct tenant, not a full scan.
+    query = sql.SQL("""
+        WITH RECURSIVE ids AS (
+            SELECT min(tenant_id) AS v FROM {t}
+            UNION ALL
+            SELECT (SELECT min(tenant_id) FROM {t} WHERE tenant_id > ids.v) FROM ids WHERE ids.v IS NOT NULL)
+        SELECT v FROM ids WHERE v IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM public.tenancy_tenant WHERE id = ids.v)""").format(t=place.table(table.name))
+    return [r[0] for r in conn.execute(query).fetchall()]
+
+
+def _foreign_keys(conn, place: Place, table: TableSpec) -> list[tuple[str, str, str]]:
+    """(column, referenced table, referenced column) of FKs between tenant tables."""
+    rows = conn.execute("""
+        SELECT a.attname, rc.relname, ra.attname
+          FROM pg_constraint con
+          JOIN pg_class c ON c.oid = con.conrelid
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_class rc ON rc.oid = con.confrelid
+          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
+          JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
+         WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = %s AND array_length(con.conkey, 1) = 1
+    """, (place.schema, table.name)).fetchall()
+    return rows
+
+
+def check_source(conn, place: Place, tenant_id: int, tables: list[TableSpec], report: PreflightReport) -> None:
+    """Integrity of the tenant's rows where they are now, and their size."""
+    names = {t.name for t in tables}
+    null_tenant, missing_tenants, cross, dangling = {}, {}, {}, {}
+    for table in tables:
+        tbl = place.table(table.name)
+        report.row_counts[table.name] = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(tbl), (tenant_id,)).fetchone()[0]
+        nulls = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id IS NULL").format(tbl)).fetchone()[0]
+        if nulls:
+            null_tenant[table.name] = nulls
+        if place.kind == "shared":
+            missing = _tenant_ids_missing(conn, place, table)
+            if missing:
+                missing_tenants[table.name] = missing[:10]
+        for column, parent, parent_column in _foreign_keys(conn, place, table):
+            if parent not in names:
+                continue
+            c, p = sql.Identifier(column), sql.Identifier(parent_column)
+            count = conn.execute(sql.SQL(
+                "SELECT count(*) FROM {child} ch JOIN {parent} pa ON pa.{p} = ch.{c} "
+                "WHERE ch.tenant_id = %s AND pa.tenant_id IS DISTINCT FROM ch.tenant_id").format(
+                child=tbl, parent=place.table(parent), p=p, c=c), (tenant_id,)).fetchone()[0]
+            if count:
+                cross[f"{table.name}.{column}"] = count
+            count = conn.execute(sql.SQL(
+                "SELECT count(*) FROM {child} ch WHERE ch.tenant_id = %s AND ch.{c} IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM {parent} pa WHERE pa.{p} = ch.{c})").format(
+                child=tbl, parent=place.table(parent), p=p, c=c), (tenant_id,)).fetchone()[0]
+            if count:
+                dangling[f"{table.name}.{column}"] = count
+    report.add("tenant rows", True, f"{sum(report.row_counts.values())} rows in {len(tables)} tables")
+    report.add("rows without tenant", not null_tenant, f"{null_tenant or 'none'}",
+               "give every row a tenant_id (or delete it) before moving any tenant")
+    report.add("rows of deleted tenants", not missing_tenants,
+               f"tenant ids with rows but no tenant: {missing_tenants or 'none'}",
+               "delete the rows of tenants that no longer exist, or restore those tenants")
+    report.add("cross-tenant references", not cross, f"{cross or 'none'}",
+               "rows of this tenant point at another tenant's rows; fix those references first")
+    report.add("dangling references", not dangling, f"{dangling or 'none'}",
+               "rows of this tenant point at rows that do not exist; fix or delete them first")
+    sizes = conn.execute(sql.SQL(
+        "SELECT c.relname, CASE WHEN c.reltuples > 0 THEN pg_relation_size(c.oid) / c.reltuples ELSE 0 END "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = ANY(%s)"), (place.schema, list(names))).fetchall()
+    width = {name: float(w) for name, w in sizes}
+    report.estimated_bytes = int(sum(report.row_counts[t] * width.get(t, 100.0) for t in report.row_counts))
+
+
+def server_version(conn) -> int:
+    return int(conn.execute("SHOW server_version_num").fetchone()[0])
+
+
+def check_server(conn, label: str, report: PreflightReport, *, need_create_db: bool, connections_needed: int):
+    version = server_version(conn)
+    report.add(f"{label}: PostgreSQL version", version >= MIN_SERVER_VERSION, f"{version // 10000}.{version % 100}",
+               "PostgreSQL 14 or newer is required")
+    role = conn.execute("SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+                        ).fetchone()
+    if need_create_db:
+        report.add(f"{label}: privileges", role[0] or (role[1] and role[2]),
+                   f"superuser={role[0]} createdb={role[1]} createrole={role[2]}",
+                   "the server's admin user needs CREATEDB and CREATEROLE (or superuser)")
+    else:
+        can_create = conn.execute("SELECT has_database_privilege(current_user, current_database(), 'CREATE')"
+                                  ).fetchone()[0]
+        report.add(f"{label}: privileges", can_create, f"CREATE on database: {can_create}",
+                   "the app's database user needs CREATE on its database to make tenant schemas")
+    max_conn, used, reserved = conn.execute(
+        "SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity), "
+        "current_setting('superuser_reserved_connections')::int").fetchone()
+    free = max_conn - reserved - used
+    report.add(f"{label}: connection capacity", free >= connections_needed,
+               f"{used} of {max_conn} connections in use ({reserved} reserved), this move needs {connections_needed}",
+               "raise max_connections on that server or free connections (each dedicated tenant also needs "
+               "its own pool per app process)")

@@ -1,0 +1,41 @@
+"""Undo a tenant's move.
+
+- If the tenant has an unfinished run (queued, or running with its worker gone), roll that
+  run back (every step's compensation, newest first).
+- Otherwise, if the tenant is in a dedicated schema or database, move it back into the
+  shared tables (a move_back run: preflight refuses key collisions before anything is
+  written; the copy back is one transaction on the shared database).
+- Otherwise there is nothing to roll back.
+
+Exit status as migrate_tenant: 0 done, 1 the run failed, 2 refused (nothing changed).
+"""
+from migration_jobs import services
+from migration_jobs.management.commands._progress import TenantCommand
+from migration_jobs.models import RunStatus
+from tenancy.models import Placement
+
+
+class Command(TenantCommand):
+    help = "Roll back a tenant's interrupted move, or move a dedicated tenant back to the shared database."
+
+    def add_arguments(self, parser):
+        parser.add_argument("tenant", help="Tenant slug (or id).")
+        self.add_json_argument(parser)
+
+    def handle(self, *args, tenant, as_json, **options):
+        target = services.get_tenant(tenant)
+        unfinished = target.migration_runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
+        if unfinished is not None:
+            run = services.rollback_unfinished(target)
+            run.refresh_from_db()
+            if as_json:
+                self.print_json(services.run_report(run))
+            else:
+                self.stdout.write(f"run {run.pk} ({unfinished.status} before) is now {run.status}: "
+                                  f"{run.tenant.slug} stays in {run.tenant.placement} placement, "
+                                  f"status {run.tenant.status}")
+            return
+        if target.placement == Placement.SHARED:
+            raise services.Refused(f"tenant {target.slug} is already in shared placement: nothing to roll back")
+        run = services.request_move_back(target, via="command")
+        self.conclude(run, as_json=as_json)

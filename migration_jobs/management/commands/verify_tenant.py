@@ -1,0 +1,30 @@
+"""Verify a tenant where it lives now: every table present in its place, row counts and
+checksums, no rows of other tenants in a dedicated place, sequences past the highest id.
+
+    manage.py verify_tenant acme [--json]
+
+Exit status 0 when everything is right, 1 when a problem was found, 2 for an unknown tenant.
+"""
+from django.core.management.base import CommandError
+
+from migration_jobs import services
+from migration_jobs.management.commands._progress import TenantCommand, one_line, print_verification
+from migration_jobs.verification import verify_in_place
+
+
+class Command(TenantCommand):
+    help = "Check a tenant's rows where it lives now (counts, checksums, foreign rows, sequences)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("tenant", help="Tenant slug (or id).")
+        self.add_json_argument(parser)
+
+    def handle(self, *args, tenant, as_json, **options):
+        report = verify_in_place(services.get_tenant(tenant))
+        if as_json:
+            self.print_json(report)
+        else:
+            print_verification(self, report)
+        if not report["ok"]:
+            raise CommandError(f"tenant {report['tenant']}: {len(report['problems'])} problems: "
+                               f"{one_line('; '.join(report['problems']))[:500]}", returncode=1)

@@ -1,0 +1,125 @@
+"""Verify a tenant where it lives now (no move involved): what `verify_tenant`, the admin's
+"Verify" action and the `migration_jobs.tasks.verify_tenant` task report.
+
+For every tenant table, in the tenant's place (engine.places.place_of):
+- the table exists in that place's own schema (names are always schema-qualified; for a
+  schema tenant a table missing from its schema is a problem, never looked up in public);
+- the tenant's row count and order-independent checksum (engine.verify.fingerprint);
+- rows of other tenants (engine.verify.foreign_rows): must be 0 in a dedicated place, not
+  counted for the shared tables (they hold every pooled tenant);
+- the primary-key sequence is at or past max(pk), so the next insert cannot collide.
+For a dedicated tenant, rows it left in the shared tables (legacy rows, kept after a move
+until retired) are counted for information only.
+
+Everything is measured from one REPEATABLE READ snapshot per place. The result is plain
+JSON-able data; connection details and error messages (which could quote them) never enter
+it, only the class of an error.
+"""
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from migration_jobs.engine.places import Place, place_of, shared_place
+from migration_jobs.engine.sequences import sequence_positions
+from migration_jobs.engine.tables import TableSpec, tenant_tables
+from migration_jobs.engine.verify import fingerprint, foreign_rows, tables_in_place
+
+
+def _snapshot(place: Place, name: str):
+    conn = place.connect(autocommit=True, application_name=f"tenant-move {name}")
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    return conn
+
+
+def _max_pk(conn, place: Place, table: TableSpec) -> int:
+    value = conn.execute(sql.SQL("SELECT max({}) FROM {}").format(
+        sql.Identifier(table.pk), place.table(table.name))).fetchone()[0]
+    return int(value or 0)
+
+
+def _measure_place(place: Place, tenant_id: int, tables: list[TableSpec], dedicated: bool) -> dict:
+    out = {}
+    conn = _snapshot(place, "verify-in-place")
+    try:
+        present = tables_in_place(conn, place, [t.name for t in tables])
+        for table in tables:
+            entry = {"exists": table.name in present, "rows": None, "checksum": None, "foreign_rows": None,
+                     "max_id": None, "sequence": None, "sequence_ok": None, "problems": []}
+            if not entry["exists"]:
+                entry["problems"].append(f"table missing in {place}")
+                out[table.name] = entry
+                continue
+            fp = fingerprint(conn, place, table, tenant_id)
+            entry["rows"], entry["checksum"] = fp.rows, fp.checksum
+            if dedicated:
+                entry["foreign_rows"] = foreign_rows(conn, place, table, tenant_id)
+                if entry["foreign_rows"]:
+                    entry["problems"].append(f"{entry['foreign_rows']} rows of other tenants")
+            # In the shared tables the sequence serves every tenant: compare with the max of all.
+            entry["max_id"] = _max_pk(conn, place, table)
+            position = sequence_positions(conn, place, [table]).get(table.name)
+            if position is not None:
+                entry["sequence"] = position
+                entry["sequence_ok"] = position >= entry["max_id"]
+                if not entry["sequence_ok"]:
+                    entry["problems"].append(f"sequence at {position}, behind max id {entry['max_id']}")
+            out[table.name] = entry
+    finally:
+        if not conn.closed:
+            conn.execute("ROLLBACK")
+            conn.close()
+    return out
+
+
+def _legacy_rows(tenant_id: int, tables: list[TableSpec]) -> dict[str, int]:
+    """The tenant's rows still in the shared tables (informational for dedicated tenants)."""
+    shared = shared_place()
+    conn = _snapshot(shared, "verify-legacy")
+    try:
+        present = tables_in_place(conn, shared, [t.name for t in tables])
+        return {t.name: int(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
+            shared.table(t.name)), (tenant_id,)).fetchone()[0]) for t in tables if t.name in present}
+    finally:
+        if not conn.closed:
+            conn.execute("ROLLBACK")
+            conn.close()
+
+
+def verify_in_place(tenant) -> dict:
+    """A report of the tenant's rows where it lives now; `ok` is False when anything is wrong."""
+    tables = tenant_tables()
+    dedicated = tenant.placement != "shared"
+    report = {"tenant": tenant.slug, "tenant_id": tenant.pk, "placement": tenant.placement,
+              "status": tenant.status, "place": None, "ok": False, "tables": {}, "problems": [],
+              "total_rows": 0}
+    try:
+        place = place_of(tenant)
+    except Exception as exc:  # noqa: BLE001 - e.g. a database tenant without a credential
+        report["problems"].append(f"cannot locate the tenant's place: {type(exc).__name__}")
+        return report
+    report["place"] = str(place)
+    try:
+        measured = _measure_place(place, tenant.pk, tables, dedicated)
+    except psycopg.Error as exc:
+        # The class only: a driver message may quote connection details.
+        report["problems"].append(f"cannot read {place}: {type(exc).__name__}")
+        return report
+    for name, entry in measured.items():
+        entry["ok"] = not entry["problems"]
+        report["problems"].extend(f"{name}: {p}" for p in entry["problems"])
+        report["total_rows"] += entry["rows"] or 0
+    report["tables"] = measured
+    if dedicated:
+        try:
+            legacy = _legacy_rows(tenant.pk, tables)
+        except psycopg.Error as exc:
+            legacy = None
+            report["legacy_error"] = type(exc).__name__
+        report["legacy_shared_rows"] = legacy
+        report["legacy_shared_total"] = sum(legacy.values()) if legacy else 0
+    report["ok"] = bool(measured) and not report["problems"]
+    return report
+
+
+__all__ = ["verify_in_place"]

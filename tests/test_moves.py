@@ -1,0 +1,325 @@
+"""End to end: a seeded tenant moves to a schema, to a database (on this server and on a
+second one), back to shared; every row is compared; injected failures end in a clean
+rollback or a successful resume."""
+import threading
+
+import psycopg
+import pytest
+from django.utils import timezone
+from psycopg import sql
+
+from migration_jobs import runner, services
+from migration_jobs.engine import provision
+from migration_jobs.engine.places import place_of, shared_place
+from migration_jobs.engine.tables import tenant_tables
+from migration_jobs.engine.verify import fingerprint
+from migration_jobs.models import RunStatus
+from shop.models import Customer
+from tenancy.context import tenant_context
+from tenancy.models import DatabaseCredential, Tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def rows_of(place, table, tenant_id):
+    """Every row of the tenant in that place, as Python values, in key order."""
+    cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    with place.connect() as conn:
+        return conn.execute(sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s ORDER BY {}").format(
+            cols, place.table(table.name), sql.Identifier(table.pk)), (tenant_id,)).fetchall()
+
+
+def snapshot(place, tenant_id):
+    return {t.name: rows_of(place, t, tenant_id) for t in tenant_tables()}
+
+
+def fingerprints(place, tenant_id):
+    with place.connect() as conn:
+        return {t.name: fingerprint(conn, place, t, tenant_id) for t in tenant_tables()}
+
+
+def schema_exists(name):
+    with shared_place().connect() as conn:
+        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
+
+
+def database_exists(server, name):
+    return provision.database_exists(server, name)
+
+
+def role_exists(server, role):
+    with provision.admin_connection(server) as conn:
+        return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
+
+
+@pytest.fixture
+def seeded():
+    """Three seeded tenants of skewed sizes; returns the largest (the one we move)."""
+    from shop.seeding import seed
+
+    result = seed(tenants=3, largest=3000, seed=7)
+    return Tenant.objects.get(slug=result.largest.slug)
+
+
+@pytest.fixture
+def cleanup():
+    """Drop what successful moves left (failed ones clean up after themselves)."""
+    made = []
+    yield made
+    from django.db import connection
+
+    connection.set_schema_to_public()
+    for kind, *args in made:
+        if kind == "schema":
+            provision.drop_schema(*args)
+        else:
+            provision.drop_database(*args)
+
+
+def move(tenant, target, **kwargs):
+    run = services.request_move(tenant, target, **kwargs)
+    return runner.execute(run.pk)
+
+
+def assert_clean_rollback(tenant, run, before):
+    tenant.refresh_from_db()
+    assert run.status == RunStatus.ROLLED_BACK, (run.status, run.error)
+    assert tenant.placement == "shared" and tenant.status == "active"
+    assert fingerprints(shared_place(), tenant.pk) == before  # shared rows untouched
+    if run.target_placement == "schema":
+        assert not schema_exists(run.target_schema)
+    else:
+        assert not database_exists(run.target_server, run.target_database)
+        assert not role_exists(run.target_server, provision.role_name(run.target_database))
+        assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
+
+
+@pytest.fixture(autouse=True)
+def no_faults():
+    runner.FAULTS.clear()
+    yield
+    runner.FAULTS.clear()
+
+
+# --- moves --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", ["schema", "database"])
+def test_move_copies_every_row_and_routes_the_tenant(seeded, cleanup, target):
+    tenant = seeded
+    before = snapshot(shared_place(), tenant.pk)
+    assert sum(map(len, before.values())) > 1000
+    run = move(tenant, target)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    tenant.refresh_from_db()
+    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+                   ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    assert tenant.placement == target and tenant.status == "active"
+    assert snapshot(place_of(tenant), tenant.pk) == before  # every row of every table, value for value
+    assert run.rows_copied == sum(map(len, before.values()))
+    assert [s.status for s in run.steps.all()] == ["succeeded"] * run.steps.count()
+    assert run.report["verify"]["ok"] and run.report["preflight"]["ok"]
+    # The router now reads the new place; the legacy rows stay in shared, unreachable for it.
+    with tenant_context(tenant):
+        assert Customer.objects.count() == len(before["shop_customer"])
+        Customer.objects.create(first_name="After", last_name="Move", created_at=timezone.now())
+    assert Customer.unscoped.filter(tenant=tenant, first_name="After").count() == 0
+    assert snapshot(shared_place(), tenant.pk) == before
+
+
+def test_move_to_a_database_on_a_second_server(seeded, cleanup, second_server):
+    tenant = seeded
+    before = snapshot(shared_place(), tenant.pk)
+    run = move(tenant, "database", server_name=second_server.name)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("database", second_server, run.target_database, provision.role_name(run.target_database)))
+    tenant.refresh_from_db()
+    assert tenant.credential.server == second_server
+    assert snapshot(place_of(tenant), tenant.pk) == before
+    from django.db import connections
+
+    with tenant_context(tenant) as route:
+        assert connections.settings[route.db_alias]["PORT"] == str(second_server.port)
+        assert Customer.objects.count() == len(before["shop_customer"])
+
+
+def test_move_while_other_tenants_keep_writing(seeded, cleanup):
+    tenant = seeded
+    other = Tenant.objects.exclude(pk=tenant.pk).first()
+    stop, written, errors = threading.Event(), [], []
+
+    def writer():
+        from django.db import connection
+
+        try:
+            while not stop.is_set():
+                with tenant_context(other):
+                    written.append(Customer.objects.create(first_name="w", last_name=str(len(written)),
+                                                           created_at=timezone.now()).pk)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        run = move(tenant, "schema")
+    finally:
+        stop.set()
+        thread.join(10)
+    cleanup.append(("schema", tenant.schema_name))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert not errors and len(written) > 0
+    assert Customer.unscoped.filter(pk__in=written, tenant=other).count() == len(written)
+
+
+def test_move_back_to_shared_restores_every_row(seeded, cleanup):
+    tenant = seeded
+    run = move(tenant, "database")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    tenant.refresh_from_db()
+    with tenant_context(tenant):  # the tenant keeps working in its new place
+        Customer.objects.create(first_name="Written", last_name="Dedicated", created_at=timezone.now())
+        Customer.objects.filter(pk=Customer.objects.order_by("pk").first().pk).delete()
+    dedicated = snapshot(place_of(tenant), tenant.pk)
+    back = runner.execute(services.request_move_back(tenant).pk)
+    assert back.status == RunStatus.SUCCEEDED, back.error
+    tenant.refresh_from_db()
+    assert tenant.placement == "shared" and tenant.status == "active"
+    assert snapshot(shared_place(), tenant.pk) == dedicated
+    with tenant_context(tenant):
+        assert Customer.objects.filter(first_name="Written").count() == 1
+        Customer.objects.create(first_name="After", last_name="Back", created_at=timezone.now())  # sequences ok
+
+
+def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
+    tenant = seeded
+    run = move(tenant, "schema")
+    assert run.status == RunStatus.SUCCEEDED
+    cleanup.append(("schema", tenant.schema_name))
+    tenant.refresh_from_db()
+    other = Tenant.objects.exclude(pk=tenant.pk).first()
+    with tenant_context(tenant):
+        mine = Customer.objects.create(first_name="Mine", last_name="X", created_at=timezone.now())
+    # Another tenant's row takes the same id in the shared table.
+    Customer.unscoped.create(pk=mine.pk, tenant=other, first_name="Theirs", last_name="Y", created_at=timezone.now())
+    shared_before = fingerprints(shared_place(), tenant.pk)
+    back = runner.execute(services.request_move_back(tenant).pk)
+    assert back.status == RunStatus.ROLLED_BACK
+    assert "shop_customer.id" in back.error
+    tenant.refresh_from_db()
+    assert tenant.placement == "schema" and tenant.status == "active"
+    assert fingerprints(shared_place(), tenant.pk) == shared_before
+
+
+# --- failures -----------------------------------------------------------------------------
+
+STEP_NAMES = [s.name for s in runner.MOVE_STEPS]
+
+
+@pytest.mark.parametrize("where", [f"{when}:{name}" for name in STEP_NAMES for when in ("before", "after")])
+def test_failure_at_every_step_boundary_rolls_back_cleanly(seeded, where):
+    tenant = seeded
+    before = fingerprints(shared_place(), tenant.pk)
+    runner.FAULTS[where] = RuntimeError
+    run = move(tenant, "schema")
+    assert "injected fault" in run.error
+    assert_clean_rollback(tenant, run, before)
+
+
+@pytest.mark.parametrize("where", ["copy:shop_repair", "copy:before-indexes", "before:verify", "after:switch"])
+def test_failure_in_a_database_move_rolls_back_cleanly(seeded, where):
+    tenant = seeded
+    before = fingerprints(shared_place(), tenant.pk)
+    runner.FAULTS[where] = RuntimeError
+    run = move(tenant, "database")
+    assert_clean_rollback(tenant, run, before)
+
+
+def test_verification_mismatch_fails_the_run_and_rolls_back(seeded):
+    tenant = seeded
+    before = fingerprints(shared_place(), tenant.pk)
+
+    class Tamper(Exception):
+        pass
+
+    original = runner.Verify.run
+
+    def tampering_verify(self, ctx, step):
+        with ctx.target.connect() as conn:
+            conn.execute(sql.SQL("UPDATE {} SET loyalty_points = loyalty_points + 1 WHERE id = "
+                                 "(SELECT min(id) FROM {})").format(ctx.target.table("shop_customer"),
+                                                                    ctx.target.table("shop_customer")))
+            conn.commit()
+        return original(self, ctx, step)
+
+    runner.Verify.run = tampering_verify
+    try:
+        run = move(tenant, "schema")
+    finally:
+        runner.Verify.run = original
+    assert "verification failed for shop_customer" in run.error
+    assert_clean_rollback(tenant, run, before)
+
+
+@pytest.mark.parametrize("where", ["after:backup", "copy:shop_device", "after:copy", "after:switch"])
+def test_killed_worker_then_resume_finishes_the_move(seeded, cleanup, where):
+    tenant = seeded
+    before = snapshot(shared_place(), tenant.pk)
+    runner.FAULTS[where] = runner.WorkerKilled
+    run = services.request_move(tenant, "database")
+    with pytest.raises(runner.WorkerKilled):
+        runner.execute(run.pk)
+    runner.FAULTS.clear()
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING  # interrupted, not finished
+    # A second delivery of the task without --resume is a no-op.
+    assert runner.execute(run.pk).status == RunStatus.RUNNING
+    resumed = services.execute(services.resumable_run(tenant), resume=True)
+    assert resumed.status == RunStatus.SUCCEEDED, resumed.error
+    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    tenant.refresh_from_db()
+    assert tenant.placement == "database" and tenant.status == "active"
+    assert snapshot(place_of(tenant), tenant.pk) == before
+
+
+def test_killed_worker_then_rollback_is_clean(seeded):
+    tenant = seeded
+    before = fingerprints(shared_place(), tenant.pk)
+    runner.FAULTS["copy:shop_customer"] = runner.WorkerKilled
+    run = services.request_move(tenant, "database")
+    with pytest.raises(runner.WorkerKilled):
+        runner.execute(run.pk)
+    runner.FAULTS.clear()
+    rolled = services.rollback_unfinished(tenant)
+    assert_clean_rollback(tenant, rolled, before)
+
+
+def test_a_second_run_for_the_same_tenant_is_refused_by_the_database(seeded):
+    from django.db import IntegrityError
+
+    from migration_jobs.models import MigrationRun
+
+    tenant = seeded
+    services.request_move(tenant, "schema")
+    with pytest.raises(services.Refused, match="already has an active run"):
+        services.request_move(tenant, "database")
+    with pytest.raises(IntegrityError):  # even code that skips the service check
+        MigrationRun.objects.create(tenant=tenant, source_placement="shared", target_placement="schema")
+
+
+def test_passwords_never_reach_run_records(seeded, cleanup):
+    tenant = seeded
+    run = move(tenant, "database")
+    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    tenant.refresh_from_db()
+    password = tenant.credential.password()
+    import json
+
+    blob = json.dumps(services.run_report(run)) + json.dumps(run.report) + run.error + "".join(
+        s.message + json.dumps(s.details) for s in run.steps.all())
+    assert password not in blob
+    assert password not in tenant.credential.password_encrypted
