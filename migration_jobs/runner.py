@@ -207,7 +207,7 @@ class Preflight(Step):
         report.add("placement", tenant.placement == expected, f"tenant is in {tenant.placement} placement",
                    f"the tenant must be in {expected} placement for this run")
         report.add("status", tenant.status in (Status.ACTIVE, Status.READ_ONLY) or (
-            tenant.status == Status.SUSPENDED and run.previous_status), f"tenant status is {tenant.status}",
+            tenant.status == Status.MIGRATING and run.previous_status), f"tenant status is {tenant.status}",
                    "reactivate the tenant (or finish the run that froze it) first")
         workers = settings.MIGRATION_COPY_WORKERS
         with ctx.source.connect() as conn:
@@ -258,7 +258,7 @@ class Preflight(Step):
 
 
 class Suspend(Step):
-    name, label = "suspend", "Make the tenant read-only"
+    name, label = "suspend", "Freeze the tenant's writes"
 
     def run(self, ctx, step):
         run = ctx.run
@@ -267,13 +267,14 @@ class Suspend(Step):
             run.previous_status = tenant.status
             run.save(update_fields=["previous_status"])
         changed_at = timezone.now()
-        if tenant.status != Status.READ_ONLY:
-            _set_tenant(tenant.pk, status=Status.READ_ONLY)
+        if tenant.status != Status.MIGRATING:
+            # Reads go on; writes get 503 + Retry-After (requests) or TenantWriteRefused (ORM).
+            _set_tenant(tenant.pk, status=Status.MIGRATING)
         left = wait_for_older_transactions(changed_at, settings.MIGRATION_DRAIN_TIMEOUT)
         if left:
             raise StepFailed(f"{left} transactions begun before the tenant was frozen are still open after "
                              f"{settings.MIGRATION_DRAIN_TIMEOUT}s")
-        return f"tenant {tenant.slug} is read-only (was {run.previous_status}); in-flight transactions drained"
+        return f"tenant {tenant.slug} is migrating, writes refused (was {run.previous_status}); in-flight transactions drained"
 
     def rollback(self, ctx, step):
         previous = ctx.run.previous_status or Status.ACTIVE
@@ -463,7 +464,7 @@ class Switch(Step):
 
     def run(self, ctx, step):
         tenant = ctx.refresh_tenant()
-        if tenant.status != Status.READ_ONLY:
+        if tenant.status != Status.MIGRATING:
             raise StepFailed(f"tenant status changed to {tenant.status} during the run; not switching")
         _set_tenant(tenant.pk, placement=ctx.run.target_placement)
         return f"placement {ctx.run.source_placement} -> {ctx.run.target_placement}"
