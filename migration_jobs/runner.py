@@ -270,6 +270,8 @@ class Suspend(Step):
         if tenant.status != Status.MIGRATING:
             # Reads go on; writes get 503 + Retry-After (requests) or TenantWriteRefused (ORM).
             _set_tenant(tenant.pk, status=Status.MIGRATING)
+        # And in the database itself, whatever a process with a stale route cache believes.
+        freeze(ctx, f"being moved by run {run.pk}")
         left = wait_for_older_transactions(changed_at, settings.MIGRATION_DRAIN_TIMEOUT)
         if left:
             raise StepFailed(f"{left} transactions begun before the tenant was frozen are still open after "
@@ -278,8 +280,9 @@ class Suspend(Step):
 
     def rollback(self, ctx, step):
         previous = ctx.run.previous_status or Status.ACTIVE
+        unfreeze(ctx)
         _set_tenant(ctx.run.tenant_id, status=previous)
-        return f"status restored to {previous}"
+        return f"fence removed, status restored to {previous}"
 
 
 class Backup(Step):
@@ -466,12 +469,58 @@ class Switch(Step):
         tenant = ctx.refresh_tenant()
         if tenant.status != Status.MIGRATING:
             raise StepFailed(f"tenant status changed to {tenant.status} during the run; not switching")
-        _set_tenant(tenant.pk, placement=ctx.run.target_placement)
-        return f"placement {ctx.run.source_placement} -> {ctx.run.target_placement}"
+        switch_placement(ctx)
+        return f"placement {ctx.run.source_placement} -> {ctx.run.target_placement}; the old rows are fenced"
 
     def rollback(self, ctx, step):
-        _set_tenant(ctx.run.tenant_id, placement=ctx.run.source_placement)
+        unswitch_placement(ctx)
         return f"placement back to {ctx.run.source_placement}"
+
+
+# --- Fences around the moving tenant's rows (see engine/capture.py) -------------------------
+
+def freeze(ctx: RunContext, reason: str) -> None:
+    """Every write to the tenant's rows in the source fails from now on (database-enforced)."""
+    from migration_jobs.engine import capture
+
+    with ctx.source.connect() as conn:
+        capture.install_fence(conn, ctx.source, ctx.tenant.pk, ctx.tenant.slug, ctx.tables)
+        capture.close_fence(conn, ctx.source, ctx.tenant.pk, reason)
+
+
+def unfreeze(ctx: RunContext) -> None:
+    from migration_jobs.engine import capture
+
+    with ctx.source.connect() as conn:
+        capture.remove_fence(conn, ctx.source, ctx.tenant.pk, ctx.tables)
+
+
+def switch_placement(ctx: RunContext, status: str | None = None) -> None:
+    """The target becomes the tenant's place; the source's rows stay fenced as legacy rows."""
+    from migration_jobs.engine import capture
+
+    run = ctx.run
+    if run.kind == RunKind.MOVE_BACK:
+        with ctx.target.connect() as conn:  # shared: its legacy fence from the move out goes
+            capture.remove_fence(conn, ctx.target, run.tenant_id, ctx.tables)
+    fields = {"placement": run.target_placement}
+    if status:
+        fields["status"] = status
+    _set_tenant(run.tenant_id, **fields)
+    with ctx.source.connect() as conn:
+        capture.close_fence(conn, ctx.source, run.tenant_id,
+                            f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}")
+
+
+def unswitch_placement(ctx: RunContext) -> None:
+    from migration_jobs.engine import capture
+
+    run = ctx.run
+    _set_tenant(run.tenant_id, placement=run.source_placement)
+    if run.kind == RunKind.MOVE_BACK:
+        with ctx.target.connect() as conn:
+            capture.install_fence(conn, ctx.target, run.tenant_id, ctx.tenant.slug, ctx.tables)
+            capture.close_fence(conn, ctx.target, run.tenant_id, f"legacy rows: tenant lives in {run.source_placement}")
 
 
 class Reactivate(Step):

@@ -71,6 +71,7 @@ def cleanup():
     from django.db import connection
 
     connection.set_schema_to_public()
+    drop_move_objects()
     for kind, *args in made:
         if kind == "schema":
             provision.drop_schema(*args)
@@ -83,8 +84,15 @@ def move(tenant, target, **kwargs):
     return runner.execute(run.pk)
 
 
+def fence_triggers(place, tenant_id):
+    with place.connect() as conn:
+        return conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s",
+                            (f"tenant_fence_{tenant_id}_%",)).fetchone()[0]
+
+
 def assert_clean_rollback(tenant, run, before):
     tenant.refresh_from_db()
+    assert fence_triggers(shared_place(), tenant.pk) == 0
     assert run.status == RunStatus.ROLLED_BACK, (run.status, run.error)
     assert tenant.placement == "shared" and tenant.status == "active"
     assert fingerprints(shared_place(), tenant.pk) == before  # shared rows untouched
@@ -96,11 +104,23 @@ def assert_clean_rollback(tenant, run, before):
         assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
 
 
+def drop_move_objects():
+    """Fences and capture objects in the shared test database outlive flushes: drop them."""
+    with shared_place().connect() as conn:
+        for table, trigger in conn.execute(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname LIKE 'tenant\\_fence\\_%' OR t.tgname LIKE 'tenant\\_move\\_%'").fetchall():
+            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.Identifier(table)))
+        conn.execute("DROP TABLE IF EXISTS tenant_move_fence")
+        conn.commit()
+
+
 @pytest.fixture(autouse=True)
 def no_faults():
     runner.FAULTS.clear()
     yield
     runner.FAULTS.clear()
+    drop_move_objects()
 
 
 # --- moves --------------------------------------------------------------------------------
@@ -126,6 +146,10 @@ def test_move_copies_every_row_and_routes_the_tenant(seeded, cleanup, target):
         Customer.objects.create(first_name="After", last_name="Move", created_at=timezone.now())
     assert Customer.unscoped.filter(tenant=tenant, first_name="After").count() == 0
     assert snapshot(shared_place(), tenant.pk) == before
+    # A process with a stale route cache cannot write the legacy rows: the database refuses.
+    with shared_place().connect() as conn, pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState,
+                                                         match=f"tenant {tenant.slug} refuses writes"):
+        conn.execute("UPDATE shop_customer SET loyalty_points = 0 WHERE tenant_id = %s", (tenant.pk,))
 
 
 def test_move_to_a_database_on_a_second_server(seeded, cleanup, second_server):

@@ -1,0 +1,334 @@
+"""Change capture, catch-up and write fences, all with triggers in the *source* database
+(so they work for a schema target, a database target and a move back alike; logical
+replication could not feed `public.x` into `tenant_42.x`).
+
+Capture. Row triggers, one set per run and table, filtered in their WHEN clause to the moving
+tenant: other tenants' writes never even call the function. They log only (table, key) into
+`tenant_move_log_<run>`; catch-up then copies the row's *current* state. So applying a change
+twice is harmless, order inside a batch does not matter, and capture may start before the
+copy's snapshot (it must: GUIDE, "capture must start at or before the copy snapshot").
+
+Catch-up. One round reads the log and the changed rows in ONE repeatable-read snapshot of the
+source, replaces those rows in the target (delete + insert, one target transaction), commits
+the target, then marks exactly the log rows that snapshot saw as applied. The target then
+equals the source as of that snapshot, so deferred foreign keys and unique indexes hold at
+every commit. A crash between the two commits re-applies the same rows next time: harmless.
+
+Fence. A frozen or moved-away tenant's rows refuse writes in the database itself, whatever a
+stale process believes: BEFORE row triggers (WHEN tenant_id = X) raise while a row for X is
+in `tenant_move_fence`. The engine's own sessions bypass it (`tenant_move.bypass`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from migration_jobs.engine.places import Place
+from migration_jobs.engine.tables import TableSpec
+
+FENCE_TABLE = "tenant_move_fence"
+BYPASS = "SET LOCAL tenant_move.bypass = 'on'"
+LOCK_TIMEOUT = "3s"
+
+
+def log_table(run_id: int) -> str:
+    return f"tenant_move_log_{run_id}"
+
+
+def _capture_function(run_id: int) -> str:
+    return f"tenant_move_capture_{run_id}"
+
+
+def _trigger_names(prefix: str) -> dict[str, str]:
+    return {"INSERT": f"{prefix}_ins", "UPDATE": f"{prefix}_upd", "DELETE": f"{prefix}_del"}
+
+
+def _when(op: str, tenant_id: int) -> sql.Composable:
+    t = sql.Literal(tenant_id)
+    if op == "INSERT":
+        return sql.SQL("NEW.tenant_id = {}").format(t)
+    if op == "DELETE":
+        return sql.SQL("OLD.tenant_id = {}").format(t)
+    return sql.SQL("OLD.tenant_id = {t} OR NEW.tenant_id = {t}").format(t=t)
+
+
+def _with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20) -> None:
+    """DDL on a busy table waits for its writers; a short lock_timeout and retries keep
+    other tenants from queueing behind us for long."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.commit()
+    for attempt in range(attempts):
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                for statement in statements:
+                    conn.execute(statement)
+            return
+        except psycopg.errors.LockNotAvailable:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _drop_triggers(conn, place: Place, tables: list[TableSpec], prefix: str) -> None:
+    statements = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), place.table(t.name))
+                  for t in tables for name in _trigger_names(prefix).values()]
+    _with_lock_retry(conn, statements)
+
+
+# --- Capture ------------------------------------------------------------------------------
+
+def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[TableSpec]) -> None:
+    """Create the run's log table, function and triggers in the source. Idempotent."""
+    odd = [t.name for t in tables if t.pk != "id"]
+    if odd:
+        raise ValueError(f"capture logs the `id` key; these tables use another: {odd}")
+    log = sql.Identifier(place.schema, log_table(run_id))
+    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {log} (
+            id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            table_name text NOT NULL,
+            row_pk bigint NOT NULL,
+            op "char" NOT NULL,
+            changed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            applied_round integer)""").format(log=log))
+    conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (applied_round, table_name)").format(
+        sql.Identifier(f"{log_table(run_id)}_pending"), log))
+    # SECURITY DEFINER: a tenant role writing its own rows may not write the log itself.
+    conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, OLD.id, 'D');
+            ELSE
+                INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, NEW.id, left(TG_OP, 1));
+                IF TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id THEN
+                    INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, OLD.id, 'D');
+                END IF;
+            END IF;
+            RETURN NULL;
+        END $$""").format(fn=sql.Identifier(place.schema, _capture_function(run_id)), log=log))
+    conn.commit()
+    statements = []
+    for table in tables:
+        for op, name in _trigger_names(f"tenant_move_capture_{run_id}").items():
+            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(name), place.table(table.name)))
+            statements.append(sql.SQL(
+                "CREATE TRIGGER {name} AFTER {op} ON {tbl} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {fn}()"
+            ).format(name=sql.Identifier(name), op=sql.SQL(op), tbl=place.table(table.name),
+                     when=_when(op, tenant_id), fn=sql.Identifier(place.schema, _capture_function(run_id))))
+    _with_lock_retry(conn, statements)
+
+
+def stop_capture(conn, place: Place, run_id: int, tables: list[TableSpec]) -> None:
+    """Remove the run's triggers, function and log. Idempotent."""
+    _drop_triggers(conn, place, tables, f"tenant_move_capture_{run_id}")
+    conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+        sql.Identifier(place.schema, _capture_function(run_id))))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(place.schema, log_table(run_id))))
+    conn.commit()
+
+
+@dataclass
+class Lag:
+    changes: int              # captured changes not applied yet
+    oldest_seconds: float     # age of the oldest of them
+
+    def as_dict(self):
+        return {"changes": self.changes, "oldest_seconds": round(self.oldest_seconds, 3)}
+
+
+def lag(conn, place: Place, run_id: int) -> Lag:
+    row = conn.execute(sql.SQL(
+        "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(changed_at)), 0) "
+        "FROM {} WHERE applied_round IS NULL").format(sql.Identifier(place.schema, log_table(run_id)))).fetchone()
+    conn.rollback()
+    return Lag(int(row[0]), float(row[1]))
+
+
+@dataclass
+class Round:
+    number: int
+    changes: int            # log rows applied
+    rows_written: int       # rows inserted into the target
+    rows_deleted: int       # rows removed from the target
+    seconds: float
+
+
+def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, tables: list[TableSpec],
+                number: int) -> Round:
+    """Bring the target to the source's state as of one snapshot for every logged row."""
+    started = time.monotonic()
+    log = sql.Identifier(source.schema, log_table(run_id))
+    written = deleted = 0
+    with source.connect() as src, target.connect() as dst:
+        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        changes = src.execute(sql.SQL("SELECT count(*) FROM {} WHERE applied_round IS NULL").format(log)
+                              ).fetchone()[0]
+        if changes == 0:
+            src.rollback()
+            return Round(number, 0, 0, 0, time.monotonic() - started)
+        dst.execute(BYPASS)
+        dst.execute("SET CONSTRAINTS ALL DEFERRED")
+        touched = {r[0] for r in src.execute(sql.SQL(
+            "SELECT DISTINCT table_name FROM {} WHERE applied_round IS NULL").format(log)).fetchall()}
+        for table in tables:
+            if table.name not in touched:
+                continue
+            w, d = _apply_table(src, dst, source, target, log, table, tenant_id)
+            written += w
+            deleted += d
+        dst.commit()
+        # Same snapshot: marks exactly the log rows whose rows we just copied.
+        src.execute(sql.SQL("UPDATE {} SET applied_round = %s WHERE applied_round IS NULL").format(log), (number,))
+        src.commit()
+    return Round(number, changes, written, deleted, time.monotonic() - started)
+
+
+def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, tenant_id: int):
+    cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
+    pk = sql.Identifier(table.pk)
+    name = sql.Literal(table.name)
+    dst.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS tenant_move_keys (k bigint) ON COMMIT DELETE ROWS"))
+    dst.execute(sql.SQL("DROP TABLE IF EXISTS tenant_move_stage"))
+    dst.execute(sql.SQL("CREATE TEMP TABLE tenant_move_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
+                        ).format(cols, target.table(table.name)))
+    _pipe(src, dst, sql.SQL(
+        "COPY (SELECT DISTINCT row_pk FROM {log} WHERE applied_round IS NULL AND table_name = {name}) "
+        "TO STDOUT (FORMAT binary)").format(log=log, name=name),
+          sql.SQL("COPY tenant_move_keys (k) FROM STDIN (FORMAT binary)"))
+    _pipe(src, dst, sql.SQL(
+        "COPY (SELECT {cols} FROM {tbl} WHERE tenant_id = {tid} AND {pk} IN "
+        "(SELECT row_pk FROM {log} WHERE applied_round IS NULL AND table_name = {name})) TO STDOUT (FORMAT binary)"
+    ).format(cols=cols, tbl=source.table(table.name), tid=sql.Literal(tenant_id), pk=pk, log=log, name=name),
+          sql.SQL("COPY tenant_move_stage ({}) FROM STDIN (FORMAT binary)").format(cols))
+    deleted = dst.execute(sql.SQL(
+        "DELETE FROM {tbl} WHERE tenant_id = {tid} AND {pk} IN (SELECT k FROM tenant_move_keys)").format(
+        tbl=target.table(table.name), tid=sql.Literal(tenant_id), pk=pk)).rowcount
+    written = dst.execute(sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM tenant_move_stage").format(
+        tbl=target.table(table.name), cols=cols)).rowcount
+    return written, deleted
+
+
+def _pipe(src, dst, out_query, in_query) -> None:
+    with src.cursor() as s, dst.cursor() as d:
+        with s.copy(out_query) as out, d.copy(in_query) as into:
+            for block in out:
+                into.write(block)
+
+
+def changed_keys(conn, place: Place, run_id: int, since_round: int) -> dict[str, list[int]]:
+    """Keys applied after round `since_round` (for verifying only what changed since a full verify)."""
+    rows = conn.execute(sql.SQL(
+        "SELECT table_name, array_agg(DISTINCT row_pk) FROM {} WHERE applied_round > %s GROUP BY table_name"
+    ).format(sql.Identifier(place.schema, log_table(run_id))), (since_round,)).fetchall()
+    conn.rollback()
+    return {name: keys for name, keys in rows}
+
+
+# --- Fence --------------------------------------------------------------------------------
+
+def _ensure_fence_objects(conn, place: Place) -> None:
+    fence = sql.Identifier(place.schema, FENCE_TABLE)
+    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        tenant_id bigint PRIMARY KEY, reason text NOT NULL, since timestamptz NOT NULL DEFAULT now())""").format(fence))
+    conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+        DECLARE why text;
+        BEGIN
+            IF current_setting('tenant_move.bypass', true) = 'on' THEN
+                RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+            END IF;
+            SELECT reason INTO why FROM {fence} WHERE tenant_id = TG_ARGV[0]::bigint;
+            IF FOUND THEN
+                RAISE EXCEPTION 'tenant % refuses writes here: %', TG_ARGV[1], why
+                    USING ERRCODE = 'object_not_in_prerequisite_state';
+            END IF;
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END $$""").format(fn=sql.Identifier(place.schema, "tenant_move_fence_check"), fence=fence))
+    conn.commit()
+
+
+def install_fence(conn, place: Place, tenant_id: int, slug: str, tables: list[TableSpec]) -> None:
+    """Fence triggers for the tenant in this place (inactive until `close_fence`). Idempotent."""
+    _ensure_fence_objects(conn, place)
+    statements = []
+    for table in tables:
+        for op, name in _trigger_names(f"tenant_fence_{tenant_id}").items():
+            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(name), place.table(table.name)))
+            statements.append(sql.SQL(
+                "CREATE TRIGGER {name} BEFORE {op} ON {tbl} FOR EACH ROW WHEN ({when}) "
+                "EXECUTE FUNCTION {fn}({tid}, {slug})").format(
+                name=sql.Identifier(name), op=sql.SQL(op), tbl=place.table(table.name), when=_when(op, tenant_id),
+                fn=sql.Identifier(place.schema, "tenant_move_fence_check"), tid=sql.Literal(str(tenant_id)),
+                slug=sql.Literal(slug)))
+    _with_lock_retry(conn, statements)
+
+
+def close_fence(conn, place: Place, tenant_id: int, reason: str) -> None:
+    """From now on every write to the tenant's rows in this place fails."""
+    _ensure_fence_objects(conn, place)
+    conn.execute(sql.SQL("INSERT INTO {} (tenant_id, reason) VALUES (%s, %s) ON CONFLICT (tenant_id) "
+                         "DO UPDATE SET reason = EXCLUDED.reason").format(sql.Identifier(place.schema, FENCE_TABLE)),
+                 (tenant_id, reason))
+    conn.commit()
+
+
+def open_fence(conn, place: Place, tenant_id: int) -> None:
+    if _fence_table_exists(conn, place):
+        conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(sql.Identifier(place.schema, FENCE_TABLE)),
+                     (tenant_id,))
+    conn.commit()
+
+
+def remove_fence(conn, place: Place, tenant_id: int, tables: list[TableSpec]) -> None:
+    """Drop the tenant's fence triggers and row in this place. Idempotent."""
+    open_fence(conn, place, tenant_id)
+    _drop_triggers(conn, place, tables, f"tenant_fence_{tenant_id}")
+    conn.commit()
+
+
+def _fence_table_exists(conn, place: Place) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        (f'"{place.schema}"."{FENCE_TABLE}"',)).fetchone()[0]
+
+
+def fence_reason(conn, place: Place, tenant_id: int) -> str | None:
+    if not _fence_table_exists(conn, place):
+        return None
+    row = conn.execute(sql.SQL("SELECT reason FROM {} WHERE tenant_id = %s").format(
+        sql.Identifier(place.schema, FENCE_TABLE)), (tenant_id,)).fetchone()
+    return row[0] if row else None
+
+
+# --- Leftovers ----------------------------------------------------------------------------
+
+def leftovers(conn) -> list[dict]:
+    """Capture objects in this database: triggers, log tables, functions, slots, publications."""
+    found = []
+    for schema, table, trigger in conn.execute("""
+            SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t
+              JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE t.tgname LIKE 'tenant\\_move\\_capture\\_%' ORDER BY 1, 2, 3""").fetchall():
+        found.append({"kind": "trigger", "name": f"{schema}.{table}.{trigger}"})
+    for schema, name in conn.execute("""
+            SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind = 'r' AND c.relname LIKE 'tenant\\_move\\_log\\_%' ORDER BY 1, 2""").fetchall():
+        found.append({"kind": "change log", "name": f"{schema}.{name}"})
+    for schema, name in conn.execute("""
+            SELECT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.proname LIKE 'tenant\\_move\\_capture\\_%' ORDER BY 1, 2""").fetchall():
+        found.append({"kind": "function", "name": f"{schema}.{name}"})
+    for name, active, retained in conn.execute("""
+            SELECT slot_name, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
+              FROM pg_replication_slots WHERE slot_name LIKE 'tenant\\_move\\_%'""").fetchall():
+        found.append({"kind": "replication slot", "name": name, "active": active, "retained_wal": retained})
+    for (name,) in conn.execute("SELECT pubname FROM pg_publication WHERE pubname LIKE 'tenant\\_move\\_%'"
+                                ).fetchall():
+        found.append({"kind": "publication", "name": name})
+    conn.rollback()
+    return found
