@@ -49,6 +49,14 @@ class MigrationRun(models.Model):
     bytes_copied = models.BigIntegerField(default=0)
     rows_per_second = models.FloatField(null=True, blank=True)
     freeze_seconds = models.FloatField(null=True, blank=True, help_text="Time the tenant refused writes.")
+    freeze_started_at = models.DateTimeField(null=True, blank=True)
+    freeze_ended_at = models.DateTimeField(null=True, blank=True)
+    # Online moves: the catch-up lag, live, and the staff's controls over the cutover.
+    lag_changes = models.BigIntegerField(null=True, blank=True, help_text="Captured changes not applied yet.")
+    lag_seconds = models.FloatField(null=True, blank=True, help_text="Age of the oldest unapplied change.")
+    hold_cutover = models.BooleanField(default=False, help_text="Keep the target in sync; cut over when cleared.")
+    read_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="Share of the tenant's read-only requests served from the target while in sync.")
     previous_status = models.CharField(max_length=10, blank=True, default="",
                                        help_text="Tenant status before the run, restored at the end or on rollback.")
     error = models.TextField(blank=True, default="")

@@ -178,6 +178,7 @@ def wait_for_older_transactions(since, timeout: float) -> int:
 class Step:
     name = ""
     label = ""
+    point_of_no_return = False  # once it succeeded, the tenant writes to the target: never undo
 
     def run(self, ctx: RunContext, step: MigrationStep) -> str:
         raise NotImplementedError
@@ -532,6 +533,184 @@ class Reactivate(Step):
         return f"status {status}"
 
 
+class StartCapture(Step):
+    name, label = "capture", "Start capturing the tenant's changes"
+
+    def run(self, ctx, step):
+        from migration_jobs.engine import capture
+
+        tenant = ctx.refresh_tenant()
+        with ctx.source.connect() as conn:
+            capture.start_capture(conn, ctx.source, ctx.run.pk, tenant.pk, ctx.tables)
+            # Installed now (inactive), so the cutover's freeze is a row insert, not DDL.
+            capture.install_fence(conn, ctx.source, tenant.pk, tenant.slug, ctx.tables)
+        return f"triggers on {len(ctx.tables)} tables of {ctx.source} log the tenant's changes"
+
+    def rollback(self, ctx, step):
+        from migration_jobs.engine import capture
+
+        with ctx.source.connect() as conn:
+            capture.stop_capture(conn, ctx.source, ctx.run.pk, ctx.tables)
+            if ctx.refresh_tenant().placement == ctx.run.source_placement:
+                capture.remove_fence(conn, ctx.source, ctx.run.tenant_id, ctx.tables)
+        return "capture triggers, function and change log removed"
+
+
+def _record_lag(ctx: RunContext) -> "object":
+    from migration_jobs.engine import capture
+
+    with ctx.source.connect() as conn:
+        lag = capture.lag(conn, ctx.source, ctx.run.pk)
+    MigrationRun.objects.filter(pk=ctx.run.pk).update(lag_changes=lag.changes, lag_seconds=lag.oldest_seconds,
+                                                      heartbeat_at=timezone.now())
+    ctx.run.lag_changes, ctx.run.lag_seconds = lag.changes, lag.oldest_seconds
+    return lag
+
+
+def _compare_round(ctx: RunContext, number: int):
+    """A catch-up round that also compares every table at one consistent point."""
+    from migration_jobs.engine import capture
+
+    result = capture.apply_round(ctx.source, ctx.target, ctx.run.pk, ctx.tenant.pk, ctx.tables, number,
+                                 compare=True)
+    if result.mismatches:
+        raise StepFailed(f"source and target diverge in {', '.join(result.mismatches)}")
+    return result
+
+
+class CatchUp(Step):
+    name, label = "catch_up", "Apply captured changes until the lag is small"
+
+    def run(self, ctx, step):
+        from migration_jobs.engine import capture
+
+        number = step.details.get("round", 0)
+        applied = step.details.get("applied", 0)
+        deadline = time.monotonic() + settings.MIGRATION_CATCHUP_TIMEOUT
+        last_compare = time.monotonic()
+        while True:
+            number += 1
+            result = capture.apply_round(ctx.source, ctx.target, ctx.run.pk, ctx.tenant.pk, ctx.tables, number)
+            applied += result.changes
+            lag = _record_lag(ctx)
+            ctx.save_details(step, round=number, applied=applied, last_round=result.changes)
+            checkpoint("catch_up:round")
+            hold = MigrationRun.objects.values_list("hold_cutover", flat=True).get(pk=ctx.run.pk)
+            if hold:
+                # Kept in sync for the gradual read switch: compare now and then.
+                if time.monotonic() - last_compare > settings.MIGRATION_DIVERGENCE_INTERVAL:
+                    number += 1
+                    _compare_round(ctx, number)
+                    last_compare = time.monotonic()
+                time.sleep(settings.MIGRATION_CATCHUP_INTERVAL)
+                continue
+            if lag.changes <= settings.MIGRATION_CUTOVER_MAX_CHANGES:
+                break
+            if time.monotonic() > deadline:
+                raise StepFailed(f"lag did not shrink below {settings.MIGRATION_CUTOVER_MAX_CHANGES} changes in "
+                                 f"{settings.MIGRATION_CATCHUP_TIMEOUT:.0f}s (now {lag.changes})")
+            if result.changes < settings.MIGRATION_CUTOVER_MAX_CHANGES:
+                time.sleep(settings.MIGRATION_CATCHUP_INTERVAL)
+        # A full comparison before the freeze; the freeze then only compares what changed since.
+        number += 1
+        _compare_round(ctx, number)
+        ctx.save_details(step, round=number, verified_round=number)
+        step.rows = applied
+        return f"{applied} changes applied in {number} rounds; all tables compared at round {number}"
+
+
+class Cutover(Step):
+    name, label = "cutover", "Freeze, drain, apply the rest, verify, switch"
+    point_of_no_return = True
+
+    def run(self, ctx, step):
+        from migration_jobs.engine import capture
+        from migration_jobs.engine.sequences import sequence_positions, set_sequences
+        from migration_jobs.engine.verify import fingerprint
+
+        run, tenant = ctx.run, ctx.refresh_tenant()
+        catch_up = ctx.step("catch_up")
+        number = catch_up.details.get("round", 0)
+        verified_round = catch_up.details.get("verified_round", 0)
+        previous = run.previous_status or tenant.status
+        if not run.previous_status:
+            run.previous_status = previous
+            run.save(update_fields=["previous_status"])
+        _set_sequences(ctx, sequence_positions, set_sequences)  # most of the work, before the freeze
+        frozen_at = timezone.now()
+        started = time.monotonic()
+        try:
+            _set_tenant(tenant.pk, status=Status.MIGRATING)  # requests: 503 + Retry-After
+            with ctx.source.connect() as conn:  # and the database refuses any other write
+                capture.close_fence(conn, ctx.source, tenant.pk, f"cutover of run {run.pk}")
+            left = wait_for_older_transactions(frozen_at, settings.MIGRATION_DRAIN_TIMEOUT)
+            if left:
+                raise StepFailed(f"{left} transactions begun before the freeze did not finish")
+            for _ in range(20):
+                number += 1
+                if capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number).changes == 0:
+                    break
+            else:
+                raise StepFailed("changes kept arriving after the freeze")
+            checkpoint("cutover:applied")
+            _set_sequences(ctx, sequence_positions, set_sequences)
+            problems = self._verify_since(ctx, verified_round, fingerprint)
+            if problems:
+                raise StepFailed(f"verification at cutover failed: {'; '.join(problems)}")
+            checkpoint("cutover:before-switch")
+            switch_placement(ctx, status=previous)
+        except Exception:
+            # Unfreeze where the tenant still lives; nothing was written anywhere else.
+            with ctx.source.connect() as conn:
+                capture.open_fence(conn, ctx.source, tenant.pk)
+            _set_tenant(tenant.pk, status=previous)
+            raise
+        seconds = time.monotonic() - started
+        run.freeze_seconds, run.freeze_started_at, run.freeze_ended_at = seconds, frozen_at, timezone.now()
+        run.save(update_fields=["freeze_seconds", "freeze_started_at", "freeze_ended_at"])
+        ctx.save_details(step, freeze_seconds=seconds, final_round=number)
+        return f"writes frozen for {seconds * 1000:.0f} ms; placement now {run.target_placement}"
+
+    @staticmethod
+    def _verify_since(ctx, verified_round, fingerprint) -> list[str]:
+        """Counts of every table, and checksums of the rows changed since the full comparison."""
+        from migration_jobs.engine import capture
+
+        problems = []
+        with ctx.source.connect() as src, ctx.target.connect() as dst:
+            changed = capture.changed_keys(src, ctx.source, ctx.run.pk, verified_round)
+            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            for table in ctx.tables:
+                rows = [fingerprint(c, p, table, ctx.tenant.pk).rows
+                        for c, p in ((src, ctx.source), (dst, ctx.target))]
+                if rows[0] != rows[1]:
+                    problems.append(f"{table.name}: {rows[0]} rows in the source, {rows[1]} in the target")
+                keys = changed.get(table.name)
+                if keys and fingerprint(src, ctx.source, table, ctx.tenant.pk, keys) != fingerprint(
+                        dst, ctx.target, table, ctx.tenant.pk, keys):
+                    problems.append(f"{table.name}: rows changed since the last full comparison differ")
+        return problems
+
+
+def _set_sequences(ctx, sequence_positions, set_sequences) -> None:
+    with ctx.source.connect() as s:
+        floor = sequence_positions(s, ctx.source, ctx.tables)
+    with ctx.target.connect() as t:
+        set_sequences(t, ctx.target, ctx.tables, floor)
+        t.commit()
+
+
+class StopCapture(Step):
+    name, label = "cleanup", "Remove the capture objects"
+
+    def run(self, ctx, step):
+        from migration_jobs.engine import capture
+
+        with ctx.source.connect() as conn:
+            capture.stop_capture(conn, ctx.source, ctx.run.pk, ctx.tables)
+        return "capture triggers, function and change log removed; the old rows stay fenced"
+
+
 class CopyBack(Step):
     name, label = "copy_back", "Copy the rows back into the shared tables"
 
@@ -549,15 +728,20 @@ class CopyBack(Step):
 MOVE_STEPS = [Preflight(), Suspend(), Backup(), Provision(), CreateTables(), Copy(), Sequences(), Verify(),
               Switch(), Reactivate()]
 MOVE_BACK_STEPS = [Preflight(), Suspend(), Backup(), CopyBack(), Verify(), Switch(), Reactivate()]
-VERIFY_STEPS = [Preflight()]
+# Online: the tenant stays active until a sub-second cutover.
+ONLINE_MOVE_STEPS = [Preflight(), Backup(), Provision(), CreateTables(), StartCapture(), Copy(), CatchUp(),
+                     Cutover(), StopCapture()]
+ONLINE_MOVE_BACK_STEPS = [Preflight(), Backup(), StartCapture(), CopyBack(), CatchUp(), Cutover(), StopCapture()]
 
 
-def steps_for(kind: str) -> list[Step]:
-    return {RunKind.MOVE: MOVE_STEPS, RunKind.MOVE_BACK: MOVE_BACK_STEPS}[kind]
+def steps_for(run: MigrationRun) -> list[Step]:
+    if run.online:
+        return ONLINE_MOVE_STEPS if run.kind == RunKind.MOVE else ONLINE_MOVE_BACK_STEPS
+    return MOVE_STEPS if run.kind == RunKind.MOVE else MOVE_BACK_STEPS
 
 
 def create_steps(run: MigrationRun) -> None:
-    steps = steps_for(run.kind)
+    steps = steps_for(run)
     if run.dry_run:
         steps = steps[:1]
     MigrationStep.objects.bulk_create(
@@ -604,7 +788,7 @@ def execute(run_id: int, *, resume: bool = False) -> MigrationRun:
             return MigrationRun.objects.get(pk=run_id)
         ctx = RunContext(run)
         secrets = known_secrets(run)
-        steps = steps_for(run.kind)
+        steps = steps_for(run)
         for definition in steps:
             step = run.steps.filter(name=definition.name).first()
             if step is None or step.status == StepStatus.SUCCEEDED:
@@ -615,6 +799,12 @@ def execute(run_id: int, *, resume: bool = False) -> MigrationRun:
                 message = redact(f"{definition.name}: {exc}", secrets)
                 step.status, step.finished_at, step.message = StepStatus.FAILED, timezone.now(), message[:4000]
                 step.save()
+                if _past_point_of_no_return(run):
+                    # The tenant already writes to the target: undoing would lose those writes.
+                    log.warning("run %s failed at %s after its cutover; not rolling back", run.pk, definition.name)
+                    _finish(run, RunStatus.FAILED, f"{message} (after cutover: the tenant lives in "
+                                                   f"{run.target_placement}; resume the run to finish)")
+                    return run
                 log.warning("run %s failed at %s; rolling back", run.pk, definition.name)
                 _rollback_steps(ctx, secrets)
                 run.refresh_from_db()
@@ -640,9 +830,15 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
     step.save()
 
 
+def _past_point_of_no_return(run: MigrationRun) -> bool:
+    definitions = {d.name: d for d in steps_for(run)}
+    return any(definitions[s.name].point_of_no_return
+               for s in run.steps.filter(status=StepStatus.SUCCEEDED) if s.name in definitions)
+
+
 def _rollback_steps(ctx: RunContext, secrets: list[str]) -> None:
     """Compensate every step that did anything, newest first. Continues past failures."""
-    definitions = {d.name: d for d in steps_for(ctx.run.kind)}
+    definitions = {d.name: d for d in steps_for(ctx.run)}
     for step in ctx.run.steps.filter(status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.RUNNING]
                                      ).order_by("-order"):
         try:
@@ -665,6 +861,9 @@ def rollback(run_id: int, reason: str = "rolled back on request") -> MigrationRu
         run = MigrationRun.objects.select_related("tenant", "target_server").get(pk=run_id)
         if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.FAILED):
             raise StepFailed(f"run {run_id} is {run.status}: nothing to roll back")
+        if _past_point_of_no_return(run):
+            raise StepFailed(f"run {run_id} is past its cutover: the tenant writes to its new place; "
+                             "resume it to finish, or move the tenant back")
         ctx = RunContext(run)
         _rollback_steps(ctx, known_secrets(run))
         _finish(run, RunStatus.ROLLED_BACK if run.status != RunStatus.QUEUED else RunStatus.CANCELLED, reason)

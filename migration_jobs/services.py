@@ -83,8 +83,8 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         raise Refused(f"tenant {tenant.slug} is already in {tenant.placement} placement; move it back first")
     if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
         raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
-    if online:
-        raise Refused("online moves are not available yet; run without --online")
+    if online and tenant.status != Status.ACTIVE:
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
     fields = {"kind": RunKind.MOVE, "source_placement": Placement.SHARED, "target_placement": target,
               "online": online, "dry_run": dry_run, "requested_by": requested_by, "requested_via": via}
     if target == Placement.SCHEMA:
@@ -101,16 +101,18 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
     return _create_run(tenant, **fields)
 
 
-def request_move_back(tenant: Tenant, *, dry_run: bool = False, requested_by=None, via: str = "command"
-                      ) -> MigrationRun:
+def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = False, requested_by=None,
+                      via: str = "command") -> MigrationRun:
     """Create a run that moves a dedicated tenant back into the shared tables."""
     if tenant.placement == Placement.SHARED:
         raise Refused(f"tenant {tenant.slug} is already in shared placement")
     if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
         raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
+    if online and tenant.status != Status.ACTIVE:
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
     fields = {"kind": RunKind.MOVE_BACK, "source_placement": tenant.placement,
-              "target_placement": Placement.SHARED, "dry_run": dry_run, "requested_by": requested_by,
-              "requested_via": via}
+              "target_placement": Placement.SHARED, "online": online, "dry_run": dry_run,
+              "requested_by": requested_by, "requested_via": via}
     if tenant.placement == Placement.SCHEMA:
         fields["target_schema"] = tenant.schema_name
     else:

@@ -160,3 +160,10 @@ TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
 MIGRATION_COPY_WORKERS = env.int("MIGRATION_COPY_WORKERS", default=2)
 # How long a freeze waits for transactions begun before it to finish before giving up.
 MIGRATION_DRAIN_TIMEOUT = env.float("MIGRATION_DRAIN_TIMEOUT", default=30.0)
+API_MAX_UPLOAD_BYTES = env.int("API_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)  # archive uploads to /api/
+# Online moves: cut over once at most this many captured changes wait to be applied.
+MIGRATION_CUTOVER_MAX_CHANGES = env.int("MIGRATION_CUTOVER_MAX_CHANGES", default=200)
+MIGRATION_CATCHUP_INTERVAL = env.float("MIGRATION_CATCHUP_INTERVAL", default=0.2)
+MIGRATION_CATCHUP_TIMEOUT = env.float("MIGRATION_CATCHUP_TIMEOUT", default=1800.0)
+# While a cutover is held for the gradual read switch, compare source and target this often.
+MIGRATION_DIVERGENCE_INTERVAL = env.float("MIGRATION_DIVERGENCE_INTERVAL", default=60.0)

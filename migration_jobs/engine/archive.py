@@ -1,13 +1,21 @@
 """Tenant archives: one file holding a tenant's rows and a manifest that describes them.
 
-The file is a tar archive:
-- `data/<table>.copy.gz`: the table's rows for that tenant in PostgreSQL's binary COPY
-  format, gzip-compressed, streamed block by block (never a whole table in memory);
-- `manifest.json` (last member): format version, tenant, tables in foreign-key order with
-  columns and types, row counts, per-table checksums, source server version and the app's
-  migration state, creation time, and the SHA-256 of every data member.
+The file is a plain (uncompressed) tar archive, written as a stream (it can go to a pipe or
+an HTTP response as well as to a file):
+- `data/<table>.copy.gz`, one per tenant table, in foreign-key order (parents first): the
+  table's rows for that tenant in PostgreSQL's binary COPY format, gzip-compressed, streamed
+  block by block (never a whole table in memory; each member is spooled to a temporary file
+  first because a tar header needs the member's size);
+- `manifest.sha256`: the SHA-256 of manifest.json (catches a damaged manifest);
+- `manifest.json` (last member): format and format version, tenant, tables in foreign-key
+  order with their columns and types, row counts, per-table checksums (verify.fingerprint),
+  primary-key sequence positions, source server version and the app's migration state,
+  creation time, and the SHA-256 and size of every data member.
 
 Everything is read in one REPEATABLE READ snapshot, so counts, checksums and data agree.
+`validate_archive` checks a file before anything is restored from it: a truncated or
+tampered file, a wrong checksum or an unknown format version gives ArchiveError with a
+one-line message.
 """
 from __future__ import annotations
 
@@ -16,8 +24,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
+import zlib
 from pathlib import Path
 
 from django.utils import timezone
@@ -27,9 +37,22 @@ from migration_jobs.engine.copy import _copied_rows as copied_rows
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.tables import TableSpec
 
+FORMAT = "tenant-archive"
 FORMAT_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
 CHUNK = 1 << 20
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
+# The 11-byte signature every binary COPY stream starts with.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+_MEMBER = re.compile(r"^data/[a-z0-9_]{1,63}\.copy\.gz$")
 
+
+class ArchiveError(ValueError):
+    """The file is not a usable tenant archive; the message says why, in one line."""
+
+
+# --- Writing -----------------------------------------------------------------------------
 
 def column_types(conn, place: Place, table: TableSpec) -> list[dict]:
     rows = conn.execute("""
@@ -51,38 +74,86 @@ def migration_state(conn, place: Place) -> dict[str, str]:
     return dict(rows)
 
 
+class HashingWriter:
+    """A write-only file object that forwards to `raw` and keeps the SHA-256 and size."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        self.raw.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        if hasattr(self.raw, "flush"):
+            self.raw.flush()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
 def write_archive(place: Place, tenant, tables: list[TableSpec], path: Path, *, on_table=None) -> dict:
     """Export the tenant's rows from `place` into `path` (written atomically). Returns the manifest."""
-    from migration_jobs.engine.verify import fingerprint
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(path.name + ".partial")
-    manifest = {"format": "tenant-archive", "format_version": FORMAT_VERSION,
-                "tenant": {"id": tenant.pk, "slug": tenant.slug, "name": tenant.name},
+    try:
+        with open(tmp_path, "wb") as out:
+            manifest = write_archive_to(out, place, tenant, tables, on_table=on_table)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def write_archive_to(fileobj, place: Place, tenant, tables: list[TableSpec], *, on_table=None) -> dict:
+    """Stream the archive into `fileobj` (anything with write(); need not be seekable).
+    `on_table(name, rows)` is called after each table. Returns the manifest."""
+    from migration_jobs.engine.sequences import sequence_positions
+    from migration_jobs.engine.verify import fingerprint
+
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "tenant": {"id": tenant.pk, "slug": tenant.slug, "name": tenant.name,
+                           "placement": tenant.placement, "status": tenant.status,
+                           "settings": tenant.settings or {}},
                 "source": {"placement": place.kind, "label": str(place)},
                 "created_at": timezone.now().isoformat(), "tables": []}
-    with place.connect() as conn, tarfile.open(tmp_path, "w") as tar:
+    with place.connect() as conn, tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         manifest["source"]["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
+        manifest["source"]["server_version_num"] = int(conn.execute("SHOW server_version_num").fetchone()[0])
         manifest["migrations"] = migration_state(conn, place)
+        manifest["sequences"] = sequence_positions(conn, place, tables)
         for table in tables:
             rows, member = _add_table(conn, tar, place, table, tenant.pk)
             fp = fingerprint(conn, place, table, tenant.pk)
             if fp.rows != rows:
                 raise RuntimeError(f"{table.name}: exported {rows} rows but counted {fp.rows}")
-            manifest["tables"].append({"name": table.name, "columns": column_types(conn, place, table),
+            manifest["tables"].append({"name": table.name, "pk": table.pk, "parents": list(table.parents),
+                                       "columns": column_types(conn, place, table),
                                        "rows": fp.rows, "checksum": fp.checksum, **member})
             if on_table:
                 on_table(table.name, fp.rows)
         conn.rollback()
         data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        info = tarfile.TarInfo("manifest.json")
-        info.size = len(data)
-        info.mtime = int(timezone.now().timestamp())
-        tar.addfile(info, io.BytesIO(data))
-    os.replace(tmp_path, path)
+        mtime = int(timezone.now().timestamp())
+        _add_bytes(tar, MANIFEST_DIGEST, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST}\n".encode(), mtime)
+        _add_bytes(tar, MANIFEST, data, mtime)
     return manifest
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: int) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = mtime
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _add_table(conn, tar: tarfile.TarFile, place: Place, table: TableSpec, tenant_id: int):
@@ -110,9 +181,218 @@ def _add_table(conn, tar: tarfile.TarFile, place: Place, table: TableSpec, tenan
     return rows, {"member": info.name, "sha256": digest.hexdigest(), "compressed_bytes": size}
 
 
+# --- Reading -----------------------------------------------------------------------------
+
 def read_manifest(path: Path) -> dict:
+    """The manifest, unchecked (the runner's backup step reads back its own export)."""
     with tarfile.open(path, "r") as tar:
-        member = tar.extractfile("manifest.json")
+        member = tar.extractfile(MANIFEST)
         if member is None:
             raise ValueError("archive has no manifest.json")
         return json.load(member)
+
+
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFile)
+
+
+def open_archive(path) -> tarfile.TarFile:
+    """The archive opened for reading (uncompressed tar only), or ArchiveError."""
+    try:
+        return tarfile.open(path, "r:")
+    except FileNotFoundError:
+        raise ArchiveError(f"no such file: {path}") from None
+    except IsADirectoryError:
+        raise ArchiveError(f"{path} is a directory, not an archive") from None
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"not a tenant archive (not a readable tar file: {_why(exc)})") from None
+
+
+def _why(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    try:
+        members = tar.getmembers()
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"archive is truncated or damaged ({_why(exc)})") from None
+    by_name = {}
+    for m in members:
+        if m.name in by_name:
+            raise ArchiveError(f"archive holds {m.name} twice")
+        if not m.isfile():
+            raise ArchiveError(f"unexpected member {m.name!r} (not a regular file)")
+        by_name[m.name] = m
+    return by_name
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int = 16 << 20) -> bytes:
+    if info.size > limit:
+        raise ArchiveError(f"{info.name} is implausibly large ({info.size} bytes)")
+    try:
+        data = tar.extractfile(info).read()
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
+    if len(data) != info.size:
+        raise ArchiveError(f"archive is truncated: {info.name} has {len(data)} of {info.size} bytes")
+    return data
+
+
+def _require(cond, message: str) -> None:
+    if not cond:
+        raise ArchiveError(f"manifest is malformed: {message}")
+
+
+def check_manifest_shape(manifest) -> None:
+    """The manifest has every field restore relies on, with the right types."""
+    _require(isinstance(manifest, dict), "not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise ArchiveError(f"not a tenant archive (format {manifest.get('format')!r}, expected {FORMAT!r})")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_VERSIONS:
+        raise ArchiveError(f"unknown archive format version {version!r} "
+                           f"(this installation reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    tenant = manifest.get("tenant")
+    _require(isinstance(tenant, dict), "tenant missing")
+    _require(isinstance(tenant.get("id"), int) and not isinstance(tenant.get("id"), bool), "tenant.id not an integer")
+    _require(isinstance(tenant.get("slug"), str) and tenant["slug"], "tenant.slug missing")
+    _require(isinstance(tenant.get("name", ""), str), "tenant.name not a string")
+    _require(isinstance(tenant.get("settings", {}), dict), "tenant.settings not an object")
+    _require(isinstance(manifest.get("migrations"), dict)
+             and all(isinstance(k, str) and isinstance(v, str) for k, v in manifest["migrations"].items()),
+             "migrations missing")
+    _require(isinstance(manifest.get("sequences", {}), dict)
+             and all(isinstance(v, int) for v in manifest.get("sequences", {}).values()), "sequences malformed")
+    tables = manifest.get("tables")
+    _require(isinstance(tables, list), "tables missing")
+    seen = set()
+    for i, t in enumerate(tables):
+        where = f"tables[{i}]"
+        _require(isinstance(t, dict), f"{where} not an object")
+        _require(isinstance(t.get("name"), str) and re.match(r"^[a-z0-9_]{1,63}$", t["name"]),
+                 f"{where}.name invalid")
+        _require(t["name"] not in seen, f"table {t['name']} listed twice")
+        seen.add(t["name"])
+        _require(t.get("member") == f"data/{t['name']}.copy.gz", f"{where}.member invalid")
+        _require(isinstance(t.get("sha256"), str) and re.match(r"^[0-9a-f]{64}$", t["sha256"]),
+                 f"{where}.sha256 invalid")
+        _require(isinstance(t.get("compressed_bytes"), int), f"{where}.compressed_bytes missing")
+        _require(isinstance(t.get("rows"), int) and t["rows"] >= 0, f"{where}.rows invalid")
+        _require(isinstance(t.get("checksum"), str) and re.match(r"^-?\d+:[0-9a-f]{16}$", t["checksum"]),
+                 f"{where}.checksum invalid")
+        _require(isinstance(t.get("pk", "id"), str), f"{where}.pk invalid")
+        cols = t.get("columns")
+        _require(isinstance(cols, list) and cols, f"{where}.columns missing")
+        for c in cols:
+            _require(isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("type"), str),
+                     f"{where}.columns malformed")
+        names = [c["name"] for c in cols]
+        _require(len(set(names)) == len(names), f"{where}.columns repeated")
+        _require("tenant_id" in names, f"{where} has no tenant_id column")
+        _require(t.get("pk", "id") in names, f"{where}.pk is not one of its columns")
+
+
+def validate_archive(path) -> dict:
+    """Check the whole file before anything is written: tar structure, manifest digest,
+    manifest shape and format version, every data member's size and SHA-256, the binary
+    COPY signature of each table and that the gzip streams are complete. Returns the manifest.
+    Reads the file once, member by member (never a member whole in memory)."""
+    with open_archive(path) as tar:
+        members = _members(tar)
+        if MANIFEST not in members:
+            raise ArchiveError("archive has no manifest.json (truncated, or not a tenant archive)")
+        data = _read_member(tar, members[MANIFEST])
+        if MANIFEST_DIGEST in members:
+            expected = _read_member(tar, members[MANIFEST_DIGEST], 1024).decode("ascii", "replace").split()[:1]
+            if expected != [hashlib.sha256(data).hexdigest()]:
+                raise ArchiveError("manifest.json does not match its checksum (manifest.sha256): "
+                                   "the manifest was changed or damaged")
+        else:
+            raise ArchiveError("archive has no manifest.sha256 (truncated, or not a tenant archive)")
+        try:
+            manifest = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ArchiveError(f"manifest.json is not valid JSON ({_why(exc)})") from None
+        check_manifest_shape(manifest)
+        expected_members = {MANIFEST, MANIFEST_DIGEST} | {t["member"] for t in manifest["tables"]}
+        extra = sorted(set(members) - expected_members)
+        if extra:
+            raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(extra[:5])}")
+        for table in manifest["tables"]:
+            info = members.get(table["member"])
+            if info is None:
+                raise ArchiveError(f"archive has no {table['member']} (truncated?)")
+            if info.size != table["compressed_bytes"]:
+                raise ArchiveError(f"{table['member']} is {info.size} bytes, the manifest says "
+                                   f"{table['compressed_bytes']}")
+            digest, head = _scan_member(tar, info)
+            if digest != table["sha256"]:
+                raise ArchiveError(f"checksum mismatch in {table['member']}: SHA-256 {digest[:12]}..., "
+                                   f"the manifest says {table['sha256'][:12]}...; the archive was changed or damaged")
+            if head != COPY_SIGNATURE:
+                raise ArchiveError(f"{table['member']} is not a binary COPY stream")
+    return manifest
+
+
+def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[str, bytes]:
+    """SHA-256 of the member's bytes and the first 11 bytes of its decompressed content;
+    the whole gzip stream is decompressed (and its CRC checked), chunk by chunk."""
+    try:
+        raw = HashingReader(tar.extractfile(info))
+        head = b""
+        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+            head = gz.read(len(COPY_SIGNATURE))
+            while gz.read(CHUNK):
+                pass
+        raw.drain()
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
+    if raw.size != info.size:
+        raise ArchiveError(f"archive is truncated: {info.name} has {raw.size} of {info.size} bytes")
+    return raw.hexdigest(), head
+
+
+class HashingReader:
+    """Reads from `raw`, keeping the SHA-256 and the number of bytes read."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read whatever the consumer left (gzip may stop before trailing bytes)."""
+        while self.read(CHUNK):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+
+def open_table_stream(tar: tarfile.TarFile, member: str):
+    """(gzip reader of the member's COPY stream, the HashingReader under it)."""
+    try:
+        raw = HashingReader(tar.extractfile(member))
+    except (KeyError, *_READ_ERRORS) as exc:
+        raise ArchiveError(f"cannot read {member} ({_why(exc)})") from None
+    return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+
+
+def summary(manifest: dict) -> dict:
+    """What a person wants to know about an archive (never a secret: archives hold none)."""
+    return {"format_version": manifest["format_version"], "tenant": manifest["tenant"]["slug"],
+            "tenant_id": manifest["tenant"]["id"], "created_at": manifest.get("created_at"),
+            "source": (manifest.get("source") or {}).get("label"),
+            "server_version": (manifest.get("source") or {}).get("server_version"),
+            "migrations": manifest["migrations"],
+            "rows": sum(t["rows"] for t in manifest["tables"]),
+            "tables": {t["name"]: t["rows"] for t in manifest["tables"]}}

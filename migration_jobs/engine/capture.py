@@ -156,36 +156,53 @@ class Round:
     rows_written: int       # rows inserted into the target
     rows_deleted: int       # rows removed from the target
     seconds: float
+    fingerprints: dict = None  # table -> (source, target) when compared
+
+    @property
+    def mismatches(self) -> list[str]:
+        return [name for name, (a, b) in (self.fingerprints or {}).items() if a != b]
 
 
 def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, tables: list[TableSpec],
-                number: int) -> Round:
-    """Bring the target to the source's state as of one snapshot for every logged row."""
+                number: int, *, compare: bool = False) -> Round:
+    """Bring the target to the source's state as of one snapshot for every logged row.
+
+    With `compare`, also fingerprint every table on both sides at that same point (the
+    source in the round's snapshot, the target right after the round's commit): a full
+    comparison that concurrent writes to the source cannot disturb."""
+    from migration_jobs.engine.verify import fingerprint
+
     started = time.monotonic()
     log = sql.Identifier(source.schema, log_table(run_id))
     written = deleted = 0
+    fingerprints = {}
     with source.connect() as src, target.connect() as dst:
         src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-        changes = src.execute(sql.SQL("SELECT count(*) FROM {} WHERE applied_round IS NULL").format(log)
-                              ).fetchone()[0]
-        if changes == 0:
-            src.rollback()
-            return Round(number, 0, 0, 0, time.monotonic() - started)
-        dst.execute(BYPASS)
-        dst.execute("SET CONSTRAINTS ALL DEFERRED")
         touched = {r[0] for r in src.execute(sql.SQL(
             "SELECT DISTINCT table_name FROM {} WHERE applied_round IS NULL").format(log)).fetchall()}
-        for table in tables:
-            if table.name not in touched:
-                continue
-            w, d = _apply_table(src, dst, source, target, log, table, tenant_id)
-            written += w
-            deleted += d
-        dst.commit()
-        # Same snapshot: marks exactly the log rows whose rows we just copied.
-        src.execute(sql.SQL("UPDATE {} SET applied_round = %s WHERE applied_round IS NULL").format(log), (number,))
+        changes = 0
+        if touched:
+            changes = src.execute(sql.SQL("SELECT count(*) FROM {} WHERE applied_round IS NULL").format(log)
+                                  ).fetchone()[0]
+            dst.execute(BYPASS)
+            dst.execute("SET CONSTRAINTS ALL DEFERRED")
+            for table in tables:
+                if table.name in touched:
+                    w, d = _apply_table(src, dst, source, target, log, table, tenant_id)
+                    written += w
+                    deleted += d
+            dst.commit()
+        if compare:
+            for table in tables:
+                fingerprints[table.name] = (fingerprint(src, source, table, tenant_id),
+                                            fingerprint(dst, target, table, tenant_id))
+            dst.rollback()
+        if touched:
+            # Same snapshot: marks exactly the log rows whose rows we just copied.
+            src.execute(sql.SQL("UPDATE {} SET applied_round = %s WHERE applied_round IS NULL").format(log),
+                        (number,))
         src.commit()
-    return Round(number, changes, written, deleted, time.monotonic() - started)
+    return Round(number, changes, written, deleted, time.monotonic() - started, fingerprints)
 
 
 def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, tenant_id: int):
@@ -193,6 +210,7 @@ def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, 
     pk = sql.Identifier(table.pk)
     name = sql.Literal(table.name)
     dst.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS tenant_move_keys (k bigint) ON COMMIT DELETE ROWS"))
+    dst.execute(sql.SQL("TRUNCATE tenant_move_keys"))  # keys of the previous table, same transaction
     dst.execute(sql.SQL("DROP TABLE IF EXISTS tenant_move_stage"))
     dst.execute(sql.SQL("CREATE TEMP TABLE tenant_move_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
                         ).format(cols, target.table(table.name)))

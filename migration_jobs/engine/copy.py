@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import logging
 import queue
+import selectors
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -68,7 +69,7 @@ def copy_in_statement(target: Place, table: TableSpec, *, freeze: bool = False) 
 def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, source: Place, target: Place,
                table: TableSpec, tenant_id: int, on_bytes: Callable[[int], None] | None = None, *,
                freeze: bool = False, cancel: threading.Event | None = None,
-               block_size: int = BLOCK_SIZE) -> TableCopy:
+               block_size: int = BLOCK_SIZE, fast_read: bool = True) -> TableCopy:
     """Copy the tenant's rows of one table from `source` to `target`.
 
     Runs in whatever transactions the two connections are in (nothing is committed here).
@@ -76,34 +77,82 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
     every PROGRESS_EVERY bytes and once at the end. `freeze=True` writes the rows frozen
     (COPY FREEZE), allowed only when the table was truncated in the current target
     transaction. `cancel`: an event checked between blocks; when set, the copy is aborted
-    (both COPY operations are terminated) with CopyCancelled.
+    (both COPY operations are terminated) with CopyCancelled. `fast_read=False` reads the
+    source through psycopg's Copy.read() (one Python call per row: slower).
     """
     started = time.monotonic()
     total = unreported = 0
     with src_conn.cursor() as src_cur, dst_conn.cursor() as dst_cur:
         with src_cur.copy(copy_out_statement(source, table), (tenant_id,)) as copy_out, \
                 dst_cur.copy(copy_in_statement(target, table, freeze=freeze)) as copy_in:
-            block = bytearray()
-            for data in copy_out:        # one CopyData message (one row) at a time
-                block += data
-                if len(block) >= block_size:
-                    if cancel is not None and cancel.is_set():
-                        raise CopyCancelled(table.name)
-                    copy_in.write(memoryview(block))
-                    total += len(block)
-                    unreported += len(block)
-                    block = bytearray()
-                    if on_bytes is not None and unreported >= PROGRESS_EVERY:
-                        on_bytes(unreported)
-                        unreported = 0
-            if block:
+            blocks = _read_blocks(src_conn, block_size) if fast_read else _copy_blocks(copy_out, block_size)
+            for block in blocks:
+                if cancel is not None and cancel.is_set():
+                    raise CopyCancelled(table.name)
                 copy_in.write(memoryview(block))
                 total += len(block)
                 unreported += len(block)
+                if on_bytes is not None and unreported >= PROGRESS_EVERY:
+                    on_bytes(unreported)
+                    unreported = 0
         rows = _copied_rows(dst_cur)
     if on_bytes is not None and unreported:
         on_bytes(unreported)
     return TableCopy(rows=rows, bytes=total, seconds=round(time.monotonic() - started, 6))
+
+
+def _copy_blocks(copy_out: psycopg.Copy, block_size: int) -> Iterator[bytearray]:
+    """Blocks of about block_size bytes from a COPY TO, read one row at a time by psycopg."""
+    block = bytearray()
+    for data in copy_out:        # one CopyData message (one row) per iteration
+        block += data
+        if len(block) >= block_size:
+            yield block
+            block = bytearray()
+    if block:
+        yield block
+
+
+def _read_blocks(conn: psycopg.Connection, block_size: int) -> Iterator[bytearray]:
+    """The same blocks, read straight from libpq (psycopg's public `pgconn`): a COPY TO
+    sends one message per row, and a Python round trip through psycopg's generator per row
+    costs about as much as the server's work. Consumes the COPY's final result too (the
+    Copy object then has nothing left to do) and raises its error, if any."""
+    pgconn = conn.pgconn
+    block = bytearray()
+    with selectors.DefaultSelector() as selector:
+        selector.register(pgconn.socket, selectors.EVENT_READ)
+
+        def wait_readable():
+            selector.select(timeout=1.0)
+            pgconn.consume_input()
+
+        while True:
+            nbytes, data = pgconn.get_copy_data(1)   # non-blocking; raises on a broken stream
+            if nbytes > 0:
+                block += data
+                if len(block) >= block_size:
+                    yield block
+                    block = bytearray()
+            elif nbytes == 0:
+                wait_readable()
+            else:                                    # -1: end of the data
+                break
+        # The final result, before the last block is handed out: whatever the caller does
+        # with it, the connection is left with no command in progress.
+        results = []
+        while True:
+            while pgconn.is_busy():
+                wait_readable()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            results.append(result)
+    failed = [r for r in results if r.status != psycopg.pq.ExecStatus.COMMAND_OK]
+    if failed:
+        raise psycopg.errors.error_from_result(failed[0], encoding=conn.info.encoding)
+    if block:
+        yield block
 
 
 def _copied_rows(cur: psycopg.Cursor) -> int:

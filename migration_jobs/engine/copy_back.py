@@ -1,6 +1,7 @@
 """Moving a tenant back into the shared tables, in ONE transaction on the shared database:
-delete its legacy rows, copy every row from the dedicated place, raise sequences, compare
-every table (counts and checksums) against the source, and only then commit. Any failure
+delete its legacy rows, copy every row from the dedicated place, compare every table
+(counts and checksums) against the source, and only then commit (sequences are raised just
+before, in a short transaction of their own). Any failure
 rolls the transaction back: the shared database is left exactly as it was."""
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ def copy_back(dedicated: Place, shared: Place, tenant_id: int, tables: list[Tabl
               checkpoint=lambda name: None) -> dict:
     rows = bytes_ = legacy = 0
     per_table = {}
+    # Raise the shared sequences past every key the tenant has used, first and briefly:
+    # inside the long copy transaction their locks would hold other tenants' writers.
+    with dedicated.connect() as src:
+        floor = sequence_positions(src, dedicated, tables)
+    with shared.connect() as conn:
+        set_sequences(conn, shared, tables, floor)
+        conn.commit()
     with dedicated.connect() as src, shared.connect() as dst:
         src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         dst.execute(BYPASS)  # the tenant's legacy rows here are fenced against the app, not us
@@ -34,8 +42,6 @@ def copy_back(dedicated: Place, shared: Place, tenant_id: int, tables: list[Tabl
             rows += result.rows
             bytes_ += result.bytes
             checkpoint(f"copy_back:{table.name}")
-        floor = sequence_positions(dst, shared, tables)
-        set_sequences(dst, shared, tables, floor)
         dst.execute("SET CONSTRAINTS ALL IMMEDIATE")  # foreign keys checked before we verify
         mismatches = []
         for table in tables:

@@ -30,19 +30,23 @@ class Fingerprint:
     checksum: str
 
 
-def fingerprint_query(place: Place, table: TableSpec) -> sql.Composed:
+def fingerprint_query(place: Place, table: TableSpec, *, keyed: bool = False) -> sql.Composed:
     row = sql.SQL(", ").join(sql.Identifier(c) for c in sorted(table.columns))
+    only_keys = sql.SQL(" AND {} = ANY(%s)").format(sql.Identifier(table.pk)) if keyed else sql.SQL("")
     return sql.SQL(
         "SELECT count(*),"
         " coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0),"
         " coalesce(bit_xor(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"
-        " FROM (SELECT md5(ROW({row})::text) AS h FROM {tbl} WHERE {tenant} = %s) AS rows"
-    ).format(row=row, tbl=place.table(table.name), tenant=sql.Identifier("tenant_id"))
+        " FROM (SELECT md5(ROW({row})::text) AS h FROM {tbl} WHERE {tenant} = %s{only_keys}) AS rows"
+    ).format(row=row, tbl=place.table(table.name), tenant=sql.Identifier("tenant_id"), only_keys=only_keys)
 
 
-def fingerprint(conn: psycopg.Connection, place: Place, table: TableSpec, tenant_id: int) -> Fingerprint:
-    """Row count and checksum of the tenant's rows of one table in the place."""
-    rows, total, xor = conn.execute(fingerprint_query(place, table), (tenant_id,)).fetchone()
+def fingerprint(conn: psycopg.Connection, place: Place, table: TableSpec, tenant_id: int,
+                keys: list[int] | None = None) -> Fingerprint:
+    """Row count and checksum of the tenant's rows of one table in the place (only the rows
+    with these primary keys, when `keys` is given: what changed since a full comparison)."""
+    params = (tenant_id,) if keys is None else (tenant_id, list(keys))
+    rows, total, xor = conn.execute(fingerprint_query(place, table, keyed=keys is not None), params).fetchone()
     return Fingerprint(rows=int(rows), checksum=f"{int(total)}:{int(xor) & 0xFFFFFFFFFFFFFFFF:016x}")
 
 

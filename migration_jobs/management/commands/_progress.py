@@ -110,7 +110,7 @@ class _Display:
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=run.rows_total or None, unit="rows", unit_scale=True, file=stream,
+            self.bar = tqdm(total=(run.rows_total or None) if not run.dry_run else None, unit="rows", unit_scale=True, file=stream,
                             desc=f"run {run.pk}", dynamic_ncols=True, leave=True)
 
     def rate(self) -> float | None:
@@ -122,6 +122,8 @@ class _Display:
     def update(self, snap: dict) -> None:
         now = time.monotonic()
         rows, total = snap["rows_copied"] or 0, snap["rows_total"] or 0
+        if self.run.dry_run:
+            rows = total = 0  # a preflight counts rows, it copies none
         self.samples.append((now, rows))
         step = snap["current_step"] or snap["status"]
         if self.bar is not None:
