@@ -20,7 +20,7 @@ ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 class RunKind(models.TextChoices):
     MOVE = "move", "Move to dedicated"
     MOVE_BACK = "move_back", "Move back to shared"
-    VERIFY = "verify", "Verify"
+    RETIRE = "retire", "Retire legacy rows"
 
 
 class MigrationRun(models.Model):

@@ -29,6 +29,7 @@ from migration_jobs.engine.places import Place, database_place, schema_place, sh
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from tenancy.models import DatabaseCredential, Placement, Status, Tenant
+from tenancy.routing import notify_change
 
 log = logging.getLogger(__name__)
 RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
@@ -96,14 +97,15 @@ class RunContext:
     def dedicated(self) -> Place:
         """The dedicated side: the target of a move out, the source of a move back."""
         run = self.run
-        kind = run.target_placement if run.kind == RunKind.MOVE else run.source_placement
+        kind = run.target_placement if run.kind in (RunKind.MOVE, RunKind.RETIRE) else run.source_placement
         if kind == Placement.SCHEMA:
             return schema_place(run.target_schema)
         return database_place(run.target_server, run.target_database)
 
     @property
     def source(self) -> Place:
-        return shared_place() if self.run.kind == RunKind.MOVE else self.dedicated
+        """Where the rows are read from (for a retirement: the legacy rows in shared)."""
+        return self.dedicated if self.run.kind == RunKind.MOVE_BACK else shared_place()
 
     @property
     def target(self) -> Place:
@@ -587,6 +589,7 @@ class CatchUp(Step):
         number = step.details.get("round", 0)
         applied = step.details.get("applied", 0)
         deadline = time.monotonic() + settings.MIGRATION_CATCHUP_TIMEOUT
+        hold_deadline = time.monotonic() + settings.MIGRATION_HOLD_MAX_SECONDS
         last_compare = time.monotonic()
         while True:
             number += 1
@@ -597,11 +600,15 @@ class CatchUp(Step):
             checkpoint("catch_up:round")
             hold = MigrationRun.objects.values_list("hold_cutover", flat=True).get(pk=ctx.run.pk)
             if hold:
+                if time.monotonic() > hold_deadline:
+                    raise StepFailed(f"cutover held for more than {settings.MIGRATION_HOLD_MAX_SECONDS:.0f}s")
                 # Kept in sync for the gradual read switch: compare now and then.
-                if time.monotonic() - last_compare > settings.MIGRATION_DIVERGENCE_INTERVAL:
+                if time.monotonic() - last_compare >= settings.MIGRATION_DIVERGENCE_INTERVAL:
                     number += 1
                     _compare_round(ctx, number)
                     last_compare = time.monotonic()
+                    ctx.save_details(step, round=number, compared_at_round=number,
+                                     comparisons=step.details.get("comparisons", 0) + 1)
                 time.sleep(settings.MIGRATION_CATCHUP_INTERVAL)
                 continue
             if lag.changes <= settings.MIGRATION_CUTOVER_MAX_CHANGES:
@@ -725,6 +732,56 @@ class CopyBack(Step):
                 "in one transaction")
 
 
+class RetireCheck(Step):
+    name, label = "retire_check", "Check the dedicated copy before retiring"
+
+    def run(self, ctx, step):
+        from migration_jobs.verification import verify_in_place
+
+        tenant = ctx.refresh_tenant()
+        if tenant.placement != ctx.run.target_placement:
+            raise StepFailed(f"tenant {tenant.slug} is in {tenant.placement} placement, not "
+                             f"{ctx.run.target_placement}: its shared rows are not legacy")
+        report = verify_in_place(tenant)
+        ctx.run.report = {**ctx.run.report, "verify_in_place": report}
+        ctx.run.save(update_fields=["report"])
+        if not report["ok"]:
+            raise StepFailed(f"the dedicated copy failed verification: {'; '.join(report['problems'])}")
+        with shared_place().connect() as conn:
+            from migration_jobs.engine.preflight import PreflightReport, check_source
+
+            counted = PreflightReport()
+            check_source(conn, shared_place(), tenant.pk, ctx.tables, counted)
+        ctx.run.rows_total = counted.total_rows
+        ctx.run.save(update_fields=["rows_total"])
+        ctx.save_details(step, legacy_rows=counted.row_counts)
+        return f"dedicated copy verified; {counted.total_rows} legacy rows to retire"
+
+
+class RetireDelete(Step):
+    name, label = "retire_delete", "Delete the legacy rows in batches"
+    point_of_no_return = True
+
+    def run(self, ctx, step):
+        from migration_jobs.engine import capture
+        from migration_jobs.engine.retire import delete_in_batches
+
+        done = dict(step.details.get("deleted", {}))
+
+        def on_batch(table, count):
+            done[table] = done.get(table, 0) + count
+            ctx.save_details(step, deleted=done)
+            ctx.progress(sum(done.values()))
+            checkpoint(f"retire:{table}")
+
+        delete_in_batches(shared_place(), ctx.tenant.pk, list(reversed(ctx.tables)),
+                          settings.TENANT_LEGACY_BATCH_ROWS, on_batch)
+        with shared_place().connect() as conn:
+            capture.remove_fence(conn, shared_place(), ctx.tenant.pk, ctx.tables)
+        step.rows = sum(done.values())
+        return f"{step.rows} legacy rows deleted from the shared tables; their fence removed"
+
+
 MOVE_STEPS = [Preflight(), Suspend(), Backup(), Provision(), CreateTables(), Copy(), Sequences(), Verify(),
               Switch(), Reactivate()]
 MOVE_BACK_STEPS = [Preflight(), Suspend(), Backup(), CopyBack(), Verify(), Switch(), Reactivate()]
@@ -734,7 +791,12 @@ ONLINE_MOVE_STEPS = [Preflight(), Backup(), Provision(), CreateTables(), StartCa
 ONLINE_MOVE_BACK_STEPS = [Preflight(), Backup(), StartCapture(), CopyBack(), CatchUp(), Cutover(), StopCapture()]
 
 
+RETIRE_STEPS = [RetireCheck(), Backup(), RetireDelete()]
+
+
 def steps_for(run: MigrationRun) -> list[Step]:
+    if run.kind == RunKind.RETIRE:
+        return RETIRE_STEPS
     if run.online:
         return ONLINE_MOVE_STEPS if run.kind == RunKind.MOVE else ONLINE_MOVE_BACK_STEPS
     return MOVE_STEPS if run.kind == RunKind.MOVE else MOVE_BACK_STEPS
@@ -751,6 +813,7 @@ def create_steps(run: MigrationRun) -> None:
 # --- Execution ----------------------------------------------------------------------------
 
 def _finish(run: MigrationRun, status: str, error: str = "") -> None:
+    notify_change(run.tenant_id)
     run.status = status
     run.finished_at = timezone.now()
     run.current_step = ""
@@ -821,6 +884,8 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
     run.current_step = definition.name
     run.heartbeat_at = timezone.now()
     run.save(update_fields=["current_step", "heartbeat_at"])
+    if run.online:
+        notify_change(run.tenant_id)  # a read switch applies only while catching up
     step.status, step.started_at, step.finished_at = StepStatus.RUNNING, timezone.now(), None
     step.save()
     checkpoint(f"before:{definition.name}")

@@ -75,7 +75,8 @@ def _create_run(tenant: Tenant, **fields) -> MigrationRun:
 
 
 def request_move(tenant: Tenant, target: str, *, server_name: str | None = None, online: bool = False,
-                 dry_run: bool = False, requested_by=None, via: str = "command") -> MigrationRun:
+                 hold_cutover: bool = False, dry_run: bool = False, requested_by=None,
+                 via: str = "command") -> MigrationRun:
     """Create (not start) a run that moves a pooled tenant to a dedicated schema or database."""
     if target not in TARGETS:
         raise Refused(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
@@ -85,8 +86,11 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
     if online and tenant.status != Status.ACTIVE:
         raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
+    if hold_cutover and not online:
+        raise Refused("holding the cutover (for a gradual read switch) needs an online move")
     fields = {"kind": RunKind.MOVE, "source_placement": Placement.SHARED, "target_placement": target,
-              "online": online, "dry_run": dry_run, "requested_by": requested_by, "requested_via": via}
+              "online": online, "hold_cutover": hold_cutover, "dry_run": dry_run, "requested_by": requested_by,
+              "requested_via": via}
     if target == Placement.SCHEMA:
         if server_name:
             raise Refused("--server applies to database targets only: a schema lives in the shared database")
@@ -179,6 +183,60 @@ def set_status(tenant: Tenant, status: str) -> Tenant:
     return tenant
 
 
+def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=None, via: str = "command"
+                   ) -> MigrationRun:
+    """Create a run that archives and deletes a moved tenant's legacy rows from the shared
+    tables, after the grace period (TENANT_LEGACY_GRACE_DAYS) since its move."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    if tenant.placement == Placement.SHARED:
+        raise Refused(f"tenant {tenant.slug} lives in the shared tables: it has no legacy rows")
+    moved = tenant.migration_runs.filter(kind=RunKind.MOVE, status=RunStatus.SUCCEEDED).order_by(
+        "-finished_at").first()
+    if moved is None:
+        raise Refused(f"tenant {tenant.slug} has no successful move: nothing is known to be legacy")
+    ready_at = moved.finished_at + timedelta(days=settings.TENANT_LEGACY_GRACE_DAYS)
+    if not ignore_grace and timezone.now() < ready_at:
+        raise Refused(f"tenant {tenant.slug} moved at {moved.finished_at:%Y-%m-%d %H:%M}; its legacy rows may be "
+                      f"retired from {ready_at:%Y-%m-%d %H:%M} (TENANT_LEGACY_GRACE_DAYS="
+                      f"{settings.TENANT_LEGACY_GRACE_DAYS:g})")
+    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=tenant.placement,
+                       target_placement=tenant.placement, target_schema=moved.target_schema,
+                       target_database=moved.target_database, target_server=moved.target_server,
+                       requested_by=requested_by, requested_via=via)
+
+
+READ_SHARES = (0, 10, 50, 100)
+
+
+def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
+    """The gradual read switch: serve this share of the tenant's read-only requests from the
+    target of an online move while it is kept in sync (0 -> 10 -> 50 -> 100)."""
+    from tenancy.routing import notify_change
+
+    if percent not in READ_SHARES:
+        raise Refused(f"read share must be one of {', '.join(map(str, READ_SHARES))}")
+    if not (run.online and run.kind == RunKind.MOVE and run.status in ACTIVE_STATUSES):
+        raise Refused(f"run {run.pk} is not an active online move: reads can only switch during one")
+    with transaction.atomic():
+        MigrationRun.objects.filter(pk=run.pk).update(read_percent=percent, hold_cutover=True if percent < 100
+                                                      else run.hold_cutover)
+        notify_change(run.tenant_id)
+    run.refresh_from_db()
+    return run
+
+
+def release_cutover(run: MigrationRun) -> MigrationRun:
+    """Let a held online move cut over (at its next catch-up round)."""
+    if not (run.online and run.status in ACTIVE_STATUSES):
+        raise Refused(f"run {run.pk} is not an active online move")
+    MigrationRun.objects.filter(pk=run.pk).update(hold_cutover=False)
+    run.refresh_from_db()
+    return run
+
+
 def run_report(run: MigrationRun) -> dict:
     """What `--json` prints and the API returns: never a password."""
     run.refresh_from_db()
@@ -194,6 +252,8 @@ def run_report(run: MigrationRun) -> dict:
         "seconds": run.duration.total_seconds() if run.duration else None,
         "rows_copied": run.rows_copied, "bytes_copied": run.bytes_copied,
         "rows_per_second": round(run.rows_per_second, 1) if run.rows_per_second else None,
+        "online": run.online, "freeze_seconds": run.freeze_seconds,
+        "lag": {"changes": run.lag_changes, "oldest_seconds": run.lag_seconds} if run.online else None,
         "tables": {name: {"rows": t.get("target_rows"), "checksum": t.get("target_checksum"), "ok": t.get("ok")}
                    for name, t in verify.items()},
         "steps": [{"name": s.name, "status": s.status, "rows": s.rows, "message": s.message,

@@ -21,11 +21,11 @@ def current_route() -> TenantRoute | None:
 
 
 def resolve(tenant) -> TenantRoute:
-    """A fresh route for a Tenant, a TenantRoute, a tenant id or a slug."""
+    """The route for a TenantRoute (as given), or a fresh one for a Tenant, an id or a slug."""
     from tenancy.models import Tenant
 
     if isinstance(tenant, TenantRoute):
-        return routes.by_id(tenant.id)
+        return tenant  # the caller's route, as it is (a read route, say)
     if isinstance(tenant, Tenant):
         return routes.by_id(tenant.pk)
     if isinstance(tenant, int):

@@ -3,6 +3,8 @@
 Hosts that are no tenant's domain (the admin at 127.0.0.1, say) run with no tenant, on the
 public schema. After the first request for a host, resolving it costs no query.
 """
+import random
+
 from django.conf import settings
 from django.http import JsonResponse
 
@@ -43,5 +45,9 @@ class TenantMiddleware:
         refused = refusal(route, request.method)
         if refused is not None:
             return refused
+        if route.read_route is not None and request.method in SAFE_METHODS and \
+                random.random() * 100 < route.read_percent:
+            route = route.read_route  # served from the in-sync copy of an online move
+        request.tenant_route = route
         with tenant_context(route):
             return self.get_response(request)

@@ -10,6 +10,11 @@ slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
                                 "lower-case letters, digits and _, starting with a letter, at most 40")
 
 
+def tenant_host(slug: str) -> str:
+    """The host name a tenant is served at: slugs may hold `_`, host names may not (RFC 1034)."""
+    return f"{slug.replace('_', '-')}.{settings.TENANT_BASE_DOMAIN}"
+
+
 class Placement(models.TextChoices):
     SHARED = "shared", "Shared database"
     SCHEMA = "schema", "Dedicated schema"

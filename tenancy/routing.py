@@ -38,6 +38,10 @@ class TenantRoute:
     placement: str
     status: str
     db_alias: str | None = None  # only for database placement
+    # While an online move keeps its target in sync, a share of read-only requests may be
+    # served from there (the runbook's gradual read switch).
+    read_percent: int = 0
+    read_route: "TenantRoute | None" = None
 
     @property
     def accepts_writes(self) -> bool:
@@ -141,10 +145,33 @@ def _load_route(tenant_id: int) -> TenantRoute:
     tenant = Tenant.objects.select_related("credential__server").get(pk=tenant_id)
     alias = None
     if tenant.placement == Placement.DATABASE:
-        credential = tenant.credential
-        alias = dedicated_alias(tenant.pk, credential)
-        _register_alias(alias, credential)
-    return TenantRoute(tenant.pk, tenant.slug, tenant.schema_name, tenant.placement, tenant.status, alias)
+        alias = _alias_for(tenant)
+    route = TenantRoute(tenant.pk, tenant.slug, tenant.schema_name, tenant.placement, tenant.status, alias)
+    return _with_read_switch(route, tenant)
+
+
+def _alias_for(tenant) -> str:
+    credential = tenant.credential
+    alias = dedicated_alias(tenant.pk, credential)
+    _register_alias(alias, credential)
+    return alias
+
+
+def _with_read_switch(route: TenantRoute, tenant) -> TenantRoute:
+    """Attach the read route of an online move that is catching up with reads switched on."""
+    from dataclasses import replace
+
+    from migration_jobs.models import MigrationRun
+
+    run = MigrationRun.objects.filter(tenant_id=tenant.pk, status="running", online=True, kind="move",
+                                      current_step="catch_up", read_percent__gt=0).first()
+    if run is None:
+        return route
+    alias = _alias_for(tenant) if run.target_placement == "database" else None
+    # Read-only by construction: a GET that writes must not write to the copy.
+    reads = replace(route, placement=run.target_placement, db_alias=alias, status="read_only",
+                    schema_name=run.target_schema or route.schema_name)
+    return replace(route, read_percent=run.read_percent, read_route=reads)
 
 
 def dedicated_alias(tenant_id: int, credential) -> str:

@@ -9,6 +9,7 @@ from psycopg import sql
 
 
 from django.db.backends.base.base import BaseDatabaseWrapper
+from tenancy.models import tenant_host
 
 
 @pytest.fixture(autouse=True)
@@ -85,7 +86,7 @@ def make_tenant(db):
     def make(slug, placement="shared", status="active", name=None):
         tenant = Tenant(slug=slug, name=name or slug.replace("_", " ").title(), placement=placement, status=status)
         tenant.save()
-        Domain.objects.create(domain=f"{slug}.{settings.TENANT_BASE_DOMAIN}", tenant=tenant, is_primary=True)
+        Domain.objects.create(domain=tenant_host(slug), tenant=tenant, is_primary=True)
         return tenant
 
     return make

@@ -347,3 +347,35 @@ def test_passwords_never_reach_run_records(seeded, cleanup):
         s.message + json.dumps(s.details) for s in run.steps.all())
     assert password not in blob
     assert password not in tenant.credential.password_encrypted
+
+
+def test_legacy_rows_retire_after_the_grace_period_only(seeded, cleanup, settings):
+    tenant = seeded
+    other = Tenant.objects.exclude(pk=tenant.pk).first()
+    run = move(tenant, "schema")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("schema", tenant.schema_name))
+    tenant.refresh_from_db()
+    with pytest.raises(services.Refused, match="may be retired from"):
+        services.request_retire(tenant)
+    legacy = fingerprints(shared_place(), tenant.pk)
+    others = fingerprints(shared_place(), other.pk)
+    dedicated = snapshot(place_of(tenant), tenant.pk)
+    settings.TENANT_LEGACY_BATCH_ROWS = 97  # many small batches
+    from django.core.management import call_command
+
+    call_command("retire_tenant_legacy", tenant.slug, "--ignore-grace")
+    retire = tenant.migration_runs.get(kind="retire")
+    assert retire.status == RunStatus.SUCCEEDED, retire.error
+    assert all(fp.rows == 0 for fp in fingerprints(shared_place(), tenant.pk).values())
+    assert fingerprints(shared_place(), other.pk) == others  # nobody else touched
+    assert snapshot(place_of(tenant), tenant.pk) == dedicated
+    assert fence_triggers(shared_place(), tenant.pk) == 0
+    deleted = retire.steps.get(name="retire_delete").details["deleted"]
+    assert deleted == {name: fp.rows for name, fp in legacy.items() if fp.rows}
+    from migration_jobs.engine.archive import read_manifest
+
+    manifest = read_manifest(retire.steps.get(name="backup").details["path"])
+    assert {t["name"]: t["rows"] for t in manifest["tables"]} == {n: fp.rows for n, fp in legacy.items()}
+    with pytest.raises(services.Refused):
+        services.request_retire(Tenant.objects.get(pk=other.pk))  # pooled: nothing to retire

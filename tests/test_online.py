@@ -16,7 +16,7 @@ from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.models import RunStatus
 from shop.models import Customer
 from tenancy.context import tenant_context
-from tenancy.models import Tenant
+from tenancy.models import Tenant, tenant_host
 from tests.test_moves import drop_move_objects, fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -191,32 +191,51 @@ def test_failure_before_the_switch_unfreezes_on_shared_with_nothing_lost(seeded,
         Customer.objects.create(first_name="after", last_name="failure", created_at=timezone.now())
 
 
-def test_held_cutover_keeps_the_target_in_sync_and_compares(seeded, settings):
+def test_gradual_read_switch_then_cutover(seeded, settings, client):
+    """Held in sync, the tenant's reads move 0 -> 50 -> 100 % to the target while its writes
+    stay on shared; source and target are compared meanwhile; then staff release the cutover."""
     tenant = seeded
     settings.MIGRATION_DIVERGENCE_INTERVAL = 0.0
-    run = services.request_move(tenant, "schema", online=True)
-    run.hold_cutover = True
-    run.save()
-    done = threading.Event()
+    settings.MIGRATION_HOLD_MAX_SECONDS = 90.0  # the run gives up if this test's staff thread dies
+    run = services.request_move(tenant, "schema", online=True, hold_cutover=True)
+    host = tenant_host(tenant.slug)
+    seen = {}
 
-    def release():
-        # Staff raise the read share, then let the cutover happen.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            run.refresh_from_db()
-            step = run.steps.get(name="catch_up")
-            if step.details.get("round", 0) >= 4:
-                break
-            time.sleep(0.1)
-        type(run).objects.filter(pk=run.pk).update(hold_cutover=False)
-        done.set()
-        connection.close()
+    def staff():
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                run.refresh_from_db()
+                if run.current_step == "catch_up" and run.steps.get(name="catch_up").details.get("round", 0) >= 2:
+                    break
+                time.sleep(0.05)
+            for share in (0, 50, 100):
+                services.set_read_share(run, share)
+                places = [client.get("/shop/summary/", HTTP_HOST=host).json()["placement"] for _ in range(60)]
+                seen[share] = places.count("schema")
+            # Writes keep going to shared while reads are switched.
+            response = client.post("/shop/customers/", data='{"first_name": "During", "last_name": "Switch"}',
+                                   content_type="application/json", HTTP_HOST=host)
+            seen["write"] = response.status_code
+            time.sleep(0.5)
+            seen["comparisons"] = run.steps.get(name="catch_up").details.get("comparisons", 0)
+            services.release_cutover(run)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            seen["error"] = repr(exc)
+            type(run).objects.filter(pk=run.pk).update(hold_cutover=False)
+        finally:
+            connection.close()
 
-    threading.Thread(target=release, daemon=True).start()
+    thread = threading.Thread(target=staff, daemon=True)
+    thread.start()
     finished = runner.execute(run.pk)
-    assert done.is_set()
+    thread.join(30)
+    assert "error" not in seen, seen
     assert finished.status == RunStatus.SUCCEEDED, finished.error
-    assert finished.steps.get(name="catch_up").details["round"] >= 4
+    assert seen[0] == 0 and seen[100] == 60 and 10 <= seen[50] <= 50, seen
+    assert seen["write"] == 201 and seen["comparisons"] >= 1
+    with tenant_context(tenant):
+        assert Customer.objects.filter(first_name="During").count() == 1  # caught up into the target
     provision.drop_schema(tenant.schema_name)
 
 
@@ -228,10 +247,19 @@ def test_online_rollback_after_a_killed_worker_removes_capture(seeded, settings)
     with pytest.raises(runner.WorkerKilled):
         runner.execute(run.pk)
     runner.FAULTS.clear()
-    assert [o["kind"] for o in leftover_capture(shared_place())]  # the check command would list them
+    assert [o["kind"] for o in leftover_capture(shared_place())]
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    with pytest.raises(SystemExit) as exit_status:  # the check command lists them as orphaned
+        call_command("tenant_move_leftovers", stdout=out)
+    assert exit_status.value.code == 1 and f"tenant_move_log_{run.pk}" in out.getvalue()
     rolled = services.rollback_unfinished(tenant)
     assert rolled.status == RunStatus.ROLLED_BACK
     assert leftover_capture(shared_place()) == []
+    call_command("tenant_move_leftovers", stdout=StringIO())  # exit 0: nothing left
     assert fingerprints(shared_place(), tenant.pk) == before
     assert not provision.database_exists(run.target_server, run.target_database)
 

@@ -1,0 +1,32 @@
+"""Archive and delete a moved tenant's legacy rows from the shared tables."""
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from migration_jobs import services
+
+
+class Command(BaseCommand):
+    help = ("After the grace period, verify the tenant's dedicated copy, archive its legacy rows in the "
+            "shared tables and delete them in small batches (other tenants are not locked out).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("slug")
+        parser.add_argument("--ignore-grace", action="store_true",
+                            help="retire now, before TENANT_LEGACY_GRACE_DAYS have passed since the move")
+        parser.add_argument("--json", action="store_true", help="print the run's report as the last line")
+
+    def handle(self, *args, **options):
+        try:
+            tenant = services.get_tenant(options["slug"])
+            run = services.request_retire(tenant, ignore_grace=options["ignore_grace"])
+        except services.Refused as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        run = services.execute(run)
+        report = services.run_report(run)
+        for step in report["steps"]:
+            self.stdout.write(f"  {step['name']:<14} {step['status']:<11} {step['message']}")
+        if options["json"]:
+            self.stdout.write(json.dumps(report, default=str))
+        if run.status != "succeeded":
+            raise CommandError(f"run {run.pk} {run.status}: {run.error}", returncode=1)
