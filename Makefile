@@ -24,7 +24,7 @@ db: env
 
 demo: db
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py seed_demo --tenants $(SEED_TENANTS) --largest $(SEED_LARGEST)
+	$(PY) manage.py seed_demo --if-empty --tenants $(SEED_TENANTS) --largest $(SEED_LARGEST)
 	$(PY) manage.py demo_move
 	$(PY) manage.py ensure_demo_admin
 	@echo "Admin: http://127.0.0.1:$(PORT)/admin/  (the login is printed above)"

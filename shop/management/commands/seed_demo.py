@@ -18,9 +18,19 @@ class Command(BaseCommand):
         parser.add_argument("--reset", action="store_true",
                             help="first delete the existing demo tenants and their rows (all must still be shared)")
         parser.add_argument("--quiet", action="store_true", help="no progress bar and no summary")
+        parser.add_argument("--if-empty", action="store_true",
+                            help="do nothing (exit 0) when demo tenants exist already, as `make demo` run twice")
 
-    def handle(self, *args, tenants, largest, seed, reset, quiet, **options):
+    def handle(self, *args, tenants, largest, seed, reset, quiet, if_empty, **options):
         quiet = quiet or options["verbosity"] == 0
+        if if_empty and not reset:
+            from tenancy.models import Tenant
+
+            existing = Tenant.objects.filter(settings__has_key="seed_demo").count()
+            if existing:
+                self.stdout.write(f"{existing} demo tenants exist already: kept as they are "
+                                  "(seed_demo --reset rebuilds them)")
+                return
         try:
             planned = seeding.plan(tenants, largest)
         except seeding.SeedError as exc:
