@@ -425,7 +425,8 @@ class Copy(Step):
                     workers=settings.MIGRATION_COPY_WORKERS, on_table_done=on_table_done)
         checkpoint("copy:before-indexes")
         with target.connect(autocommit=True) as conn:
-            deferral.restore_secondary(conn, target, deferred)
+            deferral.restore_secondary(conn, target, deferred, workers=settings.MIGRATION_COPY_WORKERS,
+                                       maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY)
         step.rows, step.bytes = copied["rows"], copied["bytes"]
         ctx.progress(copied["rows"], copied["bytes"])
         return f"{copied['rows']} rows, {copied['bytes'] // 1024} KiB in {len(done)} tables"

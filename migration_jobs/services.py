@@ -160,7 +160,9 @@ def rollback_unfinished(tenant: Tenant) -> MigrationRun | None:
     """Roll back the tenant's interrupted run, if it has one. Refused while a worker holds it."""
     from migration_jobs.runner import StepFailed, rollback
 
-    run = tenant.migration_runs.filter(status__in=[RunStatus.RUNNING, RunStatus.QUEUED]).first()
+    # A failed run is one whose own rollback did not finish: rolling back again completes it.
+    run = tenant.migration_runs.filter(status__in=[RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.FAILED]
+                                       ).exclude(kind=RunKind.RETIRE).order_by("-created_at").first()
     if run is None:
         return None
     try:

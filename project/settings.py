@@ -158,6 +158,8 @@ TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
 # --- Moves --------------------------------------------------------------------------------
 # Parallel table copies (each uses a source and a target connection).
 MIGRATION_COPY_WORKERS = env.int("MIGRATION_COPY_WORKERS", default=2)
+# maintenance_work_mem of the sessions that build the target's indexes after the load.
+MIGRATION_INDEX_MEMORY = env("MIGRATION_INDEX_MEMORY", default="256MB")
 # How long a freeze waits for transactions begun before it to finish before giving up.
 MIGRATION_DRAIN_TIMEOUT = env.float("MIGRATION_DRAIN_TIMEOUT", default=30.0)
 API_MAX_UPLOAD_BYTES = env.int("API_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)  # archive uploads to /api/
@@ -167,3 +169,8 @@ MIGRATION_CATCHUP_INTERVAL = env.float("MIGRATION_CATCHUP_INTERVAL", default=0.2
 MIGRATION_CATCHUP_TIMEOUT = env.float("MIGRATION_CATCHUP_TIMEOUT", default=1800.0)
 # While a cutover is held for the gradual read switch, compare source and target this often.
 MIGRATION_DIVERGENCE_INTERVAL = env.float("MIGRATION_DIVERGENCE_INTERVAL", default=60.0)
+# A held cutover (read switch in progress) gives up after this long.
+MIGRATION_HOLD_MAX_SECONDS = env.float("MIGRATION_HOLD_MAX_SECONDS", default=7 * 86400.0)
+# Legacy rows of a moved tenant stay in the shared tables this long before they may be retired.
+TENANT_LEGACY_GRACE_DAYS = env.float("TENANT_LEGACY_GRACE_DAYS", default=7.0)
+TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)

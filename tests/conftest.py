@@ -149,3 +149,34 @@ def second_server(db, second_cluster):
 
     return DatabaseServer.objects.create(name="second", host=second_cluster.host, port=second_cluster.port,
                                          admin_user=second_cluster.user, maintenance_db="postgres")
+
+
+def drop_move_objects():
+    """Fences, capture triggers and change logs that moves leave in the shared test
+    database outlive the flush between tests (and tenant ids repeat): drop them."""
+    from migration_jobs.engine.places import shared_place
+
+    with shared_place().connect() as conn:
+        for table, trigger in conn.execute(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
+                "AND (t.tgname LIKE 'tenant\\_fence\\_%' OR t.tgname LIKE 'tenant\\_move\\_%')").fetchall():
+            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.Identifier(table)))
+        for (name,) in conn.execute("SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = "
+                                    "'public'::regnamespace AND relname LIKE 'tenant\\_move\\_log\\_%'"
+                                    ).fetchall():
+            conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
+        conn.execute("DROP TABLE IF EXISTS tenant_move_fence")
+        conn.commit()
+
+
+@pytest.fixture(autouse=True)
+def _clean_move_objects(request):
+    """After every test that commits (transaction=True), and with no injected fault left."""
+    marker = request.node.get_closest_marker("django_db")
+    yield
+    from migration_jobs import runner
+
+    runner.FAULTS.clear()
+    if marker and marker.kwargs.get("transaction"):
+        drop_move_objects()

@@ -71,7 +71,6 @@ def cleanup():
     from django.db import connection
 
     connection.set_schema_to_public()
-    drop_move_objects()
     for kind, *args in made:
         if kind == "schema":
             provision.drop_schema(*args)
@@ -104,23 +103,10 @@ def assert_clean_rollback(tenant, run, before):
         assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
 
 
-def drop_move_objects():
-    """Fences and capture objects in the shared test database outlive flushes: drop them."""
-    with shared_place().connect() as conn:
-        for table, trigger in conn.execute(
-                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "WHERE t.tgname LIKE 'tenant\\_fence\\_%' OR t.tgname LIKE 'tenant\\_move\\_%'").fetchall():
-            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.Identifier(table)))
-        conn.execute("DROP TABLE IF EXISTS tenant_move_fence")
-        conn.commit()
-
-
 @pytest.fixture(autouse=True)
 def no_faults():
     runner.FAULTS.clear()
     yield
-    runner.FAULTS.clear()
-    drop_move_objects()
 
 
 # --- moves --------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from migration_jobs.models import RunStatus
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
-from tests.test_moves import drop_move_objects, fingerprints, snapshot
+from tests.test_moves import fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -99,8 +99,6 @@ def seeded():
 
     result = seed(tenants=3, largest=3000, seed=11)
     yield Tenant.objects.get(slug=result.largest.slug)
-    runner.FAULTS.clear()
-    drop_move_objects()
 
 
 def leftover_capture(place):

@@ -325,31 +325,40 @@ def validate_archive(path) -> dict:
             if info.size != table["compressed_bytes"]:
                 raise ArchiveError(f"{table['member']} is {info.size} bytes, the manifest says "
                                    f"{table['compressed_bytes']}")
-            digest, head = _scan_member(tar, info)
+            digest, head, damage = _scan_member(tar, info)
             if digest != table["sha256"]:
                 raise ArchiveError(f"checksum mismatch in {table['member']}: SHA-256 {digest[:12]}..., "
                                    f"the manifest says {table['sha256'][:12]}...; the archive was changed or damaged")
+            if damage:
+                raise ArchiveError(f"{table['member']} is damaged ({damage})")
             if head != COPY_SIGNATURE:
                 raise ArchiveError(f"{table['member']} is not a binary COPY stream")
     return manifest
 
 
-def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[str, bytes]:
-    """SHA-256 of the member's bytes and the first 11 bytes of its decompressed content;
-    the whole gzip stream is decompressed (and its CRC checked), chunk by chunk."""
+def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[str, bytes, str | None]:
+    """(SHA-256 of the member's bytes, first 11 bytes of its decompressed content, what is
+    wrong with its gzip stream or None). The whole gzip stream is decompressed (its CRC
+    checked) chunk by chunk; the digest covers every byte even when decompression fails."""
     try:
         raw = HashingReader(tar.extractfile(info))
-        head = b""
+    except _READ_ERRORS as exc:
+        raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
+    head, damage = b"", None
+    try:
         with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
             head = gz.read(len(COPY_SIGNATURE))
             while gz.read(CHUNK):
                 pass
+    except _READ_ERRORS as exc:
+        damage = _why(exc)
+    try:
         raw.drain()
     except _READ_ERRORS as exc:
         raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
     if raw.size != info.size:
         raise ArchiveError(f"archive is truncated: {info.name} has {raw.size} of {info.size} bytes")
-    return raw.hexdigest(), head
+    return raw.hexdigest(), head, damage
 
 
 class HashingReader:

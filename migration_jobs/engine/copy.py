@@ -55,6 +55,17 @@ def _columns(table: TableSpec) -> sql.Composable:
     return sql.SQL(", ").join(sql.Identifier(c) for c in table.columns)
 
 
+def engine_session(conn: psycopg.Connection) -> psycopg.Connection:
+    """Session settings of the engine's own connections: a long COPY, index build or
+    checksum must not be killed by a server's statement_timeout, nor the snapshot-holding
+    coordinator (idle in transaction while the workers copy) by idle_in_transaction_session_timeout."""
+    conn.execute("SELECT set_config('statement_timeout', '0', false), "
+                 "set_config('idle_in_transaction_session_timeout', '0', false)")
+    if not conn.autocommit:
+        conn.commit()
+    return conn
+
+
 def copy_out_statement(source: Place, table: TableSpec) -> sql.Composed:
     return sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {tenant} = %s) TO STDOUT (FORMAT binary)").format(
         cols=_columns(table), tbl=source.table(table.name), tenant=sql.Identifier("tenant_id"))
@@ -197,16 +208,21 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
     """Copy the tenant's rows of every table in `tables` (FK order) but those in `skip`.
 
     All reads come from one snapshot of the source. Each table is emptied in the target
-    (plain TRUNCATE, or DELETE when another table's foreign key still references it) and
-    filled in its own target transaction, committed when the table is done; then
+    (plain TRUNCATE, or DELETE when another table's foreign key still references it; in
+    the shared tables only the tenant's rows are deleted) and filled in its own target
+    transaction, committed when the table is done; then
     `on_table_done(name, TableCopy)` is called (from the worker thread). When the target
     still has foreign keys between the tables, tables are copied one by one in FK order
     (drop them first with deferral.drop_secondary to copy in parallel). `on_progress(info)`
     gets {"table", "bytes" (since the previous call), "table_bytes", "total_bytes"} from the
     worker threads. The first error stops every worker (their COPY is aborted, their target
     transaction rolled back) and is raised here once all threads are finished and every
-    connection is closed.
+    connection is closed. Returns name -> TableCopy of the tables this call copied.
+    `synchronous_commit=False` sets it off on the target sessions: measured no faster (one
+    commit per table), and a server crash could then lose a table already reported done.
     """
+    if _same_place(source, target):
+        raise ValueError(f"source and target are the same place ({source})")
     skip = frozenset(skip)
     todo = [t for t in tables if t.name not in skip]
     if not todo:
@@ -219,6 +235,7 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
 
     coordinator = source.connect(autocommit=True, application_name="tenant-move copy")
     try:
+        engine_session(coordinator)
         coordinator.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = coordinator.execute("SELECT pg_export_snapshot()").fetchone()[0]
 
@@ -254,11 +271,16 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                 src = source.connect(autocommit=True, application_name=f"tenant-move copy {number}")
                 with lock:
                     live.add(src)
+                engine_session(src)
                 src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
                 dst = target.connect(autocommit=False, application_name=f"tenant-move copy {number}")
                 with lock:
                     live.add(dst)
+                engine_session(dst)
+                # COPY FREEZE needs no snapshot older than the TRUNCATE (whatever the server's
+                # default_transaction_isolation says).
+                dst.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
                 if not synchronous_commit:
                     dst.execute("SET synchronous_commit = off")
                     dst.commit()
@@ -268,13 +290,7 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                     except queue.Empty:
                         return
                     try:
-                        if spec.name in referenced:
-                            # TRUNCATE refuses a table another table's FK references.
-                            dst.execute(sql.SQL("DELETE FROM {}").format(target.table(spec.name)))
-                            freeze = False
-                        else:
-                            dst.execute(sql.SQL("TRUNCATE {}").format(target.table(spec.name)))
-                            freeze = True
+                        freeze = _empty_target_table(dst, target, spec, tenant_id, spec.name in referenced)
                         result = copy_table(src, dst, source, target, spec, tenant_id, progress(spec.name),
                                             freeze=freeze, cancel=stop, block_size=block_size)
                         dst.commit()
@@ -320,6 +336,31 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
     finally:
         _rollback_quietly(coordinator)
         coordinator.close()
+
+
+def _empty_target_table(conn: psycopg.Connection, target: Place, table: TableSpec, tenant_id: int,
+                        referenced: bool) -> bool:
+    """Empty the table before (re)filling it; True when it was truncated (COPY FREEZE allowed).
+
+    A dedicated target is not live while being filled: TRUNCATE (never CASCADE), or DELETE
+    when another table's foreign key references it (TRUNCATE refuses; the deferred FK check
+    at commit finds the same ids back). The shared tables are live for every other tenant:
+    only this tenant's rows are deleted there.
+    """
+    tbl = target.table(table.name)
+    if target.kind == "shared":
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {} = %s").format(tbl, sql.Identifier("tenant_id")), (tenant_id,))
+        return False
+    if referenced:
+        conn.execute(sql.SQL("DELETE FROM {}").format(tbl))
+        return False
+    conn.execute(sql.SQL("TRUNCATE {}").format(tbl))
+    return True
+
+
+def _same_place(a: Place, b: Place) -> bool:
+    keys = ("host", "port", "dbname")
+    return a.schema == b.schema and all(str(a.conninfo.get(k)) == str(b.conninfo.get(k)) for k in keys)
 
 
 def _cancel_all(live: set, lock: threading.Lock) -> None:

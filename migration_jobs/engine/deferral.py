@@ -6,7 +6,8 @@ FOREIGN KEY constraints. CHECK and NOT NULL constraints, the primary key and tri
 (cheap, and the PK keeps the copy honest). Each object is a JSON-serialisable dict
 
     {"kind": "index" | "constraint", "name": ..., "table": ..., "definition": ...,
-     "contype": "u" | "x" | "f"   (constraints only)}
+     "contype": "u" | "x" | "f"   (constraints only),
+     "references_index": ...      (foreign keys only: the referenced unique index)}
 
 with `definition` exactly as pg_get_indexdef / pg_get_constraintdef print it, read with
 search_path set to the place's schema (so a foreign key prints `REFERENCES shop_customer(id)`
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 import psycopg
 from psycopg import sql
 
+from .copy import engine_session
 from .places import Place
 
 # Restore order: indexes, then UNIQUE/EXCLUDE constraints, then foreign keys (which need
@@ -69,15 +71,17 @@ def secondary_objects(conn: psycopg.Connection, place: Place, table_name: str) -
                                      AND co.contype IN ('p', 'u', 'x'))
                 ORDER BY ic.relname""", (oid,)).fetchall()
         constraints = conn.execute(
-            """SELECT conname, contype, pg_get_constraintdef(oid)
-                 FROM pg_constraint
-                WHERE conrelid = %s AND contype IN ('u', 'x', 'f')
-                ORDER BY CASE contype WHEN 'f' THEN 1 ELSE 0 END, conname""", (oid,)).fetchall()
+            """SELECT co.conname, co.contype, pg_get_constraintdef(co.oid), ic.relname
+                 FROM pg_constraint co LEFT JOIN pg_class ic ON ic.oid = co.conindid
+                WHERE co.conrelid = %s AND co.contype IN ('u', 'x', 'f')
+                ORDER BY CASE co.contype WHEN 'f' THEN 1 ELSE 0 END, co.conname""", (oid,)).fetchall()
     objects = [{"kind": "index", "name": name, "table": table_name, "definition": definition}
                for name, definition in indexes]
-    objects += [{"kind": "constraint", "name": name, "table": table_name, "definition": definition,
-                 "contype": contype}
-                for name, contype, definition in constraints]
+    for name, contype, definition, index in constraints:
+        obj = {"kind": "constraint", "name": name, "table": table_name, "definition": definition, "contype": contype}
+        if contype == "f":
+            obj["references_index"] = index  # the referenced table's unique index the FK relies on
+        objects.append(obj)
     return objects
 
 
@@ -100,6 +104,9 @@ def drop_secondary(conn: psycopg.Connection, place: Place, objects: list[dict]) 
     Never CASCADE: an object something else depends on (a foreign key of a table not in
     the list referencing a UNIQUE constraint of the list) makes the drop fail instead.
     """
+    if place.kind == "shared":
+        raise ValueError("refusing to drop indexes or constraints of the shared tables: they are live "
+                         "for every tenant (deferral is for a dedicated target being filled)")
     dropped = []
     for obj in sorted(objects, key=_rank, reverse=True):
         if not _exists(conn, place, obj):
@@ -138,52 +145,60 @@ def restore_secondary(conn: psycopg.Connection, place: Place, objects: list[dict
     """Create the objects that do not exist (indexes, then UNIQUE, then foreign keys).
 
     Objects that exist already are skipped, so calling it again is harmless. With
-    `workers` > 1 the indexes and UNIQUE constraints are built in parallel, one table per
-    worker at a time, on new autocommit connections to the place (each object committed
-    as soon as it is built); foreign keys are then added on `conn`. `conn` should be in
+    `workers` > 1 the work is spread over that many new autocommit connections to the place,
+    one table at a time per worker (its indexes, UNIQUE constraints, then its foreign keys
+    to primary keys), biggest tables first; each object is committed as soon as it is built.
+    Foreign keys that reference a UNIQUE constraint or index of the list wait for the end
+    and are added on `conn`, like everything when `workers` is 1. `conn` should be in
     autocommit mode (or the caller commits). `maintenance_work_mem` (e.g. "512MB") is set
     on the building sessions. Returns the names created.
     """
     ordered = sorted(objects, key=_rank)
-    builds = [o for o in ordered if _rank(o) < 2]
-    fks = [o for o in ordered if _rank(o) == 2]
+    unique_names = {o["name"] for o in ordered if _rank(o) < 2}
+    # A foreign key needs the referenced key's index: the primary key's is never dropped.
+    late = [o for o in ordered if _rank(o) == 2 and o.get("references_index", "?") in unique_names | {"?"}]
+    early = [o for o in ordered if o not in late]
     created: list[str] = []
+    lock = threading.Lock()
 
-    def memory(c):
-        if maintenance_work_mem:
-            c.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    def run(c, group):
+        for obj in group:
+            if not _exists(c, place, obj):
+                _create(c, place, obj)
+                with lock:
+                    created.append(obj["name"])
 
-    if workers > 1 and len({o["table"] for o in builds}) > 1:
+    def build(group):
+        with place.connect(autocommit=True, application_name="tenant-move restore") as c:
+            engine_session(c)
+            if maintenance_work_mem:
+                c.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+            run(c, group)
+
+    tables = {o["table"] for o in early}
+    if workers > 1 and len(tables) > 1:
         by_table: dict[str, list[dict]] = defaultdict(list)
-        for obj in builds:
+        for obj in early:
             by_table[obj["table"]].append(obj)
-        lock = threading.Lock()
-
-        def build(group):
-            with place.connect(autocommit=True, application_name="tenant-move restore") as c:
-                memory(c)
-                for obj in group:
-                    if not _exists(c, place, obj):
-                        _create(c, place, obj)
-                        with lock:
-                            created.append(obj["name"])
-
-        # Biggest groups first; each table's objects are built by one worker, in order.
-        groups = sorted(by_table.values(), key=len, reverse=True)
-        with ThreadPoolExecutor(max_workers=min(workers, len(groups)),
-                                thread_name_prefix="tenant-restore") as pool:
+        sizes = dict(conn.execute(
+            """SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = %s AND c.relname = ANY(%s)""", (place.schema, list(tables))).fetchall())
+        groups = sorted(by_table.values(), key=lambda g: (sizes.get(g[0]["table"], 0), len(g)), reverse=True)
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(groups)), thread_name_prefix="tenant-restore")
+        try:
             for future in [pool.submit(build, g) for g in groups]:
                 future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # on an error, start nothing more
     else:
-        fks = ordered
-    if fks:
+        late = early + late
+    if late:
         previous = conn.execute("SELECT current_setting('maintenance_work_mem')").fetchone()[0]
-        memory(conn)
+        if maintenance_work_mem:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
         try:
-            for obj in fks:
-                if not _exists(conn, place, obj):
-                    _create(conn, place, obj)
-                    created.append(obj["name"])
+            run(conn, late)
         finally:
             if maintenance_work_mem and conn.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
                 conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (previous,))

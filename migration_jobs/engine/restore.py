@@ -55,6 +55,7 @@ from migration_jobs.engine.places import CANONICAL_SESSION, Place, database_plac
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows
+from tenancy.models import tenant_host
 
 TARGETS = ("shared", "schema", "database")
 STAGING = Place("staging", "pg_temp", {}, "staging tables")
@@ -235,11 +236,12 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
             if tenant.placement != Placement.SHARED:
                 raise RestoreConflict(
                     f"tenant {slug} lives in a dedicated {tenant.placement}; restore into it (--into "
-                    f"{tenant.placement}) or move it back to shared with a migration run first")
+                    f"{tenant.placement}, API: into={tenant.placement}) or move it back to shared with a "
+                    "migration run first")
             rows = count_rows(shared_place(), tenant.pk, tables)
             if rows:
                 raise RestoreConflict(
-                    f"tenant {slug} has {rows} rows in the shared tables; restore into shared (with --replace) "
+                    f"tenant {slug} has {rows} rows in the shared tables; restore into shared with replace "
                     f"or move it with a migration run (migrate_tenant) instead", {"existing_rows": rows})
             plan.switch_placement = True
         else:
@@ -248,7 +250,7 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
         into = into or Placement.SHARED
         if Tenant.objects.filter(schema_name=f"{settings.TENANT_SCHEMA_PREFIX}{slug}").exists():
             raise RestoreConflict(f"another tenant already uses schema name {settings.TENANT_SCHEMA_PREFIX}{slug}")
-        domain = f"{slug}.{settings.TENANT_BASE_DOMAIN}"
+        domain = tenant_host(slug)
         if Domain.objects.filter(domain=domain).exists():
             raise RestoreConflict(f"domain {domain} already belongs to another tenant")
         free = not Tenant.objects.filter(pk=archive_id).exists()
@@ -261,7 +263,7 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
         plan.schema = tenant.schema_name if tenant is not None else f"{settings.TENANT_SCHEMA_PREFIX}{slug}"
         if (tenant is None or plan.switch_placement) and provision.schema_exists(plan.schema):
             raise RestoreConflict(f"schema {plan.schema} already exists and is not this tenant's; drop it or "
-                                  "restore under another slug (--as)")
+                                  "restore under another slug (--as, API: as=SLUG)")
     elif into == Placement.DATABASE:
         if tenant is not None and not plan.switch_placement:
             credential = tenant.credential
@@ -277,11 +279,12 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
             plan.database = f"{settings.TENANT_DATABASE_PREFIX}{slug}"
             if provision.database_exists(plan.server, plan.database):
                 raise RestoreConflict(f"database {plan.database} already exists on server {plan.server.name}; "
-                                      "drop it or restore under another slug (--as)")
+                                      "drop it or restore under another slug (--as, API: as=SLUG)")
 
     if plan.existing_rows and not replace:
         raise RestoreConflict(f"tenant {slug} already has {plan.existing_rows} rows in its {into} placement; "
-                              "restore with --replace to replace them", {"existing_rows": plan.existing_rows})
+                              "restore with replace (--replace, API: replace=true) to replace them",
+                              {"existing_rows": plan.existing_rows})
     if plan.existing_rows and tenant is not None and tenant.status == Status.ACTIVE:
         raise RestoreConflict(f"tenant {slug} is active: suspend it before replacing its rows "
                               "(writes made during the restore would be lost)")
@@ -375,7 +378,7 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
         elif conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE tenant_id = %s)").format(
                 place.table(spec.name)), (tenant_id,)).fetchone()[0]:
             raise RestoreConflict(f"{spec.name} already holds rows of tenant id {tenant_id} in {place}; "
-                                  "restore with --replace to replace them")
+                                  "restore with replace (--replace, API: replace=true) to replace them")
 
     expected: dict[str, tuple[int, str]] = {}
     per_table: dict[str, dict] = {}
@@ -469,6 +472,7 @@ def restore_tenant(path, *, into: str | None = None, as_slug: str | None = None,
     else:
         result = _restore_default(plan, path, tables, on_table)
     report.update(result)
+    report["plan"] = plan.as_dict()  # with the tenant id allocated
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
 
@@ -492,7 +496,7 @@ def _create_tenant(plan: Plan, placement: str):
     tenant = Tenant(id=plan.tenant_id, slug=plan.slug, name=source.get("name") or plan.slug,
                     placement=placement, status=Status.ACTIVE, settings=settings_)
     tenant.save(force_insert=True)
-    Domain.objects.create(domain=f"{plan.slug}.{settings.TENANT_BASE_DOMAIN}", tenant=tenant, is_primary=True)
+    Domain.objects.create(domain=tenant_host(plan.slug), tenant=tenant, is_primary=True)
     return tenant
 
 

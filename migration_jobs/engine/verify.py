@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg import sql
 
+from .copy import engine_session
 from .places import Place
 from .tables import TableSpec
 
@@ -30,24 +31,47 @@ class Fingerprint:
     checksum: str
 
 
-def fingerprint_query(place: Place, table: TableSpec, *, keyed: bool = False) -> sql.Composed:
+_CHECKSUM = sql.SQL("coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
+                    "coalesce(bit_xor(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)")
+
+
+def _row_hash(table: TableSpec) -> sql.Composed:
     row = sql.SQL(", ").join(sql.Identifier(c) for c in sorted(table.columns))
+    return sql.SQL("md5(ROW({})::text)").format(row)
+
+
+def fingerprint_query(place: Place, table: TableSpec, *, keyed: bool = False) -> sql.Composed:
+    """count, sum and xor of the tenant's rows (parameter: the tenant id; with `keyed`, then
+    an array of primary keys: only those rows)."""
     only_keys = sql.SQL(" AND {} = ANY(%s)").format(sql.Identifier(table.pk)) if keyed else sql.SQL("")
     return sql.SQL(
-        "SELECT count(*),"
-        " coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0),"
-        " coalesce(bit_xor(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"
-        " FROM (SELECT md5(ROW({row})::text) AS h FROM {tbl} WHERE {tenant} = %s{only_keys}) AS rows"
-    ).format(row=row, tbl=place.table(table.name), tenant=sql.Identifier("tenant_id"), only_keys=only_keys)
+        "SELECT count(*), {checksum} FROM (SELECT {hash} AS h FROM {tbl} WHERE {tenant} = %s{only_keys}) AS hashed"
+    ).format(checksum=_CHECKSUM, hash=_row_hash(table), tbl=place.table(table.name),
+             tenant=sql.Identifier("tenant_id"), only_keys=only_keys)
+
+
+def _fingerprint_and_foreign_query(place: Place, table: TableSpec) -> sql.Composed:
+    """The same plus the count of other tenants' rows, in one scan of the table
+    (parameter: the tenant id)."""
+    tenant = sql.Identifier("tenant_id")
+    return sql.SQL(
+        "SELECT count(h), {checksum}, count(*) - count(h) FROM "
+        "(SELECT CASE WHEN {tenant} IS NOT DISTINCT FROM %s THEN {hash} END AS h FROM {tbl}) AS hashed"
+    ).format(checksum=_CHECKSUM, hash=_row_hash(table), tbl=place.table(table.name), tenant=tenant)
+
+
+def _fingerprint(rows, total, xor) -> Fingerprint:
+    return Fingerprint(rows=int(rows), checksum=f"{int(total)}:{int(xor) & 0xFFFFFFFFFFFFFFFF:016x}")
 
 
 def fingerprint(conn: psycopg.Connection, place: Place, table: TableSpec, tenant_id: int,
                 keys: list[int] | None = None) -> Fingerprint:
     """Row count and checksum of the tenant's rows of one table in the place (only the rows
-    with these primary keys, when `keys` is given: what changed since a full comparison)."""
-    params = (tenant_id,) if keys is None else (tenant_id, list(keys))
-    rows, total, xor = conn.execute(fingerprint_query(place, table, keyed=keys is not None), params).fetchone()
-    return Fingerprint(rows=int(rows), checksum=f"{int(total)}:{int(xor) & 0xFFFFFFFFFFFFFFFF:016x}")
+    with these primary keys when `keys` is given: what changed since a full comparison)."""
+    if keys is None:
+        return _fingerprint(*conn.execute(fingerprint_query(place, table), (tenant_id,)).fetchone())
+    return _fingerprint(*conn.execute(fingerprint_query(place, table, keyed=True), (tenant_id, list(keys))
+                                      ).fetchone())
 
 
 def foreign_rows(conn: psycopg.Connection, place: Place, table: TableSpec | str, tenant_id: int) -> int:
@@ -96,6 +120,7 @@ def _measure(place: Place, tenant_id: int, tables: list[TableSpec], count_foreig
     """Fingerprints (and foreign rows) of every table, from one REPEATABLE READ snapshot."""
     out = {}
     with place.connect(autocommit=True, application_name="tenant-move verify") as conn:
+        engine_session(conn)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             present = tables_in_place(conn, place, [t.name for t in tables])
@@ -103,12 +128,17 @@ def _measure(place: Place, tenant_id: int, tables: list[TableSpec], count_foreig
                 if table.name not in present:
                     out[table.name] = None
                     continue
-                fp = fingerprint(conn, place, table, tenant_id)
-                foreign = foreign_rows(conn, place, table, tenant_id) if count_foreign else None
-                out[table.name] = (fp, foreign)
+                if count_foreign:  # a dedicated target: one scan for both
+                    rows, total, xor, foreign = conn.execute(
+                        _fingerprint_and_foreign_query(place, table), (tenant_id,)).fetchone()
+                    out[table.name] = (_fingerprint(rows, total, xor), int(foreign))
+                else:
+                    out[table.name] = (fingerprint(conn, place, table, tenant_id), None)
         finally:
-            if not conn.closed:
+            try:
                 conn.execute("ROLLBACK")
+            except psycopg.Error:
+                pass
     return out
 
 

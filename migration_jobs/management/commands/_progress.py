@@ -63,7 +63,7 @@ class TenantCommand(BaseCommand):
     def print_json(self, data) -> None:
         self.stdout.write(json.dumps(data, default=str, separators=(",", ":"), sort_keys=False))
 
-    def conclude(self, run: MigrationRun, *, as_json: bool, background: bool = False, quiet_ok: bool = False):
+    def conclude(self, run: MigrationRun, *, as_json: bool, background: bool = False):
         """Execute (or enqueue) a run just created, print the outcome, set the exit status."""
         if background:
             task_id = services.enqueue(run)
@@ -95,7 +95,7 @@ class TenantCommand(BaseCommand):
 
 # --- Progress -----------------------------------------------------------------------------
 
-PROGRESS_FIELDS = ("status", "current_step", "rows_copied", "rows_total", "started_at")
+PROGRESS_FIELDS = ("status", "current_step", "rows_copied", "rows_total", "started_at", "lag_changes", "lag_seconds")
 
 
 class _Display:
@@ -110,8 +110,9 @@ class _Display:
         if tty:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=(run.rows_total or None) if not run.dry_run else None, unit="rows", unit_scale=True, file=stream,
-                            desc=f"run {run.pk}", dynamic_ncols=True, leave=True)
+            total = None if run.dry_run else (run.rows_total or None)
+            self.bar = tqdm(total=total, unit="rows", unit_scale=True, file=stream, desc=f"run {run.pk}",
+                            dynamic_ncols=True, leave=True)
 
     def rate(self) -> float | None:
         if len(self.samples) < 2:
@@ -130,12 +131,16 @@ class _Display:
             if total and self.bar.total != total:
                 self.bar.total = total
             self.bar.set_description_str(f"run {self.run.pk} {step}", refresh=False)
+            if snap.get("lag_changes") is not None:
+                self.bar.set_postfix_str(lag_text(snap), refresh=False)
             self.bar.update(max(0, rows - self.bar.n))
-            self.bar.refresh()
+            self.bar.refresh()  # the step name changes even when the row count does not
             return
         changed = step != self.step
-        if changed or (now - self.last_plain >= PLAIN_EVERY_SECONDS and rows):
-            self.stream.write(progress_line(self.run.pk, step, rows, total, self.rate()) + "\n")
+        lag = snap.get("lag_changes") is not None
+        if changed or (now - self.last_plain >= PLAIN_EVERY_SECONDS and (rows or lag)):
+            line = progress_line(self.run.pk, step, rows, total, self.rate())
+            self.stream.write(line + (f"  {lag_text(snap)}" if lag else "") + "\n")
             self.stream.flush()
             self.last_plain = now
         self.step = step
@@ -144,6 +149,12 @@ class _Display:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def lag_text(snap: dict) -> str:
+    """The catch-up lag of an online move."""
+    seconds = snap.get("lag_seconds")
+    return f"lag {snap['lag_changes']:,} changes" + (f", oldest {seconds:.1f}s" if seconds is not None else "")
 
 
 def progress_line(run_id, step, rows, total, rate) -> str:
@@ -256,9 +267,10 @@ def print_preflight(cmd: BaseCommand, preflight: dict | None) -> None:
 
 def print_run(cmd: BaseCommand, run: MigrationRun) -> None:
     rate = f", {run.rows_per_second:,.0f} rows/s" if run.rows_per_second else ""
+    freeze = f", writes frozen {run.freeze_seconds:.3f}s" if run.freeze_seconds is not None else ""
     cmd.stdout.write(f"run {run.pk} {run.get_status_display().lower()}: {describe(run)}"
-                     f"{' [dry run]' if run.dry_run else ''} in {human_duration(run.duration)}, "
-                     f"{run.rows_copied:,} rows copied{rate}")
+                     f"{' [dry run]' if run.dry_run else ''}{' [online]' if run.online else ''} in "
+                     f"{human_duration(run.duration)}, {run.rows_copied:,} rows copied{rate}{freeze}")
     if run.dry_run:
         print_preflight(cmd, run.report.get("preflight"))
         return

@@ -10,13 +10,14 @@ from migration_jobs.models import MigrationRun
 def run_row(run: MigrationRun) -> dict:
     percent = run.progress_percent
     return {"run_id": run.pk, "tenant": run.tenant.slug, "kind": run.kind, "source": run.source_placement,
-            "target": run.target_placement, "dry_run": run.dry_run, "status": run.status,
+            "target": run.target_placement, "dry_run": run.dry_run, "online": run.online, "status": run.status,
             "current_step": run.current_step or None,
             "progress_percent": round(percent, 1) if percent is not None else None,
             "rows_copied": run.rows_copied, "rows_total": run.rows_total,
             "seconds": round(run.duration.total_seconds(), 3) if run.duration else None,
             "rows_per_second": round(run.rows_per_second, 1) if run.rows_per_second else None,
-            "created_at": run.created_at.isoformat(), "error": one_line(run.error) or None}
+            "freeze_seconds": run.freeze_seconds, "created_at": run.created_at.isoformat(),
+            "error": one_line(run.error) or None}
 
 
 class Command(TenantCommand):
@@ -39,7 +40,7 @@ class Command(TenantCommand):
             self.stdout.write("no runs")
             return
         self.stdout.write(table(
-            [[r["run_id"], r["tenant"], r["kind"] + (" (dry)" if r["dry_run"] else ""),
+            [[r["run_id"], r["tenant"], r["kind"] + (" (dry)" if r["dry_run"] else " (online)" if r["online"] else ""),
               f"{r['source']}->{r['target']}", r["status"], r["current_step"] or "",
               "-" if r["progress_percent"] is None else f"{r['progress_percent']:.0f}%",
               r["rows_copied"], human_duration(r["seconds"]),

@@ -20,13 +20,15 @@ class Command(TenantCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("tenant", help="Tenant slug (or id).")
+        parser.add_argument("--online", action="store_true",
+                            help="Move back online: the tenant stays writable until a short cutover.")
         self.add_json_argument(parser)
 
-    def handle(self, *args, tenant, as_json, **options):
+    def handle(self, *args, tenant, online, as_json, **options):
         target = services.get_tenant(tenant)
         unfinished = target.migration_runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
-        if unfinished is not None:
-            run = services.rollback_unfinished(target)
+        run = services.rollback_unfinished(target) if unfinished is not None else None
+        if run is not None:
             run.refresh_from_db()
             if as_json:
                 self.print_json(services.run_report(run))
@@ -37,5 +39,5 @@ class Command(TenantCommand):
             return
         if target.placement == Placement.SHARED:
             raise services.Refused(f"tenant {target.slug} is already in shared placement: nothing to roll back")
-        run = services.request_move_back(target, via="command")
+        run = services.request_move_back(target, online=online, via="command")
         self.conclude(run, as_json=as_json)

@@ -1,0 +1,30 @@
+"""Freeze time of online moves under a steady write load (see migration_jobs/bench_online.py)."""
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from migration_jobs.bench import BenchError
+from migration_jobs.bench_online import format_report, run_online_benchmark
+
+
+class Command(BaseCommand):
+    help = "Benchmark online moves: freeze time (median, max) under ~N writes/s, other tenants' throughput."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--rows", type=int, default=1_000_000)
+        parser.add_argument("--runs", type=int, default=3)
+        parser.add_argument("--rate", type=float, default=200.0, help="writes per second, per writer")
+        parser.add_argument("--target", choices=["database", "schema"], default="database")
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args, **options):
+        if options["rows"] < 1000 or options["runs"] < 1 or options["rate"] <= 0:
+            raise CommandError("--rows must be >= 1000, --runs >= 1 and --rate > 0", returncode=2)
+        try:
+            report = run_online_benchmark(options["rows"], runs=options["runs"], rate=options["rate"],
+                                          target=options["target"], say=lambda m: self.stderr.write(m))
+        except BenchError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        self.stdout.write(format_report(report))
+        if options["json"]:
+            self.stdout.write(json.dumps(report))
