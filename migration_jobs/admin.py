@@ -417,9 +417,6 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
                                                    run.tenant.placement), level)
         return None
 
-
-__all__ = ["MigrationRunAdmin", "MigrationStepInline", "TENANT_ACTIONS"]
-
     # --- online moves: the gradual read switch and the held cutover ---
 
     def _read_share(self, request, queryset, percent: int):
@@ -459,3 +456,6 @@ __all__ = ["MigrationRunAdmin", "MigrationStepInline", "TENANT_ACTIONS"]
                 continue
             self.message_user(request, format_html("{}: cutover released; it happens at the next catch-up round.",
                                                    run_link(run)), messages.SUCCESS)
+
+
+__all__ = ["MigrationRunAdmin", "MigrationStepInline", "TENANT_ACTIONS"]
