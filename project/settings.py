@@ -74,6 +74,7 @@ SHARED_APPS = [
     "django.contrib.postgres",
     "django_q",
     "migration_jobs",
+    "api",
     # Pooled tenants' rows live in public, so the demo app is shared too.
     "shop",
 ]

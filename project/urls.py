@@ -7,4 +7,5 @@ admin.site.site_title = "Tenant moves"
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("shop/", include("shop.urls")),
+    path("api/", include("api.urls")),
 ]

@@ -1,0 +1,18 @@
+"""Routes of the staff API (mounted at /api/ by project/urls.py)."""
+from django.urls import path, re_path
+
+from api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("tenants/export", views.tenant_export, name="tenant-export"),
+    path("admin/tenants", views.tenant_list, name="tenant-list"),
+    path("admin/tenants/restore", views.tenant_restore, name="tenant-restore"),
+    path("admin/tenants/<str:tenant_id>", views.tenant_detail, name="tenant-detail"),
+    path("admin/tenants/<str:tenant_id>/suspend", views.tenant_suspend, name="tenant-suspend"),
+    path("admin/tenants/<str:tenant_id>/reactivate", views.tenant_reactivate, name="tenant-reactivate"),
+    path("admin/tenants/<str:tenant_id>/migrations", views.tenant_migrations, name="tenant-migrations"),
+    path("admin/migrations/<int:run_id>", views.migration_run, name="migration-run"),
+    re_path(r"^(?P<rest>.*)$", views.not_found),
+]
