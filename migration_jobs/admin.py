@@ -430,19 +430,19 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
                 "{}: {}% of {}'s read-only requests now served from its {} (cutover held until released).",
                 run_link(run), percent, run.tenant.slug, run.target_placement), messages.SUCCESS)
 
-    @admin.action(description="Serve 0% of reads from the target", permissions=["move"])
+    @admin.action(description="Serve 0%% of reads from the target", permissions=["move"])
     def read_share_0(self, request, queryset):
         self._read_share(request, queryset, 0)
 
-    @admin.action(description="Serve 10% of reads from the target", permissions=["move"])
+    @admin.action(description="Serve 10%% of reads from the target", permissions=["move"])
     def read_share_10(self, request, queryset):
         self._read_share(request, queryset, 10)
 
-    @admin.action(description="Serve 50% of reads from the target", permissions=["move"])
+    @admin.action(description="Serve 50%% of reads from the target", permissions=["move"])
     def read_share_50(self, request, queryset):
         self._read_share(request, queryset, 50)
 
-    @admin.action(description="Serve 100% of reads from the target", permissions=["move"])
+    @admin.action(description="Serve 100%% of reads from the target", permissions=["move"])
     def read_share_100(self, request, queryset):
         self._read_share(request, queryset, 100)
 

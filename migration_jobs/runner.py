@@ -685,9 +685,8 @@ class Cutover(Step):
         from migration_jobs.engine import capture
 
         problems = []
-        with ctx.source.connect() as src, ctx.target.connect() as dst:
+        with ctx.source.connect(repeatable_read=True, read_only=True) as src, ctx.target.connect() as dst:
             changed = capture.changed_keys(src, ctx.source, ctx.run.pk, verified_round)
-            src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for table in ctx.tables:
                 rows = [fingerprint(c, p, table, ctx.tenant.pk).rows
                         for c, p in ((src, ctx.source), (dst, ctx.target))]

@@ -273,6 +273,18 @@ def test_copy_is_exact_and_verify_catches_every_difference(tenants, targets, kin
                              "IS NOT NULL)").format(target.table("shop_customer"), target.table("shop_customer")))
     report = verify_tenant(source, target, mover.pk, tables)
     assert report.mismatches == ["shop_customer"]
+    customer = next(t for t in tables if t.name == "shop_customer")
+    with source.connect() as src, target.connect() as dst:  # fingerprints of some rows only
+        ids = [row[0] for row in src.execute("SELECT id FROM shop_customer WHERE tenant_id = %s ORDER BY id",
+                                             (mover.pk,)).fetchall()]
+        changed = dst.execute(sql.SQL("SELECT min(id) FROM {} WHERE notes IS NOT NULL").format(
+            target.table("shop_customer"))).fetchone()[0]
+        unchanged = [i for i in ids if i != changed]
+        assert fingerprint(src, source, customer, mover.pk, unchanged) == fingerprint(
+            dst, target, customer, mover.pk, unchanged)
+        assert fingerprint(src, source, customer, mover.pk, [changed]) != fingerprint(
+            dst, target, customer, mover.pk, [changed])
+        assert fingerprint(src, source, customer, mover.pk, []).rows == 0
     assert report.tables["shop_customer"]["problems"] == ["same row count, different content"]
     assert report.tables["shop_customer"]["source_rows"] == report.tables["shop_customer"]["target_rows"]
 
@@ -434,3 +446,14 @@ def test_secondary_objects_keep_constraint_indexes_as_constraints(db):
     assert "shop_repairpart_quantity_check" not in repair_part  # CHECK stays in place
     assert repair_part["shop_repairpart_repair_id_b53e8c63_fk_shop_repair_id"]["definition"] == (
         "FOREIGN KEY (repair_id) REFERENCES shop_repair(id) DEFERRABLE INITIALLY DEFERRED")
+
+
+@pytest.mark.django_db
+def test_engine_snapshots_really_are_repeatable_read():
+    """psycopg begins a transaction by itself; a BEGIN sent after it would be ignored with a
+    mere warning and leave READ COMMITTED. Place.connect sets the level the right way."""
+    from migration_jobs.engine.places import shared_place
+
+    with shared_place().connect(repeatable_read=True, read_only=True) as conn:
+        assert conn.execute("SHOW transaction_isolation").fetchone()[0] == "repeatable read"
+        assert conn.execute("SHOW transaction_read_only").fetchone()[0] == "on"

@@ -125,8 +125,8 @@ def write_archive_to(fileobj, place: Place, tenant, tables: list[TableSpec], *, 
                            "settings": tenant.settings or {}},
                 "source": {"placement": place.kind, "label": str(place)},
                 "created_at": timezone.now().isoformat(), "tables": []}
-    with place.connect() as conn, tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    with place.connect(repeatable_read=True, read_only=True) as conn, \
+            tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         manifest["source"]["server_version"] = conn.execute("SHOW server_version").fetchone()[0]
         manifest["source"]["server_version_num"] = int(conn.execute("SHOW server_version_num").fetchone()[0])
         manifest["migrations"] = migration_state(conn, place)

@@ -176,8 +176,8 @@ def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, table
     log = sql.Identifier(source.schema, log_table(run_id))
     written = deleted = 0
     fingerprints = {}
-    with source.connect() as src, target.connect() as dst:
-        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    # One snapshot for the log and the rows: the heart of the consistency argument above.
+    with source.connect(repeatable_read=True) as src, target.connect() as dst:
         touched = {r[0] for r in src.execute(sql.SQL(
             "SELECT DISTINCT table_name FROM {} WHERE applied_round IS NULL").format(log)).fetchall()}
         changes = 0

@@ -25,8 +25,7 @@ def global_unique_columns(conn, place: Place, table: str) -> list[tuple[str, str
 def find_collisions(dedicated: Place, shared: Place, tenant_id: int, tables: list[TableSpec]) -> dict[str, int]:
     """{"table.column": rows of other tenants holding one of this tenant's values}."""
     found = {}
-    with dedicated.connect() as src, shared.connect() as dst:
-        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    with dedicated.connect(repeatable_read=True, read_only=True) as src, shared.connect() as dst:
         for table in tables:
             for column, type_name in global_unique_columns(dst, shared, table.name):
                 col = sql.Identifier(column)

@@ -30,8 +30,7 @@ def copy_back(dedicated: Place, shared: Place, tenant_id: int, tables: list[Tabl
     with shared.connect() as conn:
         set_sequences(conn, shared, tables, floor)
         conn.commit()
-    with dedicated.connect() as src, shared.connect() as dst:
-        src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    with dedicated.connect(repeatable_read=True, read_only=True) as src, shared.connect() as dst:
         dst.execute(BYPASS)  # the tenant's legacy rows here are fenced against the app, not us
         dst.execute("SET CONSTRAINTS ALL DEFERRED")
         for table in reversed(tables):  # children first

@@ -28,10 +28,18 @@ class Place:
     conninfo: dict = field(repr=False, compare=False)  # psycopg keywords; may hold a password
     label: str = ""           # human-readable, never holds a secret
 
-    def connect(self, *, autocommit: bool = False, application_name: str = "tenant-move") -> psycopg.Connection:
+    def connect(self, *, autocommit: bool = False, application_name: str = "tenant-move",
+                repeatable_read: bool = False, read_only: bool = False) -> psycopg.Connection:
+        """A new connection. With `repeatable_read` every transaction on it sees one snapshot.
+        (Never send BEGIN yourself on a non-autocommit connection: psycopg has already begun
+        one, and the server would ignore the isolation level with a mere warning.)"""
         options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SESSION.items())
         conn = psycopg.connect(**self.conninfo, autocommit=autocommit, application_name=application_name,
                                options=options)
+        if repeatable_read:
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        if read_only:
+            conn.read_only = True
         return conn
 
     def table(self, name: str) -> sql.Identifier:
