@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 SEED_TENANTS ?= 20
 SEED_LARGEST ?= 200000
+TEST_WORKERS ?= 2
 
-.PHONY: install env db demo test bench stop-db clean-db
+.PHONY: install env db demo test bench stop-db
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +32,7 @@ demo: db
 	$(PY) scripts/serve.py --port $(PORT)
 
 test: db
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: db
 	$(PY) manage.py migrate --noinput

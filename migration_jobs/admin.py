@@ -185,6 +185,30 @@ def move_back_to_shared(modeladmin, request, queryset):
                       "Tenants already in shared placement are refused."])
 
 
+@admin.action(description="Retire legacy rows", permissions=["change"])
+def retire_legacy(modeladmin, request, queryset):
+    if confirmed(request):
+        for tenant in queryset:
+            try:
+                run = services.request_retire(tenant, requested_by=request.user, via="admin")
+            except services.Refused as exc:
+                _refused(modeladmin, request, tenant, exc)
+                continue
+            services.enqueue(run)
+            _report_run(modeladmin, request, tenant, run)
+        return None
+    return confirmation_page(
+        modeladmin, request, queryset, action="retire_legacy", title="Retire legacy rows",
+        intro="Delete the selected tenants' old rows from the shared tables?",
+        items=[(t, f"{t.get_placement_display()}: legacy rows in the shared tables") for t in queryset],
+        submit="Yes, retire the legacy rows",
+        consequences=["The dedicated copy is verified first; then the legacy rows are archived to a file and "
+                      "deleted in small batches (other tenants are not locked out).",
+                      "Refused before TENANT_LEGACY_GRACE_DAYS have passed since the move, and for tenants "
+                      "in shared placement.",
+                      "Afterwards a move back copies every row again from the dedicated place."])
+
+
 @admin.action(description="Verify", permissions=["view"])
 def verify(modeladmin, request, queryset):
     from django_q.tasks import async_task, result
@@ -243,7 +267,8 @@ def reactivate(modeladmin, request, queryset):
     _set_status(modeladmin, request, queryset, Status.ACTIVE)
 
 
-TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, verify, suspend, reactivate]
+TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, retire_legacy, verify, suspend,
+                  reactivate]
 # tenancy.admin leaves TenantAdmin.actions empty for the apps that act on tenants.
 TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a not in TenantAdmin.actions]]
 

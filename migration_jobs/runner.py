@@ -427,6 +427,10 @@ class Copy(Step):
         with target.connect(autocommit=True) as conn:
             deferral.restore_secondary(conn, target, deferred, workers=settings.MIGRATION_COPY_WORKERS,
                                        maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY)
+            # Fresh tables have no statistics: the tenant's first queries there would plan blind.
+            from psycopg import sql
+
+            conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(target.table(t.name) for t in ctx.tables)))
         step.rows, step.bytes = copied["rows"], copied["bytes"]
         ctx.progress(copied["rows"], copied["bytes"])
         return f"{copied['rows']} rows, {copied['bytes'] // 1024} KiB in {len(done)} tables"

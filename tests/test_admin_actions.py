@@ -297,3 +297,31 @@ def test_roll_back_and_resume_interrupted_runs(staff, make_tenant, cleanup):
     assert run.status == RunStatus.SUCCEEDED
     assert "succeeded" in texts(done)[0]
     assert Tenant.objects.get(pk=tenant.pk).placement == Placement.SCHEMA
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retire_legacy_action_respects_the_grace_period(admin_client, make_tenant, settings):
+    """Through the admin: refused within the grace period, done after it."""
+    from migration_jobs import services
+    from migration_jobs.engine import provision
+    from migration_jobs.models import MigrationRun
+
+    tenant = make_tenant("retiring")
+    fill(tenant, 5)
+    run = services.execute(services.request_move(tenant, "schema"))
+    assert run.status == "succeeded", run.error
+    try:
+        url = "/admin/tenancy/tenant/"
+        post = {"action": "retire_legacy", "_selected_action": [tenant.pk]}
+        page = admin_client.post(url, post)
+        assert page.status_code == 200 and b"Retire legacy rows" in page.content  # confirmation first
+        response = admin_client.post(url, {**post, "confirm": "yes"}, follow=True)
+        assert "may be retired from" in response.content.decode()
+        assert not MigrationRun.objects.filter(tenant=tenant, kind="retire").exists()
+        settings.TENANT_LEGACY_GRACE_DAYS = 0
+        response = admin_client.post(url, {**post, "confirm": "yes"}, follow=True)
+        retire = MigrationRun.objects.get(tenant=tenant, kind="retire")
+        assert retire.status == "succeeded", retire.error
+        assert shared_counts(tenant) == {k: 0 for k in shared_counts(tenant)}
+    finally:
+        provision.drop_schema(tenant.schema_name)
