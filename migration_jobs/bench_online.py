@@ -121,10 +121,13 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
     tenant, counts = create_bench_tenant(rows)
     other, _ = create_bench_tenant(other_rows)
     results = []
+    writers: list[PacedWriter] = []
     try:
         for number in range(1, runs + 1):
+            tenant.refresh_from_db()  # back in shared after the previous run
             mine = PacedWriter(tenant.pk, rate, seed=number)
             theirs = PacedWriter(other.pk, rate, seed=1000 + number)
+            writers = [mine, theirs]
             mine.start()
             theirs.start()
             time.sleep(3.0)  # baseline for the other tenant
@@ -149,6 +152,7 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
                 "run": run.pk, "rows": sum(counts.values()), "freeze_ms": 1000 * run.freeze_seconds,
                 "copy_s": copy_window[1] - copy_window[0],
                 "catch_up_rounds": run.steps.get(name="catch_up").details.get("round"),
+                "freeze_phases_ms": run.steps.get(name="cutover").details.get("phases_ms", {}),
                 "changes_applied": run.steps.get(name="catch_up").rows,
                 "mine_acknowledged": len(mine.log.at), "mine_refused": mine.log.refused, "lost": lost,
                 "theirs_refused": theirs.log.refused,
@@ -164,6 +168,9 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
                 f"{result['changes_applied']} changes caught up, {lost} writes lost")
             put_back_in_shared(tenant, run)
     finally:
+        for writer in writers:  # never delete a tenant a writer still writes to
+            writer.stop.set()
+            writer.join(30)
         connection.set_schema_to_public()
         for made in (tenant, other):
             made.refresh_from_db()
@@ -183,7 +190,11 @@ def format_report(report: dict) -> str:
         lines.append(f"{r['run']:>4} {r['rows']:>10,} {r['copy_s']:>7.1f} {r['catch_up_rounds']:>6} "
                      f"{r['changes_applied']:>8} {r['freeze_ms']:>9.0f} {r['mine_acknowledged']:>6} "
                      f"{r['mine_refused']:>7} {r['lost']:>4}")
-    lines += ["", f"freeze: median {report['freeze_median_ms']:.0f} ms, max {report['freeze_max_ms']:.0f} ms", "",
+    lines += ["", f"freeze: median {report['freeze_median_ms']:.0f} ms, max {report['freeze_max_ms']:.0f} ms"]
+    for r in report["runs"]:
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in r["freeze_phases_ms"].items())
+        lines.append(f"  run {r['run']} freeze phases (ms): {phases}")
+    lines += ["",
               "other tenant's writes (median over runs):",
               f"{'phase':<10} {'writes/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "]
     phases = ("before", "copy", "catch_up", "cutover")

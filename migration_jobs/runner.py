@@ -167,6 +167,7 @@ def wait_for_older_transactions(since, timeout: float) -> int:
         with connection.cursor() as cur:
             cur.execute("""SELECT count(*) FROM pg_stat_activity
                             WHERE datname = current_database() AND pid <> pg_backend_pid()
+                              AND backend_type = 'client backend'  -- not autovacuum workers
                               AND xact_start < %s AND state <> 'idle'
                               AND application_name NOT LIKE 'tenant-move%%'""", [since])
             left = cur.fetchone()[0]
@@ -503,7 +504,7 @@ def unfreeze(ctx: RunContext) -> None:
         capture.remove_fence(conn, ctx.source, ctx.tenant.pk, ctx.tables)
 
 
-def switch_placement(ctx: RunContext, status: str | None = None) -> None:
+def switch_placement(ctx: RunContext, status: str | None = None, source_conn=None) -> None:
     """The target becomes the tenant's place; the source's rows stay fenced as legacy rows."""
     from migration_jobs.engine import capture
 
@@ -515,9 +516,12 @@ def switch_placement(ctx: RunContext, status: str | None = None) -> None:
     if status:
         fields["status"] = status
     _set_tenant(run.tenant_id, **fields)
+    reason = f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}"
+    if source_conn is not None:
+        capture.close_fence(source_conn, ctx.source, run.tenant_id, reason)
+        return
     with ctx.source.connect() as conn:
-        capture.close_fence(conn, ctx.source, run.tenant_id,
-                            f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}")
+        capture.close_fence(conn, ctx.source, run.tenant_id, reason)
 
 
 def unswitch_placement(ctx: RunContext) -> None:
@@ -648,64 +652,95 @@ class Cutover(Step):
         if not run.previous_status:
             run.previous_status = previous
             run.save(update_fields=["previous_status"])
-        _set_sequences(ctx, sequence_positions, set_sequences)  # most of the work, before the freeze
+        # Before the freeze: sequences past the source's with a margin, so that in the freeze
+        # they only need a check; connections opened, so that opening them is not part of it.
+        _set_sequences(ctx, sequence_positions, set_sequences, margin=settings.MIGRATION_SEQUENCE_MARGIN)
+        source_conn = ctx.source.connect()
+        rounds = capture.round_connections(ctx.source, ctx.target)
         frozen_at = timezone.now()
         started = time.monotonic()
+        phases = {}
+
+        def lap(name):
+            phases[name] = round(1000 * (time.monotonic() - started) - sum(phases.values()), 1)
+
         try:
             _set_tenant(tenant.pk, status=Status.MIGRATING)  # requests: 503 + Retry-After
-            with ctx.source.connect() as conn:  # and the database refuses any other write
-                capture.close_fence(conn, ctx.source, tenant.pk, f"cutover of run {run.pk}")
+            capture.close_fence(source_conn, ctx.source, tenant.pk, f"cutover of run {run.pk}")  # and the database
+            lap("freeze")
             left = wait_for_older_transactions(frozen_at, settings.MIGRATION_DRAIN_TIMEOUT)
             if left:
                 raise StepFailed(f"{left} transactions begun before the freeze did not finish")
+            lap("drain")
             for _ in range(20):
                 number += 1
-                if capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number).changes == 0:
+                if capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number,
+                                       connections=rounds).changes == 0:
                     break
             else:
                 raise StepFailed("changes kept arriving after the freeze")
+            lap("apply")
             checkpoint("cutover:applied")
-            _set_sequences(ctx, sequence_positions, set_sequences)
-            problems = self._verify_since(ctx, verified_round, fingerprint)
+            self._check_sequences(ctx, *rounds, sequence_positions, set_sequences)
+            lap("sequences")
+            problems = self._verify_since(ctx, verified_round, fingerprint, *rounds)
             if problems:
                 raise StepFailed(f"verification at cutover failed: {'; '.join(problems)}")
+            lap("verify")
             checkpoint("cutover:before-switch")
-            switch_placement(ctx, status=previous)
+            switch_placement(ctx, status=previous, source_conn=source_conn)
+            lap("switch")
         except Exception:
             # Unfreeze where the tenant still lives; nothing was written anywhere else.
             with ctx.source.connect() as conn:
                 capture.open_fence(conn, ctx.source, tenant.pk)
             _set_tenant(tenant.pk, status=previous)
             raise
+        finally:
+            for conn in (source_conn, *rounds):
+                conn.close()
         seconds = time.monotonic() - started
         run.freeze_seconds, run.freeze_started_at, run.freeze_ended_at = seconds, frozen_at, timezone.now()
         run.save(update_fields=["freeze_seconds", "freeze_started_at", "freeze_ended_at"])
-        ctx.save_details(step, freeze_seconds=seconds, final_round=number)
+        ctx.save_details(step, freeze_seconds=seconds, final_round=number, phases_ms=phases)
         return f"writes frozen for {seconds * 1000:.0f} ms; placement now {run.target_placement}"
 
     @staticmethod
-    def _verify_since(ctx, verified_round, fingerprint) -> list[str]:
-        """Counts of every table, and checksums of the rows changed since the full comparison."""
+    def _check_sequences(ctx, src, dst, sequence_positions, set_sequences) -> None:
+        """In the freeze: raise a target sequence only if the source went past it (rare: the
+        margin set before the freeze covers the writes the catch-up left)."""
+        source, target = sequence_positions(src, ctx.source, ctx.tables), sequence_positions(dst, ctx.target,
+                                                                                                ctx.tables)
+        behind = {table: value for table, value in source.items() if value > target.get(table, 0)}
+        src.rollback()
+        if behind:
+            set_sequences(dst, ctx.target, [t for t in ctx.tables if t.name in behind], behind)
+        dst.commit()
+
+    @staticmethod
+    def _verify_since(ctx, verified_round, fingerprint, src, dst) -> list[str]:
+        """The final state, incrementally: every table was compared in full at round
+        `verified_round`; since then only logged keys changed, on the source (the capture
+        logs every write) and on the target (only the catch-up writes there, and only logged
+        keys). So comparing the rows of every key logged since then, on both sides, proves
+        the whole tables equal, counts included, in milliseconds instead of a full scan."""
         from migration_jobs.engine import capture
 
         problems = []
-        with ctx.source.connect(repeatable_read=True, read_only=True) as src, ctx.target.connect() as dst:
-            changed = capture.changed_keys(src, ctx.source, ctx.run.pk, verified_round)
-            for table in ctx.tables:
-                rows = [fingerprint(c, p, table, ctx.tenant.pk).rows
-                        for c, p in ((src, ctx.source), (dst, ctx.target))]
-                if rows[0] != rows[1]:
-                    problems.append(f"{table.name}: {rows[0]} rows in the source, {rows[1]} in the target")
-                keys = changed.get(table.name)
-                if keys and fingerprint(src, ctx.source, table, ctx.tenant.pk, keys) != fingerprint(
-                        dst, ctx.target, table, ctx.tenant.pk, keys):
-                    problems.append(f"{table.name}: rows changed since the last full comparison differ")
+        changed = capture.changed_keys(src, ctx.source, ctx.run.pk, verified_round)
+        for table in ctx.tables:
+            keys = changed.get(table.name)
+            if keys and fingerprint(src, ctx.source, table, ctx.tenant.pk, keys) != fingerprint(
+                    dst, ctx.target, table, ctx.tenant.pk, keys):
+                problems.append(f"{table.name}: rows changed since the last full comparison differ")
+        src.rollback()
+        dst.rollback()
         return problems
 
 
-def _set_sequences(ctx, sequence_positions, set_sequences) -> None:
+def _set_sequences(ctx, sequence_positions, set_sequences, margin: int = 0) -> None:
     with ctx.source.connect() as s:
-        floor = sequence_positions(s, ctx.source, ctx.tables)
+        floor = {table: value + margin for table, value in sequence_positions(s, ctx.source, ctx.tables).items()}
     with ctx.target.connect() as t:
         set_sequences(t, ctx.target, ctx.tables, floor)
         t.commit()

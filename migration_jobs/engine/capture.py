@@ -163,45 +163,56 @@ class Round:
         return [name for name, (a, b) in (self.fingerprints or {}).items() if a != b]
 
 
+def round_connections(source: Place, target: Place):
+    """(source, target) connections for apply rounds: the source one in REPEATABLE READ, so
+    each round reads the log and the rows in one snapshot (the heart of the argument above)."""
+    return source.connect(repeatable_read=True), target.connect()
+
+
 def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, tables: list[TableSpec],
-                number: int, *, compare: bool = False) -> Round:
+                number: int, *, compare: bool = False, connections=None) -> Round:
     """Bring the target to the source's state as of one snapshot for every logged row.
 
     With `compare`, also fingerprint every table on both sides at that same point (the
     source in the round's snapshot, the target right after the round's commit): a full
-    comparison that concurrent writes to the source cannot disturb."""
+    comparison that concurrent writes to the source cannot disturb. `connections` (from
+    round_connections) are reused, and left open, when given: the cutover saves the time."""
+    if connections is None:
+        src, dst = round_connections(source, target)
+        with src, dst:
+            return apply_round(source, target, run_id, tenant_id, tables, number, compare=compare,
+                               connections=(src, dst))
     from migration_jobs.engine.verify import fingerprint
 
     started = time.monotonic()
     log = sql.Identifier(source.schema, log_table(run_id))
     written = deleted = 0
     fingerprints = {}
-    # One snapshot for the log and the rows: the heart of the consistency argument above.
-    with source.connect(repeatable_read=True) as src, target.connect() as dst:
-        touched = {r[0] for r in src.execute(sql.SQL(
-            "SELECT DISTINCT table_name FROM {} WHERE applied_round IS NULL").format(log)).fetchall()}
-        changes = 0
-        if touched:
-            changes = src.execute(sql.SQL("SELECT count(*) FROM {} WHERE applied_round IS NULL").format(log)
-                                  ).fetchone()[0]
-            dst.execute(BYPASS)
-            dst.execute("SET CONSTRAINTS ALL DEFERRED")
-            for table in tables:
-                if table.name in touched:
-                    w, d = _apply_table(src, dst, source, target, log, table, tenant_id)
-                    written += w
-                    deleted += d
-            dst.commit()
-        if compare:
-            for table in tables:
-                fingerprints[table.name] = (fingerprint(src, source, table, tenant_id),
-                                            fingerprint(dst, target, table, tenant_id))
-            dst.rollback()
-        if touched:
-            # Same snapshot: marks exactly the log rows whose rows we just copied.
-            src.execute(sql.SQL("UPDATE {} SET applied_round = %s WHERE applied_round IS NULL").format(log),
-                        (number,))
-        src.commit()
+    src, dst = connections
+    touched = {r[0] for r in src.execute(sql.SQL(
+        "SELECT DISTINCT table_name FROM {} WHERE applied_round IS NULL").format(log)).fetchall()}
+    changes = 0
+    if touched:
+        changes = src.execute(sql.SQL("SELECT count(*) FROM {} WHERE applied_round IS NULL").format(log)
+                              ).fetchone()[0]
+        dst.execute(BYPASS)
+        dst.execute("SET CONSTRAINTS ALL DEFERRED")
+        for table in tables:
+            if table.name in touched:
+                w, d = _apply_table(src, dst, source, target, log, table, tenant_id)
+                written += w
+                deleted += d
+        dst.commit()
+    if compare:
+        for table in tables:
+            fingerprints[table.name] = (fingerprint(src, source, table, tenant_id),
+                                        fingerprint(dst, target, table, tenant_id))
+        dst.rollback()
+    if touched:
+        # Same snapshot: marks exactly the log rows whose rows we just copied.
+        src.execute(sql.SQL("UPDATE {} SET applied_round = %s WHERE applied_round IS NULL").format(log),
+                    (number,))
+    src.commit()
     return Round(number, changes, written, deleted, time.monotonic() - started, fingerprints)
 
 
