@@ -672,10 +672,13 @@ class Cutover(Step):
             if left:
                 raise StepFailed(f"{left} transactions begun before the freeze did not finish")
             lap("drain")
+            applied = []
             for _ in range(20):
                 number += 1
-                if capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number,
-                                       connections=rounds).changes == 0:
+                result = capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number,
+                                             connections=rounds)
+                applied.append([result.changes, round(1000 * result.seconds, 1)])
+                if result.changes == 0:
                     break
             else:
                 raise StepFailed("changes kept arriving after the freeze")
@@ -702,7 +705,8 @@ class Cutover(Step):
         seconds = time.monotonic() - started
         run.freeze_seconds, run.freeze_started_at, run.freeze_ended_at = seconds, frozen_at, timezone.now()
         run.save(update_fields=["freeze_seconds", "freeze_started_at", "freeze_ended_at"])
-        ctx.save_details(step, freeze_seconds=seconds, final_round=number, phases_ms=phases)
+        ctx.save_details(step, freeze_seconds=seconds, final_round=number, phases_ms=phases,
+                         final_rounds=applied)  # [changes, ms] of each round in the freeze
         return f"writes frozen for {seconds * 1000:.0f} ms; placement now {run.target_placement}"
 
     @staticmethod

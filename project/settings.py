@@ -166,9 +166,10 @@ MIGRATION_DRAIN_TIMEOUT = env.float("MIGRATION_DRAIN_TIMEOUT", default=30.0)
 API_MAX_UPLOAD_BYTES = env.int("API_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)  # archive uploads to /api/
 # Online moves: cut over once at most this many captured changes wait to be applied.
 MIGRATION_CUTOVER_MAX_CHANGES = env.int("MIGRATION_CUTOVER_MAX_CHANGES", default=200)
-# Online: target sequences are set this far past the source's before the cutover, so the
+# Online: target sequences are set this far past the source's before the cutover (other tenants
+# keep using the shared sequences meanwhile; bigint ids can afford the gap), so the
 # freeze only checks them.
-MIGRATION_SEQUENCE_MARGIN = env.int("MIGRATION_SEQUENCE_MARGIN", default=10000)
+MIGRATION_SEQUENCE_MARGIN = env.int("MIGRATION_SEQUENCE_MARGIN", default=1_000_000)
 MIGRATION_CATCHUP_INTERVAL = env.float("MIGRATION_CATCHUP_INTERVAL", default=0.2)
 MIGRATION_CATCHUP_TIMEOUT = env.float("MIGRATION_CATCHUP_TIMEOUT", default=1800.0)
 # While a cutover is held for the gradual read switch, compare source and target this often.
