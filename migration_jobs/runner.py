@@ -517,8 +517,8 @@ def switch_placement(ctx: RunContext, status: str | None = None, source_conn=Non
         fields["status"] = status
     _set_tenant(run.tenant_id, **fields)
     reason = f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}"
-    if source_conn is not None:
-        capture.close_fence(source_conn, ctx.source, run.tenant_id, reason)
+    if source_conn is not None:  # in the freeze: the fence objects exist already
+        capture.close_fence(source_conn, ctx.source, run.tenant_id, reason, ensure=False)
         return
     with ctx.source.connect() as conn:
         capture.close_fence(conn, ctx.source, run.tenant_id, reason)
@@ -630,7 +630,16 @@ class CatchUp(Step):
         # A full comparison before the freeze; the freeze then only compares what changed since.
         number += 1
         _compare_round(ctx, number)
-        ctx.save_details(step, round=number, verified_round=number)
+        verified = number
+        # The comparison took a while and changes piled up: catch up again, so that the freeze
+        # has only the last few to apply.
+        for _ in range(50):
+            number += 1
+            applied += capture.apply_round(ctx.source, ctx.target, ctx.run.pk, ctx.tenant.pk, ctx.tables,
+                                           number).changes
+            if _record_lag(ctx).changes <= settings.MIGRATION_CUTOVER_MAX_CHANGES:
+                break
+        ctx.save_details(step, round=number, verified_round=verified)
         step.rows = applied
         return f"{applied} changes applied in {number} rounds; all tables compared at round {number}"
 
@@ -666,7 +675,8 @@ class Cutover(Step):
 
         try:
             _set_tenant(tenant.pk, status=Status.MIGRATING)  # requests: 503 + Retry-After
-            capture.close_fence(source_conn, ctx.source, tenant.pk, f"cutover of run {run.pk}")  # and the database
+            capture.close_fence(source_conn, ctx.source, tenant.pk, f"cutover of run {run.pk}",  # and the database
+                                ensure=False)  # its objects exist since the capture step
             lap("freeze")
             left = wait_for_older_transactions(frozen_at, settings.MIGRATION_DRAIN_TIMEOUT)
             if left:
@@ -712,9 +722,10 @@ class Cutover(Step):
     @staticmethod
     def _check_sequences(ctx, src, dst, sequence_positions, set_sequences) -> None:
         """In the freeze: raise a target sequence only if the source went past it (rare: the
-        margin set before the freeze covers the writes the catch-up left)."""
-        source, target = sequence_positions(src, ctx.source, ctx.tables), sequence_positions(dst, ctx.target,
-                                                                                                ctx.tables)
+        margin set before the freeze covers the writes the catch-up left). One query a side."""
+        from migration_jobs.engine.sequences import all_positions
+
+        source, target = all_positions(src, ctx.source, ctx.tables), all_positions(dst, ctx.target, ctx.tables)
         behind = {table: value for table, value in source.items() if value > target.get(table, 0)}
         src.rollback()
         if behind:

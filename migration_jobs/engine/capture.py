@@ -298,9 +298,10 @@ def install_fence(conn, place: Place, tenant_id: int, slug: str, tables: list[Ta
     _with_lock_retry(conn, statements)
 
 
-def close_fence(conn, place: Place, tenant_id: int, reason: str) -> None:
+def close_fence(conn, place: Place, tenant_id: int, reason: str, *, ensure: bool = True) -> None:
     """From now on every write to the tenant's rows in this place fails."""
-    _ensure_fence_objects(conn, place)
+    if ensure:
+        _ensure_fence_objects(conn, place)
     conn.execute(sql.SQL("INSERT INTO {} (tenant_id, reason) VALUES (%s, %s) ON CONFLICT (tenant_id) "
                          "DO UPDATE SET reason = EXCLUDED.reason").format(sql.Identifier(place.schema, FENCE_TABLE)),
                  (tenant_id, reason))
