@@ -664,6 +664,7 @@ class Cutover(Step):
         # Before the freeze: sequences past the source's with a margin, so that in the freeze
         # they only need a check; connections opened, so that opening them is not part of it.
         _set_sequences(ctx, sequence_positions, set_sequences, margin=settings.MIGRATION_SEQUENCE_MARGIN)
+        _checkpoint_servers(ctx)
         source_conn = ctx.source.connect()
         rounds = capture.round_connections(ctx.source, ctx.target)
         frozen_at = timezone.now()
@@ -751,6 +752,18 @@ class Cutover(Step):
         src.rollback()
         dst.rollback()
         return problems
+
+
+def _checkpoint_servers(ctx) -> None:
+    """Flush dirty buffers just before the freeze: the commits in the freeze must not queue
+    behind a checkpoint's writes (the copy just wrote a whole tenant). Needs superuser or
+    pg_checkpoint; without it the freeze is only slower."""
+    for place in {ctx.source.label: ctx.source, ctx.target.label: ctx.target}.values():
+        try:
+            with place.connect(autocommit=True) as conn:
+                conn.execute("CHECKPOINT")
+        except psycopg.errors.InsufficientPrivilege:
+            log.info("no privilege to CHECKPOINT %s before the freeze", place)
 
 
 def _set_sequences(ctx, sequence_positions, set_sequences, margin: int = 0) -> None:

@@ -219,24 +219,21 @@ def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, table
 def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, tenant_id: int):
     cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
     pk = sql.Identifier(table.pk)
-    name = sql.Literal(table.name)
-    dst.execute(sql.SQL("CREATE TEMP TABLE IF NOT EXISTS tenant_move_keys (k bigint) ON COMMIT DELETE ROWS"))
-    dst.execute(sql.SQL("TRUNCATE tenant_move_keys"))  # keys of the previous table, same transaction
+    # The keys as an array, not a sub-select on the log: the log has no statistics, and a
+    # misjudged sub-select made the planner scan the tenant's whole table in the freeze.
+    keys = [r[0] for r in src.execute(sql.SQL(
+        "SELECT DISTINCT row_pk FROM {} WHERE applied_round IS NULL AND table_name = %s").format(log),
+        (table.name,)).fetchall()]
     dst.execute(sql.SQL("DROP TABLE IF EXISTS tenant_move_stage"))
     dst.execute(sql.SQL("CREATE TEMP TABLE tenant_move_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
                         ).format(cols, target.table(table.name)))
-    _pipe(src, dst, sql.SQL(
-        "COPY (SELECT DISTINCT row_pk FROM {log} WHERE applied_round IS NULL AND table_name = {name}) "
-        "TO STDOUT (FORMAT binary)").format(log=log, name=name),
-          sql.SQL("COPY tenant_move_keys (k) FROM STDIN (FORMAT binary)"))
-    _pipe(src, dst, sql.SQL(
-        "COPY (SELECT {cols} FROM {tbl} WHERE tenant_id = {tid} AND {pk} IN "
-        "(SELECT row_pk FROM {log} WHERE applied_round IS NULL AND table_name = {name})) TO STDOUT (FORMAT binary)"
-    ).format(cols=cols, tbl=source.table(table.name), tid=sql.Literal(tenant_id), pk=pk, log=log, name=name),
+    _pipe(src, dst, sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE tenant_id = {tid} AND {pk} = ANY({keys})) "
+                            "TO STDOUT (FORMAT binary)").format(
+        cols=cols, tbl=source.table(table.name), tid=sql.Literal(tenant_id), pk=pk,
+        keys=sql.Literal(keys) + sql.SQL("::bigint[]")),
           sql.SQL("COPY tenant_move_stage ({}) FROM STDIN (FORMAT binary)").format(cols))
-    deleted = dst.execute(sql.SQL(
-        "DELETE FROM {tbl} WHERE tenant_id = {tid} AND {pk} IN (SELECT k FROM tenant_move_keys)").format(
-        tbl=target.table(table.name), tid=sql.Literal(tenant_id), pk=pk)).rowcount
+    deleted = dst.execute(sql.SQL("DELETE FROM {tbl} WHERE tenant_id = %s AND {pk} = ANY(%s)").format(
+        tbl=target.table(table.name), pk=pk), (tenant_id, keys)).rowcount
     written = dst.execute(sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM tenant_move_stage").format(
         tbl=target.table(table.name), cols=cols)).rowcount
     return written, deleted
