@@ -2,7 +2,6 @@
 no-op when the run is already taken by a live worker or has ended, so a re-delivered task
 can never execute a move twice."""
 from migration_jobs import runner
-from migration_jobs.models import MigrationRun
 
 
 def execute_run(run_id: int, resume: bool = False) -> str:
@@ -24,5 +23,3 @@ def verify_tenant(tenant_id: int) -> dict:
     with runner.closing_connections():
         return verify_in_place(Tenant.objects.get(pk=tenant_id))
 
-
-__all__ = ["execute_run", "rollback_run", "verify_tenant", "MigrationRun"]

@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from django.conf import settings
 from django.db import connection, connections
@@ -229,8 +230,10 @@ def wait_for_listener(timeout: float = 5.0) -> bool:
 
 # --- The database router -------------------------------------------------------------------
 
-def tenant_app_labels() -> set[str]:
-    return {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
+@lru_cache(maxsize=1)
+def tenant_app_labels() -> frozenset[str]:
+    """Labels of the tenant apps; computed once, read on every routed query."""
+    return frozenset(app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS)
 
 
 class TenantRouter:
@@ -242,7 +245,7 @@ class TenantRouter:
     """
 
     def _route(self, model, **hints):
-        if model._meta.app_label not in _TENANT_LABELS():
+        if model._meta.app_label not in tenant_app_labels():
             return None
         from tenancy.context import current_route
 
@@ -259,15 +262,5 @@ class TenantRouter:
 
     def allow_migrate(self, db, app_label, model_name=None, **hints):
         if is_dedicated_alias(db):
-            return app_label in _TENANT_LABELS()
+            return app_label in tenant_app_labels()
         return None
-
-
-_labels_cache: set[str] | None = None
-
-
-def _TENANT_LABELS() -> set[str]:  # noqa: N802 - computed once, read on every query
-    global _labels_cache
-    if _labels_cache is None:
-        _labels_cache = tenant_app_labels()
-    return _labels_cache

@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.apps import apps
-from django.conf import settings
 
 
 @dataclass(frozen=True)
@@ -19,7 +18,9 @@ class TableSpec:
 
 
 def tenant_models():
-    labels = {app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS}
+    from tenancy.routing import tenant_app_labels
+
+    labels = tenant_app_labels()
     return [m for m in apps.get_models(include_auto_created=True)
             if m._meta.app_label in labels and not m._meta.proxy and m._meta.managed]
 
