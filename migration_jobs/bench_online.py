@@ -4,89 +4,62 @@ runs), what the moving tenant's writers saw, and the other tenant's write throug
 latency before the move, during the copy, during catch-up and during the cutover: moving
 one tenant must not slow the others down.
 
-Each run: writers start, the online move runs, writers stop, every acknowledged write of the
+Each writer is a process of its own (as another app server would be). Each run: writers
+start, the online move runs, writers stop, every acknowledged write of the
 moving tenant is checked in its new place, then the tenant is put back in the shared tables
 (target dropped) for the next run.
 """
 from __future__ import annotations
 
-import random
+import multiprocessing
 import statistics
-import threading
 import time
-from dataclasses import dataclass, field
 
-from django.db import connection, transaction
-from django.utils import timezone
+from django.db import connection
 
 from migration_jobs import services
 from migration_jobs.bench import (check_can_run, create_bench_tenant, drop_bench_tenant, put_back_in_shared)
+from migration_jobs.bench_writer import WriteLog, writer_process
 
 
-@dataclass
-class WriteLog:
-    at: list[float] = field(default_factory=list)        # time.time() of each acknowledged write
-    latency: list[float] = field(default_factory=list)   # seconds it took
-    refused: int = 0
-
-
-class PacedWriter(threading.Thread):
-    """Inserts / updates / deletes one tenant's customers at `rate` writes per second."""
+class PacedWriter:
+    """A bench_writer loop in a process of its own, as requests of another app server would be: it
+    shares no interpreter (GIL) with the move, so what it measures is the database's answer."""
 
     def __init__(self, tenant_id: int, rate: float, seed: int):
-        super().__init__(daemon=True, name=f"bench-writer-{tenant_id}")
-        self.tenant_id, self.rate, self.random = tenant_id, rate, random.Random(seed)
+        spawn = multiprocessing.get_context("spawn")
+        self._stop, self._ready = spawn.Event(), spawn.Event()
+        self._results, child_end = spawn.Pipe(duplex=False)
+        self._process = spawn.Process(target=writer_process, name=f"bench-writer-{tenant_id}", daemon=True,
+                                      args=(tenant_id, rate, seed, self._stop, self._ready, child_end))
         self.log = WriteLog()
         self.expected: dict[int, int] = {}
-        self.stop = threading.Event()
         self.error: str | None = None
+        self._finished = False
 
-    def _write(self):
-        from shop.models import Customer
-        from tenancy.context import tenant_context
+    def start(self, timeout: float = 60.0) -> None:
+        self._process.start()
+        if not self._ready.wait(timeout):
+            self.finish()
+            raise RuntimeError(f"a bench writer made no write in {timeout:.0f}s: {self.error}")
 
-        choice = self.random.random()
-        with tenant_context(self.tenant_id), transaction.atomic():
-            if choice < 0.5 or len(self.expected) < 10:
-                c = Customer.objects.create(first_name="bench", last_name="writer", created_at=timezone.now(),
-                                            loyalty_points=self.random.randint(0, 10 ** 6))
-                return "set", c.pk, c.loyalty_points
-            pk = self.random.choice(list(self.expected))
-            if choice < 0.85:
-                points = self.random.randint(0, 10 ** 6)
-                Customer.objects.filter(pk=pk).update(loyalty_points=points)
-                return "set", pk, points
-            Customer.objects.filter(pk=pk).delete()
-            return "del", pk, None
-
-    def run(self):
-        from tenancy.scoping import TenantWriteRefused
-
-        interval = 1.0 / self.rate
-        next_at = time.monotonic()
+    def finish(self, timeout: float = 30.0) -> None:
+        """Stop writing and collect what the writer saw. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        self._stop.set()
         try:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    kind, pk, points = self._write()
-                except TenantWriteRefused:
-                    self.log.refused += 1
-                except Exception as exc:  # noqa: BLE001 - the database fence refusing is expected
-                    if "refuses writes" not in str(exc):
-                        self.error = repr(exc)
-                        return
-                    self.log.refused += 1
-                else:
-                    if kind == "set":
-                        self.expected[pk] = points
-                    else:
-                        self.expected.pop(pk, None)
-                    self.log.at.append(time.time())
-                    self.log.latency.append(time.monotonic() - started)
-                next_at += interval
-                self.stop.wait(max(0.0, next_at - time.monotonic()))
-        finally:
-            connection.close()
+            if self._results.poll(timeout):
+                self.log, self.expected, self.error = self._results.recv()
+            else:
+                self.error = self.error or "the writer process did not report"
+        except EOFError:
+            self.error = self.error or f"the writer process died (exit code {self._process.exitcode})"
+        if self._process.pid is not None:
+            self._process.join(timeout)
+            if self._process.is_alive():
+                self._process.kill()
 
     def lost_writes(self, tenant) -> int:
         from shop.models import Customer
@@ -134,10 +107,8 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
             baseline_end = time.time()
             run = services.execute(services.request_move(tenant, target, online=True, via="bench"))
             time.sleep(1.0)
-            mine.stop.set()
-            theirs.stop.set()
-            mine.join(30)
-            theirs.join(30)
+            mine.finish()
+            theirs.finish()
             run.refresh_from_db()
             if run.status != "succeeded":
                 raise RuntimeError(f"run {run.pk} {run.status}: {run.error}")
@@ -155,6 +126,7 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
                 "freeze_phases_ms": run.steps.get(name="cutover").details.get("phases_ms", {}),
                 "changes_applied": run.steps.get(name="catch_up").rows,
                 "mine_acknowledged": len(mine.log.at), "mine_refused": mine.log.refused, "lost": lost,
+                "seen_freeze_ms": 1000 * (mine.log.seen_freeze() or 0.0), "refusals": mine.log.reasons,
                 "theirs_refused": theirs.log.refused,
                 "theirs": {
                     "before": _phase_stats(theirs.log, baseline_end - 3.0, baseline_end),
@@ -164,36 +136,44 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
                 },
             }
             results.append(result)
-            say(f"run {number}: freeze {result['freeze_ms']:.0f} ms, copy {result['copy_s']:.1f} s, "
+            say(f"run {number}: freeze {result['freeze_ms']:.0f} ms (the writer saw {result['seen_freeze_ms']:.0f} ms), "
+                f"copy {result['copy_s']:.1f} s, "
                 f"{result['changes_applied']} changes caught up, {lost} writes lost")
             put_back_in_shared(tenant, run)
     finally:
         for writer in writers:  # never delete a tenant a writer still writes to
-            writer.stop.set()
-            writer.join(30)
+            writer.finish()
         connection.set_schema_to_public()
         for made in (tenant, other):
             made.refresh_from_db()
             drop_bench_tenant(made)
     freezes = [r["freeze_ms"] for r in results]
+    seen = [r["seen_freeze_ms"] for r in results]
     return {"rows": rows, "rate": rate, "target": target, "runs": results,
-            "freeze_median_ms": statistics.median(freezes), "freeze_max_ms": max(freezes)}
+            "freeze_median_ms": statistics.median(freezes), "freeze_max_ms": max(freezes),
+            "seen_median_ms": statistics.median(seen), "seen_max_ms": max(seen)}
 
 
 def format_report(report: dict) -> str:
     lines = [f"Online move of a {report['rows']:,}-row tenant to a dedicated {report['target']} under "
              f"~{report['rate']:.0f} writes/s (and another tenant at the same pace)", ""]
     header = f"{'run':>4} {'rows':>10} {'copy s':>7} {'rounds':>6} {'changes':>8} {'freeze ms':>9} " \
-             f"{'acked':>6} {'refused':>7} {'lost':>4}"
+             f"{'seen ms':>7} {'acked':>6} {'refused':>7} {'lost':>4}"
     lines += [header, "-" * len(header)]
     for r in report["runs"]:
         lines.append(f"{r['run']:>4} {r['rows']:>10,} {r['copy_s']:>7.1f} {r['catch_up_rounds']:>6} "
-                     f"{r['changes_applied']:>8} {r['freeze_ms']:>9.0f} {r['mine_acknowledged']:>6} "
+                     f"{r['changes_applied']:>8} {r['freeze_ms']:>9.0f} {r['seen_freeze_ms']:>7.0f} "
+                     f"{r['mine_acknowledged']:>6} "
                      f"{r['mine_refused']:>7} {r['lost']:>4}")
-    lines += ["", f"freeze: median {report['freeze_median_ms']:.0f} ms, max {report['freeze_max_ms']:.0f} ms"]
+    lines += ["", f"freeze recorded on the run (fence closed -> switch committed): "
+                  f"median {report['freeze_median_ms']:.0f} ms, max {report['freeze_max_ms']:.0f} ms",
+              f"freeze seen by the writer (first refused -> first accepted write): "
+              f"median {report['seen_median_ms']:.0f} ms, max {report['seen_max_ms']:.0f} ms"]
     for r in report["runs"]:
         phases = ", ".join(f"{k} {v:.0f}" for k, v in r["freeze_phases_ms"].items())
         lines.append(f"  run {r['run']} freeze phases (ms): {phases}")
+        for reason, count in r["refusals"].items():
+            lines.append(f"  run {r['run']} refused {count}x: {reason}")
     lines += ["",
               "other tenant's writes (median over runs):",
               f"{'phase':<10} {'writes/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "]

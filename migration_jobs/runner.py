@@ -105,11 +105,21 @@ class RunContext:
     @property
     def source(self) -> Place:
         """Where the rows are read from (for a retirement: the legacy rows in shared)."""
-        return self.dedicated if self.run.kind == RunKind.MOVE_BACK else shared_place()
+        return self._share(self.dedicated if self.run.kind == RunKind.MOVE_BACK else shared_place())
 
     @property
     def target(self) -> Place:
-        return self.dedicated if self.run.kind == RunKind.MOVE else shared_place()
+        return self._share(self.dedicated if self.run.kind == RunKind.MOVE else shared_place())
+
+    def _share(self, place: Place) -> Place:
+        # An online move shares the servers with the tenant's and everyone else's traffic.
+        return place.gentle() if self.run.online else place
+
+    @property
+    def copy_workers(self) -> int:
+        """Parallel table copies: fewer online, where the copy's length costs no downtime but
+        every core it takes is missed by the other tenants' requests."""
+        return settings.MIGRATION_ONLINE_COPY_WORKERS if self.run.online else settings.MIGRATION_COPY_WORKERS
 
     def step(self, name: str) -> MigrationStep:
         return self.run.steps.get(name=name)
@@ -213,7 +223,7 @@ class Preflight(Step):
         report.add("status", tenant.status in (Status.ACTIVE, Status.READ_ONLY) or (
             tenant.status == Status.MIGRATING and run.previous_status), f"tenant status is {tenant.status}",
                    "reactivate the tenant (or finish the run that froze it) first")
-        workers = settings.MIGRATION_COPY_WORKERS
+        workers = ctx.copy_workers
         with ctx.source.connect() as conn:
             pf.check_source(conn, ctx.source, tenant.pk, ctx.tables, report)
             pf.check_server(conn, "source server", report, need_create_db=False, connections_needed=workers + 2)
@@ -423,10 +433,10 @@ class Copy(Step):
             checkpoint(f"copy:{name}")
 
         copy_tenant(source, target, tenant_id, ctx.tables, skip=frozenset(done),
-                    workers=settings.MIGRATION_COPY_WORKERS, on_table_done=on_table_done)
+                    workers=ctx.copy_workers, on_table_done=on_table_done)
         checkpoint("copy:before-indexes")
         with target.connect(autocommit=True) as conn:
-            deferral.restore_secondary(conn, target, deferred, workers=settings.MIGRATION_COPY_WORKERS,
+            deferral.restore_secondary(conn, target, deferred, workers=ctx.copy_workers,
                                        maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY)
             # Fresh tables have no statistics: the tenant's first queries there would plan blind.
             from psycopg import sql
@@ -667,6 +677,13 @@ class Cutover(Step):
         _checkpoint_servers(ctx)
         source_conn = ctx.source.connect()
         rounds = capture.round_connections(ctx.source, ctx.target)
+        # Last rounds before the freeze, on the connections the freeze uses: they leave it only
+        # the changes of the last few milliseconds, and warm those sessions' caches.
+        for _ in range(10):
+            number += 1
+            if capture.apply_round(ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables, number,
+                                   connections=rounds).changes <= settings.MIGRATION_FREEZE_MAX_CHANGES:
+                break
         frozen_at = timezone.now()
         started = time.monotonic()
         phases = {}
@@ -794,9 +811,9 @@ class CopyBack(Step):
         result = copy_back(ctx.dedicated, shared_place(), ctx.tenant.pk, ctx.tables, checkpoint=checkpoint)
         ctx.save_details(step, **result)
         step.rows = result["rows"]
-        ctx.progress(result["rows"], result["bytes"])
-        return (f"{result['rows']} rows copied back, {result['legacy_rows_replaced']} legacy rows replaced, "
-                "in one transaction")
+        ctx.progress(result["rows"] + result["legacy_rows_reused"], result["bytes"])
+        return (f"{result['rows']} rows copied back, {result['legacy_rows_reused']} legacy rows reused as they "
+                f"were, {result['legacy_rows_replaced']} replaced, in one transaction")
 
 
 class RetireCheck(Step):

@@ -159,6 +159,8 @@ TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
 # --- Moves --------------------------------------------------------------------------------
 # Parallel table copies (each uses a source and a target connection).
 MIGRATION_COPY_WORKERS = env.int("MIGRATION_COPY_WORKERS", default=2)
+# ... in an online move, where the copy costs no downtime and other tenants need the cores.
+MIGRATION_ONLINE_COPY_WORKERS = env.int("MIGRATION_ONLINE_COPY_WORKERS", default=1)
 # maintenance_work_mem of the sessions that build the target's indexes after the load.
 MIGRATION_INDEX_MEMORY = env("MIGRATION_INDEX_MEMORY", default="256MB")
 # How long a freeze waits for transactions begun before it to finish before giving up.
@@ -166,6 +168,8 @@ MIGRATION_DRAIN_TIMEOUT = env.float("MIGRATION_DRAIN_TIMEOUT", default=30.0)
 API_MAX_UPLOAD_BYTES = env.int("API_MAX_UPLOAD_BYTES", default=512 * 1024 * 1024)  # archive uploads to /api/
 # Online moves: cut over once at most this many captured changes wait to be applied.
 MIGRATION_CUTOVER_MAX_CHANGES = env.int("MIGRATION_CUTOVER_MAX_CHANGES", default=200)
+# ... and freezes once a last round just before the freeze applied at most this many.
+MIGRATION_FREEZE_MAX_CHANGES = env.int("MIGRATION_FREEZE_MAX_CHANGES", default=20)
 # Online: target sequences are set this far past the source's before the cutover (other tenants
 # keep using the shared sequences meanwhile; bigint ids can afford the gap), so the
 # freeze only checks them.

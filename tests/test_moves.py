@@ -200,6 +200,13 @@ def test_move_back_to_shared_restores_every_row(seeded, cleanup):
     tenant.refresh_from_db()
     assert tenant.placement == "shared" and tenant.status == "active"
     assert snapshot(shared_place(), tenant.pk) == dedicated
+    # The legacy rows still in the shared tables were reused: only the buckets of keys that
+    # changed (customers, and what the customer's delete cascaded to) were copied.
+    copied = back.steps.get(name="copy_back").details
+    untouched = [name for name in ("shop_employee", "shop_sparepart")]
+    assert all(copied["tables"][name]["copied"] == 0 < copied["tables"][name]["rows"] for name in untouched)
+    assert 0 < copied["tables"]["shop_customer"]["copied"]
+    assert copied["legacy_rows_reused"] == sum(t["rows"] - t["copied"] for t in copied["tables"].values()) > 0
     with tenant_context(tenant):
         assert Customer.objects.filter(first_name="Written").count() == 1
         Customer.objects.create(first_name="After", last_name="Back", created_at=timezone.now())  # sequences ok
@@ -365,3 +372,9 @@ def test_legacy_rows_retire_after_the_grace_period_only(seeded, cleanup, setting
     assert {t["name"]: t["rows"] for t in manifest["tables"]} == {n: fp.rows for n, fp in legacy.items()}
     with pytest.raises(services.Refused):
         services.request_retire(Tenant.objects.get(pk=other.pk))  # pooled: nothing to retire
+    # Nothing left to reuse: a move back copies every row.
+    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
+    assert back.status == RunStatus.SUCCEEDED, back.error
+    assert snapshot(shared_place(), tenant.pk) == dedicated
+    copied = back.steps.get(name="copy_back").details
+    assert copied["legacy_rows_reused"] == 0 and copied["rows"] == sum(fp.rows for fp in legacy.values())

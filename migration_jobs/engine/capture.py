@@ -9,7 +9,7 @@ twice is harmless, order inside a batch does not matter, and capture may start b
 copy's snapshot (it must: GUIDE, "capture must start at or before the copy snapshot").
 
 Catch-up. One round reads the log and the changed rows in ONE repeatable-read snapshot of the
-source, replaces those rows in the target (delete + insert, one target transaction), commits
+source, replaces those rows in the target (delete + COPY, one target transaction), commits
 the target, then marks exactly the log rows that snapshot saw as applied. The target then
 equals the source as of that snapshot, so deferred foreign keys and unique indexes hold at
 every commit. A crash between the two commits re-applies the same rows next time: harmless.
@@ -217,6 +217,10 @@ def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, table
 
 
 def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, tenant_id: int):
+    """Replace the target's rows of every key logged for `table` by the source's (those still
+    there). Delete, then COPY straight in: no staging table, so a round does no catalog writes
+    (it runs in the cutover's freeze). Unique keys hold throughout: what the delete leaves is
+    the unchanged rows, which the snapshot's state of the changed ones cannot clash with."""
     cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
     pk = sql.Identifier(table.pk)
     # The keys as an array, not a sub-select on the log: the log has no statistics, and a
@@ -224,26 +228,25 @@ def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, 
     keys = [r[0] for r in src.execute(sql.SQL(
         "SELECT DISTINCT row_pk FROM {} WHERE applied_round IS NULL AND table_name = %s").format(log),
         (table.name,)).fetchall()]
-    dst.execute(sql.SQL("DROP TABLE IF EXISTS tenant_move_stage"))
-    dst.execute(sql.SQL("CREATE TEMP TABLE tenant_move_stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-                        ).format(cols, target.table(table.name)))
-    _pipe(src, dst, sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE tenant_id = {tid} AND {pk} = ANY({keys})) "
-                            "TO STDOUT (FORMAT binary)").format(
-        cols=cols, tbl=source.table(table.name), tid=sql.Literal(tenant_id), pk=pk,
-        keys=sql.Literal(keys) + sql.SQL("::bigint[]")),
-          sql.SQL("COPY tenant_move_stage ({}) FROM STDIN (FORMAT binary)").format(cols))
     deleted = dst.execute(sql.SQL("DELETE FROM {tbl} WHERE tenant_id = %s AND {pk} = ANY(%s)").format(
         tbl=target.table(table.name), pk=pk), (tenant_id, keys)).rowcount
-    written = dst.execute(sql.SQL("INSERT INTO {tbl} ({cols}) SELECT {cols} FROM tenant_move_stage").format(
-        tbl=target.table(table.name), cols=cols)).rowcount
+    written = _pipe(src, dst, sql.SQL(
+        "COPY (SELECT {cols} FROM {tbl} WHERE tenant_id = {tid} AND {pk} = ANY({keys})) TO STDOUT (FORMAT binary)"
+    ).format(cols=cols, tbl=source.table(table.name), tid=sql.Literal(tenant_id), pk=pk,
+             keys=sql.Literal(keys) + sql.SQL("::bigint[]")),
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(target.table(table.name), cols))
     return written, deleted
 
 
-def _pipe(src, dst, out_query, in_query) -> None:
+def _pipe(src, dst, out_query, in_query) -> int:
+    """COPY from one connection into another; returns the rows written."""
+    from migration_jobs.engine.copy import copied_rows
+
     with src.cursor() as s, dst.cursor() as d:
         with s.copy(out_query) as out, d.copy(in_query) as into:
             for block in out:
                 into.write(block)
+        return copied_rows(d)
 
 
 def changed_keys(conn, place: Place, run_id: int, since_round: int) -> dict[str, list[int]]:

@@ -66,9 +66,11 @@ def engine_session(conn: psycopg.Connection) -> psycopg.Connection:
     return conn
 
 
-def copy_out_statement(source: Place, table: TableSpec) -> sql.Composed:
-    return sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {tenant} = %s) TO STDOUT (FORMAT binary)").format(
-        cols=_columns(table), tbl=source.table(table.name), tenant=sql.Identifier("tenant_id"))
+def copy_out_statement(source: Place, table: TableSpec, *, also: sql.Composable = sql.SQL("")) -> sql.Composed:
+    """COPY of the tenant's rows (parameter: the tenant id); `also`: more conditions, starting
+    with AND, whose parameters follow the tenant id."""
+    return sql.SQL("COPY (SELECT {cols} FROM {tbl} WHERE {tenant} = %s{also}) TO STDOUT (FORMAT binary)").format(
+        cols=_columns(table), tbl=source.table(table.name), tenant=sql.Identifier("tenant_id"), also=also)
 
 
 def copy_in_statement(target: Place, table: TableSpec, *, freeze: bool = False) -> sql.Composed:
@@ -80,7 +82,8 @@ def copy_in_statement(target: Place, table: TableSpec, *, freeze: bool = False) 
 def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, source: Place, target: Place,
                table: TableSpec, tenant_id: int, on_bytes: Callable[[int], None] | None = None, *,
                freeze: bool = False, cancel: threading.Event | None = None,
-               block_size: int = BLOCK_SIZE, fast_read: bool = True) -> TableCopy:
+               block_size: int = BLOCK_SIZE, fast_read: bool = True,
+               only: tuple[sql.Composable, tuple] | None = None) -> TableCopy:
     """Copy the tenant's rows of one table from `source` to `target`.
 
     Runs in whatever transactions the two connections are in (nothing is committed here).
@@ -89,12 +92,14 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
     (COPY FREEZE), allowed only when the table was truncated in the current target
     transaction. `cancel`: an event checked between blocks; when set, the copy is aborted
     (both COPY operations are terminated) with CopyCancelled. `fast_read=False` reads the
-    source through psycopg's Copy.read() (one Python call per row: slower).
+    source through psycopg's Copy.read() (one Python call per row: slower). `only`: (conditions
+    starting with AND, their parameters) to copy part of the tenant's rows.
     """
     started = time.monotonic()
     total = unreported = 0
     with src_conn.cursor() as src_cur, dst_conn.cursor() as dst_cur:
-        with src_cur.copy(copy_out_statement(source, table), (tenant_id,)) as copy_out, \
+        also, also_params = only or (sql.SQL(""), ())
+        with src_cur.copy(copy_out_statement(source, table, also=also), (tenant_id, *also_params)) as copy_out, \
                 dst_cur.copy(copy_in_statement(target, table, freeze=freeze)) as copy_in:
             blocks = _read_blocks(src_conn, block_size) if fast_read else _copy_blocks(copy_out, block_size)
             for block in blocks:

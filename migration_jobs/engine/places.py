@@ -5,7 +5,7 @@ test. Connections to a dedicated database are made as the server's admin user (t
 writes tables the tenant role may not own)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import psycopg
 from django.conf import settings
@@ -27,13 +27,14 @@ class Place:
     schema: str               # schema holding the tenant tables
     conninfo: dict = field(repr=False, compare=False)  # psycopg keywords; may hold a password
     label: str = ""           # human-readable, never holds a secret
+    session: tuple = ()       # extra (setting, value) pairs for every connection, see gentle()
 
     def connect(self, *, autocommit: bool = False, application_name: str = "tenant-move",
                 repeatable_read: bool = False, read_only: bool = False) -> psycopg.Connection:
         """A new connection. With `repeatable_read` every transaction on it sees one snapshot.
         (Never send BEGIN yourself on a non-autocommit connection: psycopg has already begun
         one, and the server would ignore the isolation level with a mere warning.)"""
-        options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in CANONICAL_SESSION.items())
+        options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in (*CANONICAL_SESSION.items(), *self.session))
         conn = psycopg.connect(**self.conninfo, autocommit=autocommit, application_name=application_name,
                                options=options)
         if repeatable_read:
@@ -41,6 +42,13 @@ class Place:
         if read_only:
             conn.read_only = True
         return conn
+
+    def gentle(self) -> "Place":
+        """The same place, for work that shares the server with live traffic (online moves):
+        no parallel query or index build workers, so the engine's sessions take one core
+        each and leave the rest to the application."""
+        return replace(self, session=(("max_parallel_workers_per_gather", "0"),
+                                      ("max_parallel_maintenance_workers", "0")))
 
     def table(self, name: str) -> sql.Identifier:
         return sql.Identifier(self.schema, name)

@@ -74,6 +74,19 @@ def fingerprint(conn: psycopg.Connection, place: Place, table: TableSpec, tenant
                                       ).fetchone())
 
 
+def bucket_fingerprints(conn: psycopg.Connection, place: Place, table: TableSpec, tenant_id: int,
+                        width: int) -> dict[int, Fingerprint]:
+    """Count and checksum of the tenant's rows per bucket of `width` consecutive primary keys
+    (bucket = key // width): where two places hold nearly the same rows, only the buckets
+    whose fingerprints differ need copying."""
+    rows = conn.execute(sql.SQL(
+        "SELECT b, count(*), {checksum} FROM (SELECT {pk} / %s::bigint AS b, {hash} AS h FROM {tbl} "
+        "WHERE {tenant} = %s) AS hashed GROUP BY b").format(
+        checksum=_CHECKSUM, pk=sql.Identifier(table.pk), hash=_row_hash(table), tbl=place.table(table.name),
+        tenant=sql.Identifier("tenant_id")), (width, tenant_id)).fetchall()
+    return {int(b): _fingerprint(n, total, xor) for b, n, total, xor in rows}
+
+
 def foreign_rows(conn: psycopg.Connection, place: Place, table: TableSpec | str, tenant_id: int) -> int:
     """Rows of the place's table that are not the tenant's (tenant_id other or NULL)."""
     name = table.name if isinstance(table, TableSpec) else table
