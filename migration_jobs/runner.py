@@ -263,7 +263,8 @@ class Preflight(Step):
         if exists:
             with psycopg.connect(**server.conninfo(database)) as conn:
                 others = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
-                                      "AND tablename NOT LIKE 'shop\\_%%' AND tablename <> 'django_migrations'"
+                                      "AND tablename NOT LIKE 'shop\\_%%' AND tablename <> 'django_migrations' "
+                                      "AND tablename <> 'tenant_move_fence'"
                                       ).fetchone()[0]
             report.add("target database", others == 0,
                        f"database {database} exists (left by an earlier run); it will be emptied and reused"
@@ -386,6 +387,12 @@ class CreateTables(Step):
             provision.migrate_database(run.target_server, run.target_database)
             provision.grant_existing(run.target_server, run.target_database, role)
         _compare_columns(ctx.source, ctx.target, ctx.tables)
+        from migration_jobs.engine import capture
+
+        with ctx.target.connect() as conn:
+            # A place the tenant left by moving back keeps a legacy fence on its rows; the copy
+            # replaces those rows, and the tenant must be writable there after the switch.
+            capture.remove_fence(conn, ctx.target, ctx.tenant.pk, ctx.tables)
         return f"{len(ctx.tables)} tables migrated on {ctx.target}"
 
 

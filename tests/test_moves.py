@@ -212,6 +212,30 @@ def test_move_back_to_shared_restores_every_row(seeded, cleanup):
         Customer.objects.create(first_name="After", last_name="Back", created_at=timezone.now())  # sequences ok
 
 
+@pytest.mark.parametrize("target,online", [("schema", False), ("database", False), ("database", True)])
+def test_out_back_and_out_again(seeded, cleanup, target, online):
+    """A tenant moved back can move out again: its old place, with rows from before the move
+    back and a legacy fence, is emptied and reused, and the tenant is writable there."""
+    tenant = seeded
+    run = move(tenant, target, online=online)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+                   ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk), online=online).pk)
+    assert back.status == RunStatus.SUCCEEDED, back.error
+    with tenant_context(Tenant.objects.get(pk=tenant.pk)):  # back in shared: written there only
+        Customer.objects.create(first_name="Between", last_name="Moves", created_at=timezone.now())
+    shared = snapshot(shared_place(), tenant.pk)
+    again = move(Tenant.objects.get(pk=tenant.pk), target, online=online)
+    assert again.status == RunStatus.SUCCEEDED, again.error
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    assert tenant.placement == target and tenant.status == "active"
+    assert snapshot(place_of(tenant), tenant.pk) == shared
+    with tenant_context(tenant):
+        assert Customer.objects.filter(first_name="Between").count() == 1
+        Customer.objects.create(first_name="Out", last_name="Again", created_at=timezone.now())
+
+
 def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
     tenant = seeded
     run = move(tenant, "schema")
