@@ -815,7 +815,9 @@ class CopyBack(Step):
     def run(self, ctx, step):
         from migration_jobs.engine.copy_back import copy_back
 
-        result = copy_back(ctx.dedicated, shared_place(), ctx.tenant.pk, ctx.tables, checkpoint=checkpoint)
+        margin = settings.MIGRATION_SEQUENCE_MARGIN if ctx.run.online else 0  # the tenant keeps inserting
+        result = copy_back(ctx.dedicated, shared_place(), ctx.tenant.pk, ctx.tables, margin=margin,
+                           checkpoint=checkpoint)
         ctx.save_details(step, **result)
         step.rows = result["rows"]
         ctx.progress(result["rows"] + result["legacy_rows_reused"], result["bytes"])

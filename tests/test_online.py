@@ -154,13 +154,18 @@ def test_online_move_back_under_writes_loses_nothing(seeded, settings):
     assert out.status == RunStatus.SUCCEEDED, out.error
     tenant.refresh_from_db()
     try:
-        mine = Writer(tenant.pk, seed=3)
-        back = run_online(lambda: services.request_move_back(tenant, online=True), [mine], settings)
+        # Another tenant inserts into the shared tables meanwhile: its new keys must not meet
+        # the ones the moving tenant takes in its dedicated database before the cutover.
+        other = Tenant.objects.exclude(pk=tenant.pk).first()
+        mine, theirs = Writer(tenant.pk, seed=3), Writer(other.pk, seed=5)
+        back = run_online(lambda: services.request_move_back(tenant, online=True), [mine, theirs], settings)
         assert back.status == RunStatus.SUCCEEDED, back.error
         tenant.refresh_from_db()
         assert tenant.placement == "shared" and tenant.status == "active"
-        assert not mine.errors and mine.acknowledged > 20
+        assert not mine.errors and not theirs.errors and mine.acknowledged > 20 and theirs.acknowledged > 20
         mine.check(tenant)
+        theirs.check(other)
+        assert theirs.refused == 0
         assert leftover_capture(place_of(tenant)) == []
         with psycopg.connect(**out.target_server.conninfo(out.target_database)) as conn:
             assert capture.leftovers(conn) == []

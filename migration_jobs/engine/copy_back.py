@@ -41,13 +41,17 @@ def stale_buckets(src, dst, dedicated: Place, shared: Place, table: TableSpec, t
 
 
 def copy_back(dedicated: Place, shared: Place, tenant_id: int, tables: list[TableSpec], *,
-              checkpoint=lambda name: None) -> dict:
+              margin: int = 0, checkpoint=lambda name: None) -> dict:
+    """`margin`: for an online move back, where the tenant keeps inserting in the dedicated
+    place: the shared sequences skip that many keys past the dedicated ones, which the
+    tenant's new rows take meanwhile (other tenants' new rows in the shared tables start
+    after them: no key is handed out twice)."""
     rows = bytes_ = replaced = kept = 0
     per_table = {}
     # Raise the shared sequences past every key the tenant has used, first and briefly:
     # inside the long copy transaction their locks would hold other tenants' writers.
     with dedicated.connect() as src:
-        floor = sequence_positions(src, dedicated, tables)
+        floor = {table: value + margin for table, value in sequence_positions(src, dedicated, tables).items()}
     with shared.connect() as conn:
         set_sequences(conn, shared, tables, floor)
         conn.commit()
