@@ -1,13 +1,12 @@
-"""Online-move benchmark: a tenant of N rows moves while it takes ~`rate` writes/s and
-another tenant writes at the same pace. Reports the freeze (median and max over several
+"""Online-move benchmark: a tenant of N rows moves out and back while it takes ~`rate`
+writes/s and another tenant writes at the same pace. Reports the freeze (median and max over several
 runs), what the moving tenant's writers saw, and the other tenant's write throughput and
 latency before the move, during the copy, during catch-up and during the cutover: moving
 one tenant must not slow the others down.
 
 Each writer is a process of its own (as another app server would be). Each run: writers
-start, the online move runs, writers stop, every acknowledged write of the
-moving tenant is checked in its new place, then the tenant is put back in the shared tables
-(target dropped) for the next run.
+start, the tenant moves out online, then back online, writers stop, every acknowledged write
+of the moving tenant is checked in the shared tables, and the dedicated place is dropped.
 """
 from __future__ import annotations
 
@@ -85,15 +84,38 @@ def _step_window(run, name: str) -> tuple[float, float]:
     return step.started_at.timestamp(), step.finished_at.timestamp()
 
 
+def _move_result(run, direction: str, mine: PacedWriter, theirs: PacedWriter, baseline: tuple[float, float]
+                 ) -> dict:
+    copy_step = "copy" if direction == "out" else "copy_back"
+    copy_window = _step_window(run, copy_step)
+    catch_window = _step_window(run, "catch_up")
+    cut_window = _step_window(run, "cutover")
+    started, finished = run.started_at.timestamp(), run.finished_at.timestamp()
+    phases = {"before": baseline, copy_step: copy_window, "catch_up": catch_window, "cutover": cut_window}
+    return {
+        "run": run.pk, "direction": direction, "freeze_ms": 1000 * run.freeze_seconds,
+        "seen_freeze_ms": 1000 * (mine.log.seen_freeze(started, finished) or 0.0),
+        "copy_s": copy_window[1] - copy_window[0],
+        "catch_up_rounds": run.steps.get(name="catch_up").details.get("round"),
+        "changes_applied": run.steps.get(name="catch_up").rows,
+        "freeze_phases_ms": run.steps.get(name="cutover").details.get("phases_ms", {}),
+        "mine_acknowledged": sum(1 for at in mine.log.at if started <= at <= finished),
+        "mine_refused": sum(1 for at in mine.log.refused_at if started <= at <= finished),
+        "theirs_refused": sum(1 for at in theirs.log.refused_at if started <= at <= finished),
+        "theirs": {name: _phase_stats(theirs.log, *window) for name, window in phases.items()},
+    }
+
+
 def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, target: str = "database",
                          say=print) -> dict:
+    """Per run: an online move out and an online move back, both under the writers."""
     other_rows = 5_000
     for leftover in check_can_run([rows, other_rows]):
         drop_bench_tenant(leftover)
     say(f"creating a tenant of {rows:,} rows and another of {other_rows:,} ...")
     tenant, counts = create_bench_tenant(rows)
     other, _ = create_bench_tenant(other_rows)
-    results = []
+    moves, lost_total = [], 0
     writers: list[PacedWriter] = []
     try:
         for number in range(1, runs + 1):
@@ -103,43 +125,39 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
             writers = [mine, theirs]
             mine.start()
             theirs.start()
-            time.sleep(3.0)  # baseline for the other tenant
-            baseline_end = time.time()
-            run = services.execute(services.request_move(tenant, target, online=True, via="bench"))
+            done = []
+            for direction in ("out", "back"):
+                time.sleep(3.0)  # a baseline for the other tenant
+                baseline = (time.time() - 3.0, time.time())
+                tenant.refresh_from_db()
+                if direction == "out":
+                    request = services.request_move(tenant, target, online=True, via="bench")
+                else:
+                    request = services.request_move_back(tenant, online=True, via="bench")
+                run = services.execute(request)
+                if run.status != "succeeded":
+                    raise RuntimeError(f"run {run.pk} ({direction}) {run.status}: {run.error}")
+                done.append((run, direction, baseline))
             time.sleep(1.0)
             mine.finish()
             theirs.finish()
-            run.refresh_from_db()
-            if run.status != "succeeded":
-                raise RuntimeError(f"run {run.pk} {run.status}: {run.error}")
             if mine.error or theirs.error:
                 raise RuntimeError(f"a writer failed: {mine.error or theirs.error}")
             tenant.refresh_from_db()
+            # Every write acknowledged during both moves, in the tenant's final place (shared):
+            # one lost in the move out would have been copied back missing.
             lost = mine.lost_writes(tenant)
-            copy_window = _step_window(run, "copy")
-            catch_window = _step_window(run, "catch_up")
-            cut_window = _step_window(run, "cutover")
-            result = {
-                "run": run.pk, "rows": sum(counts.values()), "freeze_ms": 1000 * run.freeze_seconds,
-                "copy_s": copy_window[1] - copy_window[0],
-                "catch_up_rounds": run.steps.get(name="catch_up").details.get("round"),
-                "freeze_phases_ms": run.steps.get(name="cutover").details.get("phases_ms", {}),
-                "changes_applied": run.steps.get(name="catch_up").rows,
-                "mine_acknowledged": len(mine.log.at), "mine_refused": mine.log.refused, "lost": lost,
-                "seen_freeze_ms": 1000 * (mine.log.seen_freeze() or 0.0), "refusals": mine.log.reasons,
-                "theirs_refused": theirs.log.refused,
-                "theirs": {
-                    "before": _phase_stats(theirs.log, baseline_end - 3.0, baseline_end),
-                    "copy": _phase_stats(theirs.log, *copy_window),
-                    "catch_up": _phase_stats(theirs.log, *catch_window),
-                    "cutover": _phase_stats(theirs.log, *cut_window),
-                },
-            }
-            results.append(result)
-            say(f"run {number}: freeze {result['freeze_ms']:.0f} ms (the writer saw {result['seen_freeze_ms']:.0f} ms), "
-                f"copy {result['copy_s']:.1f} s, "
-                f"{result['changes_applied']} changes caught up, {lost} writes lost")
-            put_back_in_shared(tenant, run)
+            lost_total += lost
+            for run, direction, baseline in done:
+                run.refresh_from_db()
+                result = _move_result(run, direction, mine, theirs, baseline)
+                result["rows"] = sum(counts.values())
+                moves.append(result)
+                say(f"run {number} {direction}: freeze {result['freeze_ms']:.0f} ms (the writer saw "
+                    f"{result['seen_freeze_ms']:.0f} ms), copy {result['copy_s']:.1f} s, "
+                    f"{result['changes_applied']} changes caught up")
+            say(f"run {number}: {len(mine.expected):,} rows written by the writer checked, {lost} lost")
+            put_back_in_shared(tenant, done[-1][0])  # drops the dedicated place the move back left
     finally:
         for writer in writers:  # never delete a tenant a writer still writes to
             writer.finish()
@@ -147,45 +165,48 @@ def run_online_benchmark(rows: int, *, runs: int = 3, rate: float = 200.0, targe
         for made in (tenant, other):
             made.refresh_from_db()
             drop_bench_tenant(made)
-    freezes = [r["freeze_ms"] for r in results]
-    seen = [r["seen_freeze_ms"] for r in results]
-    return {"rows": rows, "rate": rate, "target": target, "runs": results,
-            "freeze_median_ms": statistics.median(freezes), "freeze_max_ms": max(freezes),
-            "seen_median_ms": statistics.median(seen), "seen_max_ms": max(seen)}
+    report = {"rows": rows, "rate": rate, "target": target, "moves": moves, "lost": lost_total}
+    for direction in ("out", "back"):
+        freezes = [m["freeze_ms"] for m in moves if m["direction"] == direction]
+        seen = [m["seen_freeze_ms"] for m in moves if m["direction"] == direction]
+        report[direction] = {"freeze_median_ms": statistics.median(freezes), "freeze_max_ms": max(freezes),
+                             "seen_median_ms": statistics.median(seen), "seen_max_ms": max(seen)}
+    return report
 
 
 def format_report(report: dict) -> str:
-    lines = [f"Online move of a {report['rows']:,}-row tenant to a dedicated {report['target']} under "
+    lines = [f"Online moves of a {report['rows']:,}-row tenant to a dedicated {report['target']} and back, under "
              f"~{report['rate']:.0f} writes/s (and another tenant at the same pace)", ""]
-    header = f"{'run':>4} {'rows':>10} {'copy s':>7} {'rounds':>6} {'changes':>8} {'freeze ms':>9} " \
-             f"{'seen ms':>7} {'acked':>6} {'refused':>7} {'lost':>4}"
+    header = (f"{'run':>4} {'move':>4} {'copy s':>7} {'rounds':>6} {'changes':>8} {'freeze ms':>9} "
+              f"{'seen ms':>7} {'acked':>6} {'refused':>7}")
     lines += [header, "-" * len(header)]
-    for r in report["runs"]:
-        lines.append(f"{r['run']:>4} {r['rows']:>10,} {r['copy_s']:>7.1f} {r['catch_up_rounds']:>6} "
-                     f"{r['changes_applied']:>8} {r['freeze_ms']:>9.0f} {r['seen_freeze_ms']:>7.0f} "
-                     f"{r['mine_acknowledged']:>6} "
-                     f"{r['mine_refused']:>7} {r['lost']:>4}")
-    lines += ["", f"freeze recorded on the run (fence closed -> switch committed): "
-                  f"median {report['freeze_median_ms']:.0f} ms, max {report['freeze_max_ms']:.0f} ms",
-              f"freeze seen by the writer (first refused -> first accepted write): "
-              f"median {report['seen_median_ms']:.0f} ms, max {report['seen_max_ms']:.0f} ms"]
-    for r in report["runs"]:
-        phases = ", ".join(f"{k} {v:.0f}" for k, v in r["freeze_phases_ms"].items())
-        lines.append(f"  run {r['run']} freeze phases (ms): {phases}")
-        for reason, count in r["refusals"].items():
-            lines.append(f"  run {r['run']} refused {count}x: {reason}")
-    lines += ["",
-              "other tenant's writes (median over runs):",
-              f"{'phase':<10} {'writes/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7} "]
-    phases = ("before", "copy", "catch_up", "cutover")
-    base = statistics.median(r["theirs"]["before"]["writes_per_s"] for r in report["runs"]) or 1e-9
-    for phase in phases:
-        stats = [r["theirs"][phase] for r in report["runs"]]
-        rate = statistics.median(s["writes_per_s"] for s in stats)
-        p50 = [s["p50_ms"] for s in stats if s["p50_ms"] is not None]
-        p99 = [s["p99_ms"] for s in stats if s["p99_ms"] is not None]
-        lines.append(f"{phase:<10} {rate:>9.1f} {rate / base:>6.2f} "
-                     f"{statistics.median(p50) if p50 else float('nan'):>7.1f} "
-                     f"{statistics.median(p99) if p99 else float('nan'):>7.1f}")
-    lines.append(f"other tenant's refused writes: {sum(r['theirs_refused'] for r in report['runs'])}")
+    for m in report["moves"]:
+        lines.append(f"{m['run']:>4} {m['direction']:>4} {m['copy_s']:>7.1f} {m['catch_up_rounds']:>6} "
+                     f"{m['changes_applied']:>8} {m['freeze_ms']:>9.0f} {m['seen_freeze_ms']:>7.0f} "
+                     f"{m['mine_acknowledged']:>6} {m['mine_refused']:>7}")
+    lines.append(f"writes lost (every acknowledged write checked in the final place): {report['lost']}")
+    lines.append("")
+    for direction in ("out", "back"):
+        r = report[direction]
+        lines.append(f"freeze, move {direction}: recorded on the run (fence closed -> switch committed) median "
+                     f"{r['freeze_median_ms']:.0f} ms, max {r['freeze_max_ms']:.0f} ms; seen by the writer (first "
+                     f"refused -> first accepted write) median {r['seen_median_ms']:.0f} ms, "
+                     f"max {r['seen_max_ms']:.0f} ms")
+    for m in report["moves"]:
+        phases = ", ".join(f"{k} {v:.0f}" for k, v in m["freeze_phases_ms"].items())
+        lines.append(f"  run {m['run']} freeze phases (ms): {phases}")
+    for direction in ("out", "back"):
+        picked = [m for m in report["moves"] if m["direction"] == direction]
+        lines += ["", f"other tenant's writes during the moves {direction} (median over runs):",
+                  f"{'phase':<10} {'writes/s':>9} {'ratio':>6} {'p50 ms':>7} {'p99 ms':>7}"]
+        base = statistics.median(m["theirs"]["before"]["writes_per_s"] for m in picked) or 1e-9
+        for phase in picked[0]["theirs"]:
+            stats = [m["theirs"][phase] for m in picked]
+            rate = statistics.median(s["writes_per_s"] for s in stats)
+            p50 = [s["p50_ms"] for s in stats if s["p50_ms"] is not None]
+            p99 = [s["p99_ms"] for s in stats if s["p99_ms"] is not None]
+            lines.append(f"{phase:<10} {rate:>9.1f} {rate / base:>6.2f} "
+                         f"{statistics.median(p50) if p50 else float('nan'):>7.1f} "
+                         f"{statistics.median(p99) if p99 else float('nan'):>7.1f}")
+    lines.append(f"other tenant's refused writes: {sum(m['theirs_refused'] for m in report['moves'])}")
     return "\n".join(lines)

@@ -23,14 +23,15 @@ class WriteLog:
         key = reason[:60]
         self.reasons[key] = self.reasons.get(key, 0) + 1
 
-    def seen_freeze(self) -> float | None:
+    def seen_freeze(self, start: float = 0.0, end: float = float("inf")) -> float | None:
         """Seconds from the first refused write to the first write accepted after the last
-        refusal: the freeze as this writer saw it (None if nothing was refused)."""
-        if not self.refused_at:
+        refusal, among the refusals between `start` and `end` (time.time()): the freeze as
+        this writer saw it (None if nothing was refused then)."""
+        refused = [at for at in self.refused_at if start <= at <= end]
+        if not refused:
             return None
-        last = self.refused_at[-1]
-        after = [at for at in self.at if at > last]
-        return (after[0] if after else last) - self.refused_at[0]
+        after = [at for at in self.at if at > refused[-1]]
+        return (after[0] if after else refused[-1]) - refused[0]
 
 
 class _WriteLoop:

@@ -816,7 +816,7 @@ class CopyBack(Step):
         from migration_jobs.engine.copy_back import copy_back
 
         margin = settings.MIGRATION_SEQUENCE_MARGIN if ctx.run.online else 0  # the tenant keeps inserting
-        result = copy_back(ctx.dedicated, shared_place(), ctx.tenant.pk, ctx.tables, margin=margin,
+        result = copy_back(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, margin=margin,
                            checkpoint=checkpoint)
         ctx.save_details(step, **result)
         step.rows = result["rows"]

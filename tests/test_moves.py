@@ -236,6 +236,37 @@ def test_out_back_and_out_again(seeded, cleanup, target, online):
         Customer.objects.create(first_name="Out", last_name="Again", created_at=timezone.now())
 
 
+def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch):
+    """The comparison of the replaced buckets catches a copy back that went wrong, and the
+    shared tables stay exactly as they were."""
+    from migration_jobs.engine import copy_back as copy_back_module
+
+    tenant = seeded
+    run = move(tenant, "schema")
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("schema", tenant.schema_name))
+    tenant.refresh_from_db()
+    with tenant_context(tenant):
+        Customer.objects.create(first_name="Only", last_name="Dedicated", created_at=timezone.now())
+    legacy = fingerprints(shared_place(), tenant.pk)
+    original = copy_back_module.copy_table
+
+    def lossy_copy(src, dst, source, target, table, tenant_id, **kwargs):
+        result = original(src, dst, source, target, table, tenant_id, **kwargs)
+        if table.name == "shop_customer":  # a bug that loses the newest row
+            dst.execute(sql.SQL("DELETE FROM {t} WHERE id = (SELECT max(id) FROM {t} WHERE tenant_id = %s)").format(
+                t=target.table(table.name)), (tenant_id,))
+        return result
+
+    monkeypatch.setattr(copy_back_module, "copy_table", lossy_copy)
+    back = runner.execute(services.request_move_back(tenant).pk)
+    assert back.status == RunStatus.ROLLED_BACK
+    assert "rows differ after copying back: shop_customer" in back.error
+    assert fingerprints(shared_place(), tenant.pk) == legacy
+    tenant.refresh_from_db()
+    assert tenant.placement == "schema" and tenant.status == "active"
+
+
 def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
     tenant = seeded
     run = move(tenant, "schema")

@@ -74,17 +74,35 @@ def fingerprint(conn: psycopg.Connection, place: Place, table: TableSpec, tenant
                                       ).fetchone())
 
 
+def in_buckets(table: TableSpec, width: int) -> sql.Composable:
+    """`AND <the row's key is in one of the buckets>` (parameter: an array of bucket numbers).
+    A hashed semi-join: `= ANY(array)` would test every row against every bucket."""
+    return sql.SQL(" AND {} / {}::bigint IN (SELECT unnest(%s::bigint[]))").format(
+        sql.Identifier(table.pk), sql.Literal(width))
+
+
 def bucket_fingerprints(conn: psycopg.Connection, place: Place, table: TableSpec, tenant_id: int,
-                        width: int) -> dict[int, Fingerprint]:
+                        width: int, only: list[int] | None = None) -> dict[int, Fingerprint]:
     """Count and checksum of the tenant's rows per bucket of `width` consecutive primary keys
-    (bucket = key // width): where two places hold nearly the same rows, only the buckets
-    whose fingerprints differ need copying."""
+    (bucket = key // width; `only`: just these buckets): where two places hold nearly the same
+    rows, only the buckets whose fingerprints differ need copying."""
+    where = in_buckets(table, width) if only is not None else sql.SQL("")
     rows = conn.execute(sql.SQL(
-        "SELECT b, count(*), {checksum} FROM (SELECT {pk} / %s::bigint AS b, {hash} AS h FROM {tbl} "
-        "WHERE {tenant} = %s) AS hashed GROUP BY b").format(
-        checksum=_CHECKSUM, pk=sql.Identifier(table.pk), hash=_row_hash(table), tbl=place.table(table.name),
-        tenant=sql.Identifier("tenant_id")), (width, tenant_id)).fetchall()
+        "SELECT b, count(*), {checksum} FROM (SELECT {pk} / {width}::bigint AS b, {hash} AS h FROM {tbl} "
+        "WHERE {tenant} = %s{where}) AS hashed GROUP BY b").format(
+        checksum=_CHECKSUM, pk=sql.Identifier(table.pk), width=sql.Literal(width), hash=_row_hash(table),
+        tbl=place.table(table.name), tenant=sql.Identifier("tenant_id"), where=where),
+        (tenant_id, only) if only is not None else (tenant_id,)).fetchall()
     return {int(b): _fingerprint(n, total, xor) for b, n, total, xor in rows}
+
+
+def combined(parts) -> Fingerprint:
+    """The fingerprint of a table from those of its buckets (sums add up, XORs combine)."""
+    rows = total = xor = 0
+    for fp in parts:
+        part_total, part_xor = fp.checksum.split(":")
+        rows, total, xor = rows + fp.rows, total + int(part_total), xor ^ int(part_xor, 16)
+    return Fingerprint(rows=rows, checksum=f"{total}:{xor:016x}")
 
 
 def foreign_rows(conn: psycopg.Connection, place: Place, table: TableSpec | str, tenant_id: int) -> int:
