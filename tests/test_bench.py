@@ -47,3 +47,20 @@ def test_bench_migration_prints_all_methods_checks_them_and_cleans_up(server_con
         prefix = f"{settings.TENANT_DATABASE_PREFIX}bench_"
         assert conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall() == []
         assert conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)).fetchall() == []
+
+
+def test_bench_move_back_compares_reuse_with_a_full_copy_and_cleans_up(server_conninfo):
+    out = StringIO()
+    call_command("bench_move_back", "--rows", "3000", "--changes", "5", stdout=out)
+    text = out.getvalue()
+    lines = {line[:3]: line.split() for line in text.splitlines() if line.startswith(("(a)", "(b)"))}
+    assert set(lines) == {"(a)", "(b)"}, text
+    # columns from the end: rows, copied, reused, seconds, ratio
+    a_rows, a_copied, a_reused = (int(v.replace(",", "")) for v in lines["(a)"][-5:-2])
+    b_rows, b_copied, b_reused = (int(v.replace(",", "")) for v in lines["(b)"][-5:-2])
+    assert a_rows == b_rows == b_copied and b_reused == 0
+    assert 0 < a_copied < a_rows and a_reused == a_rows - a_copied
+    assert not Tenant.objects.filter(slug__startswith="bench_").exists()
+    with psycopg.connect(**server_conninfo()) as conn:
+        prefix = f"{settings.TENANT_DATABASE_PREFIX}bench_"
+        assert conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall() == []

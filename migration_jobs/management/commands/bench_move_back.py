@@ -1,0 +1,28 @@
+"""What reusing the legacy rows saves a move back (see migration_jobs/bench_back.py)."""
+import json
+
+from django.core.management.base import BaseCommand, CommandError
+
+from migration_jobs.bench import BenchError
+from migration_jobs.bench_back import format_report, run_move_back_benchmark
+
+
+class Command(BaseCommand):
+    help = "Benchmark moves back: legacy rows reused against everything copied (after retirement)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--rows", type=int, default=1_000_000)
+        parser.add_argument("--changes", type=int, default=100, help="customers changed in the dedicated place")
+        parser.add_argument("--json", action="store_true")
+
+    def handle(self, *args, **options):
+        if options["rows"] < 1000 or options["changes"] < 0:
+            raise CommandError("--rows must be >= 1000 and --changes >= 0", returncode=2)
+        try:
+            report = run_move_back_benchmark(options["rows"], changes=options["changes"],
+                                             say=lambda m: self.stderr.write(m))
+        except BenchError as exc:
+            raise CommandError(str(exc), returncode=2) from None
+        self.stdout.write(format_report(report))
+        if options["json"]:
+            self.stdout.write(json.dumps(report))
