@@ -6,6 +6,7 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
 from api.models import TOKEN_PREFIX, ApiCall, ApiToken
+from tenancy.admin_mixins import ReadOnlyAdmin
 
 
 @admin.register(ApiToken)
@@ -59,7 +60,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiCall)
-class ApiCallAdmin(admin.ModelAdmin):
+class ApiCallAdmin(ReadOnlyAdmin, admin.ModelAdmin):
+    """An audit record: nobody adds, edits or deletes calls from the admin."""
+
     list_display = ("created_at", "user", "token", "method", "path", "status_code", "tenant_id", "run_id",
                     "duration_ms")
     list_filter = ("status_code", "method", "user")
@@ -70,12 +73,3 @@ class ApiCallAdmin(admin.ModelAdmin):
               "remote_addr", "duration_ms", "detail")
     readonly_fields = fields
 
-    # An audit record: nobody adds, edits or deletes calls from the admin.
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -24,6 +24,7 @@ from django.utils.html import format_html
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.admin import TenantAdmin
+from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.models import DatabaseServer, Placement, Status
 
 CONFIRM_TEMPLATE = "admin/migration_jobs/confirm_action.html"
@@ -275,20 +276,11 @@ TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a no
 
 # --- Run history --------------------------------------------------------------------------
 
-class StaffViewOnly:
+class StaffViewOnly(ReadOnlyAdmin):
     """Readable by any active staff user; nobody adds, changes or deletes history here."""
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_active and request.user.is_staff
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class MigrationStepInline(StaffViewOnly, admin.TabularInline):

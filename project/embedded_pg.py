@@ -240,7 +240,7 @@ def main(argv: list[str]) -> int:
     elif command == "url":
         print(ensure_running(data_dir).url())
     else:
-        print(f"usage: python -m project.embedded_pg start|stop|status|url [DATA_DIR]", file=sys.stderr)
+        print("usage: python -m project.embedded_pg start|stop|status|url [DATA_DIR]", file=sys.stderr)
         return 2
     return 0
 

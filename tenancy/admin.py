@@ -10,6 +10,7 @@ from django.db import DatabaseError, connection, models, transaction
 from django.db.models.functions import Coalesce
 
 from tenancy import crypto
+from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.forms import DatabaseServerForm
 from tenancy.models import DatabaseCredential, DatabaseServer, Domain, Placement, Status, Tenant
 from tenancy.scoping import TenantScopedModel
@@ -158,7 +159,7 @@ class DatabaseServerAdmin(admin.ModelAdmin):
 
 
 @admin.register(DatabaseCredential)
-class DatabaseCredentialAdmin(admin.ModelAdmin):
+class DatabaseCredentialAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     """Read-only: credentials are made and rotated by migration runs, never typed in."""
 
     list_display = ["tenant", "server", "database", "role", "created_at", "rotated_at", "password"]
@@ -166,15 +167,6 @@ class DatabaseCredentialAdmin(admin.ModelAdmin):
     search_fields = ["tenant__slug", "database", "role"]
     fields = ["tenant", "server", "database", "role", "password", "created_at", "rotated_at"]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="password")
     def password(self, credential):

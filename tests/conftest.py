@@ -93,6 +93,28 @@ def make_tenant(db):
 
 
 @pytest.fixture
+def cleanup():
+    """Call it with tenants (or their slugs): after the test, their dedicated schema, database
+    (with its role) and backups are dropped, whatever the test left."""
+    given = []
+    yield given.append
+    from django.db import connection
+
+    from migration_jobs.engine import provision
+    from tenancy.servers import ensure_default_server
+
+    connection.set_schema_to_public()
+    server = ensure_default_server()
+    for item in given:
+        slug = item if isinstance(item, str) else item.slug
+        database = f"{settings.TENANT_DATABASE_PREFIX}{slug}"
+        provision.drop_schema(f"{settings.TENANT_SCHEMA_PREFIX}{slug}")
+        provision.drop_database(server, database, provision.role_name(database))
+        for path in settings.BACKUP_DIR.glob(f"{slug}-run*.tar"):
+            path.unlink()
+
+
+@pytest.fixture
 def server_conninfo():
     return _server_conninfo
 

@@ -12,13 +12,12 @@ from django.test import Client
 from psycopg import sql
 
 from api.models import ApiCall, ApiToken
-from migration_jobs.engine import provision
 from migration_jobs.engine.archive import validate_archive
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.models import MigrationRun
 from tenancy.models import Tenant
-from tenancy.servers import ensure_default_server
+from tests.helpers import delete_tenant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,43 +86,6 @@ def seeded():
     result = seed(tenants=3, largest=2000, seed=5)
     tenants = sorted(result.tenants, key=lambda t: t.total_rows)
     return Tenant.objects.get(slug=tenants[-1].slug), Tenant.objects.get(slug=tenants[0].slug)
-
-
-@pytest.fixture
-def cleanup():
-    tenants = []
-    yield tenants.append
-    from django.db import connection
-
-    connection.set_schema_to_public()
-    server = ensure_default_server()
-    for tenant in tenants:
-        provision.drop_schema(tenant.schema_name)
-        provision.drop_database(server, tenant.database_name, provision.role_name(tenant.database_name))
-
-
-@pytest.fixture(autouse=True)
-def drop_move_objects():
-    """Write fences and capture triggers that moves leave in the shared test database outlive
-    the flush between tests (tenant ids repeat): drop them after each test."""
-    yield
-    with shared_place().connect() as conn:
-        for table, trigger in conn.execute(
-                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' "
-                "AND (t.tgname LIKE 'tenant\\_fence\\_%' OR t.tgname LIKE 'tenant\\_move\\_%')").fetchall():
-            conn.execute(sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(trigger), sql.Identifier(table)))
-        conn.execute("DROP TABLE IF EXISTS tenant_move_fence")
-        conn.commit()
-
-
-def delete_tenant(tenant):
-    with shared_place().connect() as conn:
-        for table in reversed(tenant_tables()):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(shared_place().table(table.name)),
-                         (tenant.pk,))
-        conn.commit()
-    Tenant.objects.filter(pk=tenant.pk).delete()
 
 
 def export(api, tenant) -> bytes:

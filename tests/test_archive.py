@@ -7,12 +7,9 @@ import hashlib
 import io
 import json
 import tarfile
-from io import StringIO
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.utils import timezone
 from psycopg import sql
 
@@ -26,6 +23,7 @@ from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Domain, Tenant
 from tenancy.servers import ensure_default_server
 from tenancy.models import tenant_host
+from tests.helpers import delete_tenant, run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -62,28 +60,6 @@ def shared_state():
 def schema_exists(name):
     with shared_place().connect() as conn:
         return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
-
-
-def run_cmd(name, *args):
-    """(exit status, stdout, stderr) of a command run in this process."""
-    out, err = StringIO(), StringIO()
-    try:
-        call_command(name, *args, stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-        err.write(f"error: {exc}\n")
-    return code, out.getvalue(), err.getvalue()
-
-
-def delete_tenant(tenant):
-    """The tenant gone entirely: its shop rows and its tenant row (and domain)."""
-    with shared_place().connect() as conn:
-        for table in reversed(tenant_tables()):
-            conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(shared_place().table(table.name)),
-                         (tenant.pk,))
-        conn.commit()
-    Tenant.objects.filter(pk=tenant.pk).delete()
 
 
 def rewrite(path, out_path, *, members=None, manifest=None, fix_digest=True):
@@ -125,21 +101,6 @@ def exported(seeded, tmp_path):
     assert code == 0, err
     assert f"to {path}" in out
     return seeded, path, snapshot(shared_place(), seeded.pk)
-
-
-@pytest.fixture
-def cleanup():
-    """Drop the schemas and databases of the given slugs after the test."""
-    slugs = []
-    yield slugs.append
-    from django.db import connection
-
-    connection.set_schema_to_public()
-    server = ensure_default_server()
-    for slug in slugs:
-        provision.drop_schema(f"{settings.TENANT_SCHEMA_PREFIX}{slug}")
-        database = f"{settings.TENANT_DATABASE_PREFIX}{slug}"
-        provision.drop_database(server, database, provision.role_name(database))
 
 
 # --- the archive --------------------------------------------------------------------------

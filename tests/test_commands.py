@@ -4,23 +4,18 @@ import json
 import socket
 from datetime import date, timedelta
 from decimal import Decimal
-from io import StringIO
 
 import pytest
-from django.conf import settings
-from django.core.management import call_command
-from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
-from psycopg import sql
 
 from migration_jobs import services
 from migration_jobs.engine import provision
-from migration_jobs.engine.places import shared_place
 from migration_jobs.models import MigrationRun, RunStatus
 from shop.models import Customer, Device, Employee, Repair, RepairPart, RepairStatusHistory, SparePart
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
+from tests.helpers import run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,36 +60,8 @@ def place_counts(tenant) -> dict:
         return {m._meta.db_table: m.objects.count() for m in SHOP}
 
 
-def run_cmd(name, *args):
-    """(exit status, stdout, stderr) of a command run in this process."""
-    out, err = StringIO(), StringIO()
-    try:
-        call_command(name, *args, stdout=out, stderr=err)
-        code = 0
-    except CommandError as exc:
-        code = exc.returncode
-        err.write(f"error: {exc}\n")
-    return code, out.getvalue(), err.getvalue()
-
-
 def last_json(stdout: str):
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def cleanup():
-    """Drop the dedicated schema / database of every tenant given, after the test."""
-    tenants = []
-    yield tenants.append
-    connection.set_schema_to_public()
-    from tenancy.servers import ensure_default_server
-
-    server = ensure_default_server()
-    for tenant in tenants:
-        provision.drop_schema(tenant.schema_name)
-        provision.drop_database(server, tenant.database_name, provision.role_name(tenant.database_name))
-        for path in settings.BACKUP_DIR.glob(f"{tenant.slug}-run*.tar"):
-            path.unlink()
 
 
 def closed_port() -> int:
@@ -393,7 +360,7 @@ def test_verify_unknown_tenant_is_refused(db):
 
 
 def test_migration_status_lists_runs_newest_first(make_tenant):
-    a, b = make_tenant("juliet"), make_tenant("kilo")
+    make_tenant("juliet"), make_tenant("kilo")
     assert run_cmd("tenant_preflight", "juliet", "--to", "schema")[0] == 0
     assert run_cmd("tenant_preflight", "kilo", "--to", "database")[0] == 0
 

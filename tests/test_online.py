@@ -67,9 +67,8 @@ class Writer(threading.Thread):
             while not self.stop.is_set():
                 try:
                     self.step()
-                except (TenantWriteRefused, psycopg.Error) as exc:
+                except (TenantWriteRefused, psycopg.Error):
                     self.refused += 1  # frozen: not acknowledged, tried again later
-                    del exc
                 except Exception as exc:  # noqa: BLE001
                     if "refuses writes" in str(exc) or "is migrating" in str(exc):
                         self.refused += 1

@@ -1,0 +1,33 @@
+"""Helpers shared by several test modules."""
+
+
+def run_cmd(name, *args):
+    """(exit status, stdout, stderr) of a management command run in this process."""
+    from io import StringIO
+
+    from django.core.management import CommandError, call_command
+
+    out, err = StringIO(), StringIO()
+    try:
+        call_command(name, *args, stdout=out, stderr=err)
+        code = 0
+    except CommandError as exc:
+        code = exc.returncode
+        err.write(f"error: {exc}\n")
+    return code, out.getvalue(), err.getvalue()
+
+
+def delete_tenant(tenant):
+    """The tenant gone entirely: its shop rows in the shared tables and its tenant row (and domain)."""
+    from psycopg import sql
+
+    from migration_jobs.engine.places import shared_place
+    from migration_jobs.engine.tables import tenant_tables
+    from tenancy.models import Tenant
+
+    with shared_place().connect() as conn:
+        for table in reversed(tenant_tables()):
+            conn.execute(sql.SQL("DELETE FROM {} WHERE tenant_id = %s").format(shared_place().table(table.name)),
+                         (tenant.pk,))
+        conn.commit()
+    Tenant.objects.filter(pk=tenant.pk).delete()
