@@ -94,18 +94,25 @@ class RunContext:
         return self.run.tenant
 
     @property
+    def retires_dedicated(self) -> bool:
+        """A retirement of the dedicated place a move back left (not of legacy shared rows)."""
+        return self.run.kind == RunKind.RETIRE and self.run.target_placement == Placement.SHARED
+
+    @property
     def dedicated(self) -> Place:
         """The dedicated side: the target of a move out, the source of a move back."""
         run = self.run
-        kind = run.target_placement if run.kind in (RunKind.MOVE, RunKind.RETIRE) else run.source_placement
+        kind = run.source_placement if run.kind == RunKind.MOVE_BACK or self.retires_dedicated \
+            else run.target_placement
         if kind == Placement.SCHEMA:
             return schema_place(run.target_schema)
         return database_place(run.target_server, run.target_database)
 
     @property
     def source(self) -> Place:
-        """Where the rows are read from (for a retirement: the legacy rows in shared)."""
-        return self._share(self.dedicated if self.run.kind == RunKind.MOVE_BACK else shared_place())
+        """Where the rows are read from (for a retirement: the legacy rows)."""
+        return self._share(self.dedicated if self.run.kind == RunKind.MOVE_BACK or self.retires_dedicated
+                           else shared_place())
 
     @property
     def target(self) -> Place:
@@ -826,7 +833,7 @@ class CopyBack(Step):
 
 
 class RetireCheck(Step):
-    name, label = "retire_check", "Check the dedicated copy before retiring"
+    name, label = "retire_check", "Check where the tenant lives before retiring its legacy rows"
 
     def run(self, ctx, step):
         from migration_jobs.verification import verify_in_place
@@ -834,21 +841,23 @@ class RetireCheck(Step):
         tenant = ctx.refresh_tenant()
         if tenant.placement != ctx.run.target_placement:
             raise StepFailed(f"tenant {tenant.slug} is in {tenant.placement} placement, not "
-                             f"{ctx.run.target_placement}: its shared rows are not legacy")
+                             f"{ctx.run.target_placement}: the rows to retire are not legacy")
         report = verify_in_place(tenant)
         ctx.run.report = {**ctx.run.report, "verify_in_place": report}
         ctx.run.save(update_fields=["report"])
         if not report["ok"]:
-            raise StepFailed(f"the dedicated copy failed verification: {'; '.join(report['problems'])}")
-        with shared_place().connect() as conn:
+            raise StepFailed(f"the tenant's rows in its {tenant.placement} place failed verification: "
+                             f"{'; '.join(report['problems'])}")
+        legacy = ctx.source
+        with legacy.connect() as conn:
             from migration_jobs.engine.preflight import PreflightReport, check_source
 
             counted = PreflightReport()
-            check_source(conn, shared_place(), tenant.pk, ctx.tables, counted)
+            check_source(conn, legacy, tenant.pk, ctx.tables, counted)
         ctx.run.rows_total = counted.total_rows
         ctx.run.save(update_fields=["rows_total"])
         ctx.save_details(step, legacy_rows=counted.row_counts)
-        return f"dedicated copy verified; {counted.total_rows} legacy rows to retire"
+        return f"{tenant.placement} rows verified; {counted.total_rows} legacy rows to retire in {legacy}"
 
 
 class RetireDelete(Step):
@@ -884,12 +893,31 @@ ONLINE_MOVE_STEPS = [Preflight(), Backup(), Provision(), CreateTables(), StartCa
 ONLINE_MOVE_BACK_STEPS = [Preflight(), Backup(), StartCapture(), CopyBack(), CatchUp(), Cutover(), StopCapture()]
 
 
+class RetireDrop(Step):
+    name, label = "retire_drop", "Drop the dedicated place the tenant moved back from"
+    point_of_no_return = True
+
+    def run(self, ctx, step):
+        run, tenant = ctx.run, ctx.refresh_tenant()
+        if tenant.placement != Placement.SHARED:  # never drop where the tenant lives
+            raise StepFailed(f"tenant {tenant.slug} is in {tenant.placement} placement: not dropping its "
+                             f"{run.source_placement}")
+        if run.source_placement == Placement.SCHEMA:
+            provision.drop_schema(run.target_schema)
+            return f"schema {run.target_schema} dropped"
+        provision.drop_database(run.target_server, run.target_database, provision.role_name(run.target_database))
+        DatabaseCredential.objects.filter(tenant=tenant, database=run.target_database).delete()
+        return f"database {run.target_database} and its role dropped, credential deleted"
+
+
 RETIRE_STEPS = [RetireCheck(), Backup(), RetireDelete()]
+# The dedicated place a move back left: archived, then dropped whole (nobody else uses it).
+RETIRE_DEDICATED_STEPS = [RetireCheck(), Backup(), RetireDrop()]
 
 
 def steps_for(run: MigrationRun) -> list[Step]:
     if run.kind == RunKind.RETIRE:
-        return RETIRE_STEPS
+        return RETIRE_DEDICATED_STEPS if run.target_placement == Placement.SHARED else RETIRE_STEPS
     if run.online:
         return ONLINE_MOVE_STEPS if run.kind == RunKind.MOVE else ONLINE_MOVE_BACK_STEPS
     return MOVE_STEPS if run.kind == RunKind.MOVE else MOVE_BACK_STEPS

@@ -187,16 +187,23 @@ def set_status(tenant: Tenant, status: str) -> Tenant:
 
 def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=None, via: str = "command"
                    ) -> MigrationRun:
-    """Create a run that archives and deletes a moved tenant's legacy rows from the shared
-    tables, after the grace period (TENANT_LEGACY_GRACE_DAYS) since its move."""
+    """Create a run that retires a tenant's legacy rows, after the grace period
+    (TENANT_LEGACY_GRACE_DAYS) since the move that left them: a dedicated tenant's rows in the
+    shared tables (archived, deleted in batches), or, for a tenant that moved back, the
+    dedicated schema or database it left (archived, dropped)."""
     from datetime import timedelta
 
     from django.utils import timezone
 
     if tenant.placement == Placement.SHARED:
-        raise Refused(f"tenant {tenant.slug} lives in the shared tables: it has no legacy rows")
-    moved = tenant.migration_runs.filter(kind=RunKind.MOVE, status=RunStatus.SUCCEEDED).order_by(
-        "-finished_at").first()
+        moved = tenant.migration_runs.filter(kind=RunKind.MOVE_BACK, status=RunStatus.SUCCEEDED).order_by(
+            "-finished_at").first()
+        if moved is None or not _dedicated_place_exists(moved):
+            raise Refused(f"tenant {tenant.slug} lives in the shared tables and no dedicated place of it is "
+                          "left: it has no legacy rows")
+    else:
+        moved = tenant.migration_runs.filter(kind=RunKind.MOVE, status=RunStatus.SUCCEEDED).order_by(
+            "-finished_at").first()
     if moved is None:
         raise Refused(f"tenant {tenant.slug} has no successful move: nothing is known to be legacy")
     ready_at = moved.finished_at + timedelta(days=settings.TENANT_LEGACY_GRACE_DAYS)
@@ -204,10 +211,21 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
         raise Refused(f"tenant {tenant.slug} moved at {moved.finished_at:%Y-%m-%d %H:%M}; its legacy rows may be "
                       f"retired from {ready_at:%Y-%m-%d %H:%M} (TENANT_LEGACY_GRACE_DAYS="
                       f"{settings.TENANT_LEGACY_GRACE_DAYS:g})")
-    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=tenant.placement,
+    # source_placement: where the legacy rows are; target_placement: where the tenant lives.
+    legacy_in = moved.source_placement if moved.kind == RunKind.MOVE_BACK else Placement.SHARED
+    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=legacy_in,
                        target_placement=tenant.placement, target_schema=moved.target_schema,
                        target_database=moved.target_database, target_server=moved.target_server,
                        requested_by=requested_by, requested_via=via)
+
+
+def _dedicated_place_exists(run: MigrationRun) -> bool:
+    """Whether the schema or database a move back came from is still there."""
+    from migration_jobs.engine import provision
+
+    if run.source_placement == Placement.SCHEMA:
+        return provision.schema_exists(run.target_schema)
+    return provision.database_exists(run.target_server, run.target_database)
 
 
 READ_SHARES = (0, 10, 50, 100)

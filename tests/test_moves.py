@@ -236,6 +236,41 @@ def test_out_back_and_out_again(seeded, cleanup, target, online):
         Customer.objects.create(first_name="Out", last_name="Again", created_at=timezone.now())
 
 
+@pytest.mark.parametrize("target", ["schema", "database"])
+def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, cleanup, settings, target):
+    tenant = seeded
+    run = move(tenant, target)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+                   ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
+    assert back.status == RunStatus.SUCCEEDED, back.error
+    tenant = Tenant.objects.get(pk=tenant.pk)
+    with pytest.raises(services.Refused, match="may be retired from"):
+        services.request_retire(tenant)
+    shared = fingerprints(shared_place(), tenant.pk)
+    retire = runner.execute(services.request_retire(tenant, ignore_grace=True).pk)
+    assert retire.status == RunStatus.SUCCEEDED, retire.error
+    assert [s.name for s in retire.steps.order_by("order")] == ["retire_check", "backup", "retire_drop"]
+    if target == "schema":
+        assert not schema_exists(tenant.schema_name)
+    else:
+        assert not database_exists(run.target_server, run.target_database)
+        assert not role_exists(run.target_server, provision.role_name(run.target_database))
+        assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
+    from migration_jobs.engine.archive import read_manifest
+
+    manifest = read_manifest(retire.steps.get(name="backup").details["path"])  # the dropped rows, archived
+    assert {t["name"]: t["rows"] for t in manifest["tables"]} == {n: fp.rows for n, fp in shared.items()}
+    assert fingerprints(shared_place(), tenant.pk) == shared  # where it lives: untouched
+    tenant.refresh_from_db()
+    assert tenant.placement == "shared" and tenant.status == "active"
+    with tenant_context(tenant):
+        Customer.objects.create(first_name="Still", last_name="Here", created_at=timezone.now())
+    with pytest.raises(services.Refused, match="no legacy rows"):
+        services.request_retire(tenant)
+
+
 def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch):
     """The comparison of the replaced buckets catches a copy back that went wrong, and the
     shared tables stay exactly as they were."""

@@ -1,4 +1,5 @@
-"""Archive and delete a moved tenant's legacy rows from the shared tables."""
+"""Archive and remove a tenant's legacy rows: a dedicated tenant's rows in the shared tables, or
+the dedicated schema or database a tenant moved back from."""
 import json
 
 from django.core.management.base import BaseCommand, CommandError
@@ -7,8 +8,9 @@ from migration_jobs import services
 
 
 class Command(BaseCommand):
-    help = ("After the grace period, verify the tenant's dedicated copy, archive its legacy rows in the "
-            "shared tables and delete them in small batches (other tenants are not locked out).")
+    help = ("After the grace period, verify the tenant's rows where it lives, archive its legacy rows and "
+            "remove them: from the shared tables in small batches (other tenants are not locked out), or, "
+            "for a tenant that moved back, by dropping the dedicated schema or database it left.")
 
     def add_arguments(self, parser):
         parser.add_argument("slug")
