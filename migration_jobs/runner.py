@@ -159,11 +159,20 @@ def run_lock(run_id: int):
     if db.get("PASSWORD"):
         info["password"] = db["PASSWORD"]
     conn = psycopg.connect(**info, autocommit=True, application_name=f"tenant-move-run-{run_id}")
+    got = False
     try:
         got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id)).fetchone()[0]
         yield got
     finally:
-        conn.close()  # releases the lock
+        # Unlock explicitly: closing also releases it, but only once the server backend has
+        # exited, and a worker that looks right after (lock_is_free, then execute) must not
+        # find it still taken.
+        if got and not conn.closed:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id))
+            except psycopg.Error:
+                pass  # connection lost: the server releases the lock with the session
+        conn.close()
 
 
 def lock_is_free(run_id: int) -> bool:
