@@ -99,11 +99,15 @@ class RunContext:
         return self.run.kind == RunKind.RETIRE and self.run.target_placement == Placement.SHARED
 
     @property
+    def reads_dedicated(self) -> bool:
+        """The rows are read from the dedicated place: a move back, or retiring the place it left."""
+        return self.run.kind == RunKind.MOVE_BACK or self.retires_dedicated
+
+    @property
     def dedicated(self) -> Place:
         """The dedicated side: the target of a move out, the source of a move back."""
         run = self.run
-        kind = run.source_placement if run.kind == RunKind.MOVE_BACK or self.retires_dedicated \
-            else run.target_placement
+        kind = run.source_placement if self.reads_dedicated else run.target_placement
         if kind == Placement.SCHEMA:
             return schema_place(run.target_schema)
         return database_place(run.target_server, run.target_database)
@@ -111,8 +115,7 @@ class RunContext:
     @property
     def source(self) -> Place:
         """Where the rows are read from (for a retirement: the legacy rows)."""
-        return self._share(self.dedicated if self.run.kind == RunKind.MOVE_BACK or self.retires_dedicated
-                           else shared_place())
+        return self._share(self.dedicated if self.reads_dedicated else shared_place())
 
     @property
     def target(self) -> Place:
