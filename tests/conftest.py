@@ -10,6 +10,7 @@ from psycopg import sql
 
 from django.db.backends.base.base import BaseDatabaseWrapper
 from tenancy.models import tenant_host
+from tests.helpers import drop_places
 
 
 @pytest.fixture(autouse=True)
@@ -147,14 +148,7 @@ def place_tenant(db):
         return tenant
 
     yield place
-    from django.db import connection
-
-    connection.set_schema_to_public()
-    for item in made:
-        if item[0] == "schema":
-            provision.drop_schema(item[1])
-        else:
-            provision.drop_database(*item[1:])
+    drop_places(made)
 
 
 @pytest.fixture(scope="session")

@@ -31,3 +31,33 @@ def delete_tenant(tenant):
                          (tenant.pk,))
         conn.commit()
     Tenant.objects.filter(pk=tenant.pk).delete()
+
+
+def drop_places(made) -> None:
+    """Drop what tests made: ("schema", name) or ("database", server, database, role) items."""
+    from django.db import connection
+
+    from migration_jobs.engine import provision
+
+    connection.set_schema_to_public()
+    for kind, *args in made:
+        if kind == "schema":
+            provision.drop_schema(*args)
+        else:
+            provision.drop_database(*args)
+
+
+def crash_move(tenant, target: str, where: str = "after:copy"):
+    """A move whose worker dies at `where`: the run stays running, as a crash leaves it."""
+    import pytest
+
+    from migration_jobs import runner, services
+
+    run = services.request_move(tenant, target)
+    runner.FAULTS[where] = runner.WorkerKilled
+    try:
+        with pytest.raises(runner.WorkerKilled):
+            services.execute(run)
+    finally:
+        runner.FAULTS.clear()
+    return run

@@ -10,6 +10,7 @@ from django.urls import reverse
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
+from tests.helpers import crash_move
 from tests.test_commands import fill, place_counts, shared_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -259,23 +260,11 @@ def test_staff_without_permissions_can_read_runs(client, make_tenant):
 
 
 def test_roll_back_and_resume_interrupted_runs(staff, make_tenant, cleanup):
-    from migration_jobs import runner
-
     tenant = make_tenant("opal")
     cleanup(tenant)
     fill(tenant, 2)
 
-    def crash():
-        run = services.request_move(tenant, "schema")
-        runner.FAULTS["after:copy"] = runner.WorkerKilled
-        try:
-            with pytest.raises(runner.WorkerKilled):
-                services.execute(run)
-        finally:
-            runner.FAULTS.clear()
-        return run
-
-    run = crash()
+    run = crash_move(tenant, "schema")
     page = act(staff, "roll_back_runs", [run], url=RUNS)
     assert page.status_code == 200 and "opal" in page.content.decode()
     done = act(staff, "roll_back_runs", [run], url=RUNS, confirm="yes")
@@ -289,7 +278,7 @@ def test_roll_back_and_resume_interrupted_runs(staff, make_tenant, cleanup):
     skipped = act(staff, "resume_runs", [run], url=RUNS, confirm="yes")
     assert "not resumed" in texts(skipped)[0]
 
-    run = crash()
+    run = crash_move(tenant, "schema")
     page = act(staff, "resume_runs", [run], url=RUNS)
     assert page.status_code == 200 and "copy" not in texts(page)
     done = act(staff, "resume_runs", [run], url=RUNS, confirm="yes")

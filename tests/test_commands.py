@@ -15,7 +15,7 @@ from migration_jobs.models import MigrationRun, RunStatus
 from shop.models import Customer, Device, Employee, Repair, RepairPart, RepairStatusHistory, SparePart
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
-from tests.helpers import run_cmd
+from tests.helpers import crash_move, run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -275,18 +275,10 @@ def test_rollback_moves_a_dedicated_tenant_back_with_every_row(make_tenant, clea
 
 
 def test_rollback_of_an_interrupted_run_and_resume(make_tenant, cleanup):
-    from migration_jobs import runner
-
     tenant = make_tenant("hotel")
     cleanup(tenant)
     fill(tenant, 2)
-    run = services.request_move(tenant, "schema")
-    runner.FAULTS["after:copy"] = runner.WorkerKilled
-    try:
-        with pytest.raises(runner.WorkerKilled):
-            services.execute(run)
-    finally:
-        runner.FAULTS.clear()
+    run = crash_move(tenant, "schema")
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING  # as a crash leaves it
 
@@ -299,13 +291,7 @@ def test_rollback_of_an_interrupted_run_and_resume(make_tenant, cleanup):
     assert not provision.schema_exists(tenant.schema_name)
 
     # Crash again, and resume this time.
-    run = services.request_move(tenant, "schema")
-    runner.FAULTS["after:copy"] = runner.WorkerKilled
-    try:
-        with pytest.raises(runner.WorkerKilled):
-            services.execute(run)
-    finally:
-        runner.FAULTS.clear()
+    crash_move(tenant, "schema")
     code, out, err = run_cmd("resume_tenant_move", "hotel", "--json")
     assert code == 0, err
     assert last_json(out)["status"] == "succeeded"

@@ -22,6 +22,7 @@ from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows, verify_tenant
 from shop.models import (CostEstimate, Customer, Device, Employee, Repair, RepairPart, RepairStatusHistory,
                          SparePart, Signature)
+from tests.helpers import drop_places
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -149,12 +150,7 @@ def targets(db):
         return database_place(server, database)
 
     yield make
-    connection.set_schema_to_public()
-    for item in made:
-        if item[0] == "schema":
-            provision.drop_schema(item[1])
-        else:
-            provision.drop_database(*item[1:])
+    drop_places(made)
 
 
 def _rows(place, table, tenant_id=None):

@@ -17,6 +17,7 @@ from migration_jobs.models import RunStatus
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Tenant
+from tests.helpers import drop_places
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -68,14 +69,7 @@ def cleanup():
     """Drop what successful moves left (failed ones clean up after themselves)."""
     made = []
     yield made
-    from django.db import connection
-
-    connection.set_schema_to_public()
-    for kind, *args in made:
-        if kind == "schema":
-            provision.drop_schema(*args)
-        else:
-            provision.drop_database(*args)
+    drop_places(made)
 
 
 def move(tenant, target, **kwargs):
