@@ -65,7 +65,7 @@ class _WriteLoop:
             return "del", pk, None
 
     def run(self, stop, ready) -> None:
-        from tenancy.scoping import TenantWriteRefused
+        from tenancy.exceptions import TenantWriteRefused
 
         interval = 1.0 / self.rate
         next_at = time.monotonic()

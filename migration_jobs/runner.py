@@ -27,16 +27,13 @@ from django.utils import timezone
 from migration_jobs.engine import provision
 from migration_jobs.engine.places import Place, database_place, schema_place, shared_place
 from migration_jobs.engine.tables import TableSpec, tenant_tables
+from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from tenancy.models import DatabaseCredential, Placement, Status, Tenant
 from tenancy.routing import notify_change
 
 log = logging.getLogger(__name__)
 RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
-
-
-class StepFailed(Exception):
-    """A step found something wrong; the message says what (and never holds a secret)."""
 
 
 class WorkerKilled(BaseException):

@@ -11,15 +11,12 @@ import psycopg
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from migration_jobs.exceptions import Refused
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
 from tenancy.models import DatabaseServer, Placement, Status, Tenant
 
 TARGETS = (Placement.SCHEMA, Placement.DATABASE)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-class Refused(Exception):
-    """Bad input or a state that forbids the request; the message is one line for humans."""
 
 
 def get_tenant(slug_or_id) -> Tenant:

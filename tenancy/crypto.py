@@ -21,6 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.core.exceptions import ImproperlyConfigured
 
+from tenancy.exceptions import DecryptionError
+
 KEY_SETTING = "TENANT_ENCRYPTION_KEY"
 OLD_KEYS_SETTING = "TENANT_ENCRYPTION_OLD_KEYS"
 VERSION = "v1"
@@ -29,10 +31,6 @@ SERVER_CONTEXT = "tenancy.DatabaseServer.admin_password"
 HOW_TO_MAKE_ONE = ('generate one with: python -c "import secrets; print(secrets.token_hex(32))" '
                    "and put it in the environment or in .env")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
-
-
-class DecryptionError(Exception):
-    """A token that no key of the keyring can open (wrong key, tampered, or not a token)."""
 
 
 def generate_key() -> str:

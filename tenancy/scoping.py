@@ -9,15 +9,8 @@ one tenant can neither read nor write another's rows through the ORM.
 from django.db import models
 
 from tenancy.context import current_route
+from tenancy.exceptions import CrossTenantAccess, TenantWriteRefused
 from tenancy.routing import routes
-
-
-class TenantWriteRefused(Exception):
-    """A write for a tenant whose status does not accept writes."""
-
-
-class CrossTenantAccess(Exception):
-    """Code running for one tenant touched a row of another."""
 
 
 def check_writable(route) -> None:

@@ -61,7 +61,7 @@ class Writer(threading.Thread):
         self.acknowledged += 1
 
     def run(self):
-        from tenancy.scoping import TenantWriteRefused
+        from tenancy.exceptions import TenantWriteRefused
 
         try:
             while not self.stop.is_set():

@@ -9,7 +9,7 @@ from django.utils import timezone
 from shop.models import Customer
 from tenancy.context import current_route, tenant_context
 from tenancy.routing import routes
-from tenancy.scoping import CrossTenantAccess
+from tenancy.exceptions import CrossTenantAccess
 
 
 def add_customers(tenant, n, prefix="c"):

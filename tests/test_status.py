@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from shop.models import Customer
 from tenancy.context import tenant_context
-from tenancy.scoping import TenantWriteRefused
+from tenancy.exceptions import TenantWriteRefused
 
 
 def post_customer(client, host):
