@@ -5,8 +5,10 @@
   active staff member (401 without a valid token, 403 for a revoked token or a non-staff
   user), checked before anything else;
 - only the listed methods are allowed (405 with `Allow`);
-- `ApiError`, services.Refused and unexpected exceptions become JSON errors
-  `{"error": "...", ...}` with the right status code (500 never shows the exception);
+- the project's errors become JSON errors `{"error": "...", ...}` with the status code of
+  their class, mapped in one place (STATUS_OF below); `ApiError` is for what only HTTP
+  knows (tokens, methods, uploads); unexpected exceptions become a 500 that never shows
+  the exception;
 - the view runs as staff code (no current tenant, public schema);
 - every call, refused or not, is recorded as an ApiCall (who, what, when, status, duration).
 """
@@ -23,17 +25,46 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from api.models import ApiCall, ApiToken
+from migration_jobs.exceptions import (ArchiveError, BadRequest, NotFound, Refused, RestoreConflict, RestoreError,
+                                       RestoreRefused, StepFailed)
+from tenancy.context import no_tenant
+from tenancy.exceptions import TenantMoveError
 
 log = logging.getLogger(__name__)
 
+# The HTTP status of each error class (the most specific class wins) and a prefix for its message.
+# Others (a key that cannot decrypt a secret, ...) are the server's problem: 500.
+STATUS_OF = {
+    Refused: (409, ""),
+    BadRequest: (400, ""),
+    NotFound: (404, ""),
+    ArchiveError: (422, "invalid archive: "),
+    RestoreError: (409, ""),
+    RestoreRefused: (400, ""),
+    RestoreConflict: (409, ""),
+    StepFailed: (409, ""),
+}
+
 
 class ApiError(Exception):
+    """An error only the HTTP layer knows (authentication, methods, upload limits)."""
+
     def __init__(self, status: int, message: str, headers: dict | None = None, **extra):
         super().__init__(message)
         self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
 
     def response(self) -> JsonResponse:
         return error_response(self.status, self.message, self.headers, **self.extra)
+
+
+def mapped_response(exc: TenantMoveError) -> JsonResponse | None:
+    """The JSON error for one of the project's exceptions, by its class (STATUS_OF); None
+    for a class that is not the client's to fix."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            status, prefix = STATUS_OF[cls]
+            return error_response(status, f"{prefix}{exc}", **getattr(exc, "details", {}))
+    return None
 
 
 def error_response(status: int, message: str, headers: dict | None = None, **extra) -> JsonResponse:
@@ -113,9 +144,6 @@ def api_view(*methods: str):
         @csrf_exempt
         @functools.wraps(view)
         def wrapper(request, *args, **kwargs):
-            from migration_jobs.services import Refused
-            from tenancy.context import no_tenant
-
             started = time.monotonic()
             request.api_call = {}
             try:
@@ -128,8 +156,11 @@ def api_view(*methods: str):
                     response = view(request, *args, **kwargs)
             except ApiError as exc:
                 response = exc.response()
-            except Refused as exc:
-                response = error_response(409, str(exc))
+            except TenantMoveError as exc:
+                response = mapped_response(exc)
+                if response is None:
+                    log.exception("API call %s %s failed", request.method, request.path)
+                    response = error_response(500, "internal error; the server log has the details")
             except RequestDataTooBig:
                 response = error_response(413, "request body too large (DATA_UPLOAD_MAX_MEMORY_SIZE); archives go "
                                                "to /api/admin/tenants/restore")

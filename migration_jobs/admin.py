@@ -26,6 +26,7 @@ from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.admin import TenantAdmin
 from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.models import DatabaseServer, Placement, Status
+from tenancy.servers import ensure_default_server
 
 CONFIRM_TEMPLATE = "admin/migration_jobs/confirm_action.html"
 
@@ -33,14 +34,7 @@ CONFIRM_TEMPLATE = "admin/migration_jobs/confirm_action.html"
 # --- Small display helpers ----------------------------------------------------------------
 
 def human_duration(value) -> str:
-    if value is None:
-        return "—"
-    seconds = value.total_seconds()
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+    return services.human_duration(value, empty="—")
 
 
 def run_url(run: MigrationRun) -> str:
@@ -132,8 +126,6 @@ def _move(modeladmin, request, queryset, target: str):
                  for t in queryset]
         where = "its own schema (tenant_<slug>) in the shared database"
     else:
-        from tenancy.servers import ensure_default_server
-
         default = ensure_default_server()
         servers = [(s.name, f"{s.name} ({s.host}:{s.port})", s.pk == default.pk)
                    for s in DatabaseServer.objects.order_by("-is_default", "name")]
@@ -212,17 +204,13 @@ def retire_legacy(modeladmin, request, queryset):
 
 @admin.action(description="Verify", permissions=["view"])
 def verify(modeladmin, request, queryset):
-    from django_q.tasks import async_task, result
-
     for tenant in queryset:
         try:
-            task_id = async_task("migration_jobs.tasks.verify_tenant", tenant.pk,
-                                 task_name=f"tenant-verify-{tenant.pk}", group="tenant-verify")
+            task_id, report = services.verify_via_cluster(tenant)
         except Exception as exc:  # noqa: BLE001 - sync mode raises the task's own error here
             modeladmin.message_user(request, f"{tenant.slug}: verification failed ({type(exc).__name__})",
                                     messages.ERROR)
             continue
-        report = result(task_id)
         if report is None:
             modeladmin.message_user(request, f"{tenant.slug}: verification queued (task {task_id}).", messages.INFO)
         elif not isinstance(report, dict):
@@ -365,18 +353,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     def _interrupted(self, request, queryset, *, allow_queued: bool):
         """Split the selection into (runs that can be acted on, [(run, why not)])."""
-        from migration_jobs.runner import lock_is_free
-
-        ok, skipped = [], []
-        statuses = [RunStatus.RUNNING, RunStatus.QUEUED] if allow_queued else [RunStatus.RUNNING]
-        for run in queryset.select_related("tenant"):
-            if run.status not in statuses:
-                skipped.append((run, f"it is {run.get_status_display().lower()}"))
-            elif run.status == RunStatus.RUNNING and not lock_is_free(run.pk):
-                skipped.append((run, "a live worker is still executing it"))
-            else:
-                ok.append(run)
-        return ok, skipped
+        return services.interrupted_runs(queryset.select_related("tenant"), allow_queued=allow_queued)
 
     def _confirm_runs(self, request, queryset, *, action, title, intro, consequences, submit, allow_queued):
         ok, skipped = self._interrupted(request, queryset, allow_queued=allow_queued)
@@ -412,16 +389,13 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
                               "is dropped unless the tenant already lives there, its status restored).",
                               "Runs still executed by a live worker, and finished runs, are skipped."],
                 allow_queued=True)
-        from django_q.tasks import async_task
-
         ok, skipped = self._interrupted(request, queryset, allow_queued=True)
         for run, why in skipped:
             self.message_user(request, format_html("{}: not rolled back, {}.", run_link(run), why),
                               messages.WARNING)
         for run in ok:
             try:
-                async_task("migration_jobs.tasks.rollback_run", run.pk, task_name=f"tenant-move-run-{run.pk}-rollback",
-                           group="tenant-moves")
+                services.enqueue_rollback(run)
             except Exception as exc:  # noqa: BLE001 - sync mode raises the task's error here
                 self.message_user(request, format_html("{}: roll back failed ({}).", run_link(run),
                                                        type(exc).__name__), messages.ERROR)

@@ -36,6 +36,7 @@ from psycopg import sql
 from migration_jobs.engine.copy import _copied_rows as copied_rows
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.tables import TableSpec
+from migration_jobs.exceptions import ArchiveError
 
 FORMAT = "tenant-archive"
 FORMAT_VERSION = 1
@@ -46,10 +47,6 @@ MANIFEST_DIGEST = "manifest.sha256"
 # The 11-byte signature every binary COPY stream starts with.
 COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _MEMBER = re.compile(r"^data/[a-z0-9_]{1,63}\.copy\.gz$")
-
-
-class ArchiveError(ValueError):
-    """The file is not a usable tenant archive; the message says why, in one line."""
 
 
 # --- Writing -----------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Iterator
 import psycopg
 from psycopg import sql
 
+from migration_jobs.exceptions import CopyCancelled
+
 from .places import Place
 from .tables import TableSpec
 
@@ -35,10 +37,6 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 1024 * 1024
 # on_bytes / on_progress are called about this often.
 PROGRESS_EVERY = 8 * 1024 * 1024
-
-
-class CopyCancelled(Exception):
-    """Another worker failed: this one stops (never surfaces to the caller of copy_tenant)."""
 
 
 @dataclass(frozen=True)

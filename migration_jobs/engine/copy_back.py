@@ -20,12 +20,9 @@ from migration_jobs.engine.places import Place
 from migration_jobs.engine.sequences import sequence_positions, set_sequences
 from migration_jobs.engine.tables import TableSpec
 from migration_jobs.engine.verify import bucket_fingerprints, combined, in_buckets
+from migration_jobs.exceptions import CopyBackMismatch
 
 BUCKET_KEYS = 1024  # primary keys per compared bucket: small enough that one changed row costs little
-
-
-class CopyBackMismatch(Exception):
-    pass
 
 
 def copy_back(dedicated: Place, shared: Place, tenant_id: int, tables: list[TableSpec], *,

@@ -55,6 +55,7 @@ from migration_jobs.engine.places import CANONICAL_SESSION, Place, database_plac
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows
+from migration_jobs.exceptions import RestoreConflict, RestoreError, RestoreFailed, RestoreRefused
 from tenancy.models import tenant_host
 
 TARGETS = ("shared", "schema", "database")
@@ -62,34 +63,6 @@ STAGING = Place("staging", "pg_temp", {}, "staging tables")
 # Tenant settings that describe how a tenant was made, not the tenant: not carried to a copy
 # restored under another slug.
 NOT_COPIED_SETTINGS = ("seed_demo",)
-
-
-class RestoreError(Exception):
-    """A restore refused or failed; nothing was changed. The message is one line."""
-
-    status = 409
-
-
-class RestoreRefused(RestoreError):
-    """Bad request: an option that makes no sense."""
-
-    status = 400
-
-
-class RestoreConflict(RestoreError):
-    """The archive is fine, but the state here forbids the restore as asked."""
-
-    status = 409
-
-    def __init__(self, message: str, details: dict | None = None):
-        super().__init__(message)
-        self.details = details or {}
-
-
-class RestoreFailed(RestoreError):
-    """The load itself failed (the transaction was rolled back)."""
-
-    status = 409
 
 
 # --- Checks on the archive against this installation -------------------------------------

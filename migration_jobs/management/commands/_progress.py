@@ -1,9 +1,6 @@
-"""Shared pieces of the tenant-move commands (not a command itself: the leading underscore
-keeps Django from listing it).
+"""Progress and printing of the tenant-move commands (not a command itself: the leading
+underscore keeps Django from listing it; their base class is migration_jobs.management.base).
 
-- `TenantCommand`: every refusal (services.Refused) becomes ONE line `error: <message>` on
-  stderr with exit status 2; a failed run exits 1; from call_command a CommandError with
-  that returncode is raised instead.
 - `execute_with_progress`: runs services.execute in a background thread and polls the
   MigrationRun row (the only progress django-q2 or the runner offer) from the main thread:
   a tqdm bar on stderr when it is a terminal, otherwise a plain line per step and now and
@@ -15,8 +12,6 @@ No business logic here: everything that decides lives in migration_jobs.services
 """
 from __future__ import annotations
 
-import json
-import sys
 import threading
 import time
 from collections import deque
@@ -26,71 +21,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from migration_jobs import services
-from migration_jobs.models import MigrationRun, RunStatus
+from migration_jobs.models import MigrationRun
+from migration_jobs.services import human_duration, one_line
 
 POLL_SECONDS = 0.5
 PLAIN_EVERY_SECONDS = 5.0
-OK_STATUSES = (RunStatus.SUCCEEDED,)
-
-
-def one_line(text) -> str:
-    return " ".join(str(text).split())
-
-
-class TenantCommand(BaseCommand):
-    """Base of the tenant-move commands: one-line errors and meaningful exit statuses."""
-
-    def add_json_argument(self, parser):
-        parser.add_argument("--json", action="store_true", dest="as_json",
-                            help="Print the result as one line of JSON (the last line of stdout).")
-
-    def execute(self, *args, **options):
-        try:
-            try:
-                return super().execute(*args, **options)
-            except services.Refused as exc:
-                raise CommandError(one_line(exc), returncode=2) from None
-        except CommandError as exc:
-            if not getattr(self, "_called_from_command_line", False) or options.get("traceback"):
-                raise
-            # Django would print "CommandError: ..."; the contract is one line "error: ...".
-            self.stderr.write(f"error: {one_line(exc)}")
-            connections.close_all()
-            sys.exit(exc.returncode)
-
-    # --- output ---------------------------------------------------------------------------
-
-    def print_json(self, data) -> None:
-        self.stdout.write(json.dumps(data, default=str, separators=(",", ":"), sort_keys=False))
-
-    def conclude(self, run: MigrationRun, *, as_json: bool, background: bool = False):
-        """Execute (or enqueue) a run just created, print the outcome, set the exit status."""
-        if background:
-            task_id = services.enqueue(run)
-            run.refresh_from_db()
-            if as_json:
-                report = services.run_report(run)
-                report["task_id"] = task_id
-                self.print_json(report)
-            else:
-                self.stdout.write(f"run {run.pk} queued for the django-q2 cluster (task {task_id}); "
-                                  f"status now: {run.status}. Follow it with `manage.py migration_status "
-                                  f"{run.tenant.slug}`.")
-            if run.status in (RunStatus.FAILED, RunStatus.ROLLED_BACK):
-                raise CommandError(f"run {run.pk} {run.status}: {one_line(run.error)}", returncode=1)
-            return
-        run = execute_with_progress(self, run)
-        self.finish(run, as_json=as_json)
-
-    def finish(self, run: MigrationRun, *, as_json: bool, resume: bool = False) -> None:
-        run.refresh_from_db()
-        if as_json:
-            self.print_json(services.run_report(run))
-        else:
-            print_run(self, run)
-        if run.status not in OK_STATUSES:
-            raise CommandError(f"run {run.pk} {run.get_status_display().lower()}: "
-                               f"{one_line(run.error) or 'no error recorded'}", returncode=1)
 
 
 # --- Progress -----------------------------------------------------------------------------
@@ -217,17 +152,6 @@ def execute_with_progress(cmd: BaseCommand, run: MigrationRun, *, resume: bool =
 
 # --- Printing -----------------------------------------------------------------------------
 
-def human_duration(value) -> str:
-    if value is None:
-        return "-"
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
 def table(rows: list[list], headers: list[str]) -> str:
     """A plain left-aligned text table (numbers right-aligned)."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
@@ -283,7 +207,7 @@ def print_run(cmd: BaseCommand, run: MigrationRun) -> None:
                                  t.get("foreign_rows"), "ok" if t.get("ok") else "MISMATCH"]
                                 for name, t in verify.items()],
                                ["table", "source rows", "target rows", "checksum", "foreign", "ok"]))
-    # run.error goes to stderr once, as the command's `error:` line (TenantCommand.finish).
+    # run.error goes to stderr once, as the command's `error:` line (base.TenantCommand.finish).
 
 
 def print_verification(cmd: BaseCommand, report: dict) -> None:

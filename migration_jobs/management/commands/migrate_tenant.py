@@ -10,7 +10,7 @@ Exit status: 0 when the run succeeded (or was queued with --async), 1 when it fa
 rolled back, 2 when the request was refused (nothing changed, no run created).
 """
 from migration_jobs import services
-from migration_jobs.management.commands._progress import TenantCommand
+from migration_jobs.management.base import TenantCommand
 
 
 class Command(TenantCommand):

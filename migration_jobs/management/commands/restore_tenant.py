@@ -12,11 +12,8 @@ migrations not ahead of this code) before anything is written; the rows are load
 transaction per target, verified (counts and checksums) before commit. Exit status 0 on
 success, 2 when the archive or the request is refused (one line on stderr, nothing changed).
 """
-from django.core.management.base import CommandError
-
-from migration_jobs.engine.archive import ArchiveError, summary, validate_archive
-from migration_jobs.engine.restore import RestoreError, restore_tenant
-from migration_jobs.management.commands._progress import TenantCommand, one_line
+from migration_jobs import services
+from migration_jobs.management.base import TenantCommand
 
 
 class Command(TenantCommand):
@@ -36,10 +33,8 @@ class Command(TenantCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args, file, into, as_slug, replace, server, check, as_json, **options):
-        try:
-            manifest = validate_archive(file)
-        except ArchiveError as exc:
-            raise CommandError(f"invalid archive {file}: {one_line(exc)}", returncode=2) from None
+        self.archive_path = file
+        manifest = services.validate_archive(file)
         stream = getattr(self.stderr, "_out", self.stderr)
         bar = None
         if not check and getattr(stream, "isatty", lambda: False)():
@@ -54,12 +49,8 @@ class Command(TenantCommand):
                 bar.update(rows)
 
         try:
-            report = restore_tenant(file, into=into, as_slug=as_slug, replace=replace, server_name=server,
-                                    check_only=check, on_table=on_table, manifest=manifest)
-        except ArchiveError as exc:
-            raise CommandError(f"invalid archive {file}: {one_line(exc)}", returncode=2) from None
-        except RestoreError as exc:
-            raise CommandError(one_line(exc), returncode=2) from None
+            report = services.restore(file, into=into, as_slug=as_slug, replace=replace, server_name=server,
+                                      check_only=check, on_table=on_table, manifest=manifest)
         finally:
             if bar is not None:
                 bar.close()
@@ -67,7 +58,7 @@ class Command(TenantCommand):
             self.print_json(report)
             return
         if check:
-            info, plan = summary(manifest), report["plan"]
+            info, plan = services.archive_summary(manifest), report["plan"]
             self.stdout.write(f"archive OK: tenant {info['tenant']} (id {info['tenant_id']}), {info['rows']} rows in "
                               f"{len(info['tables'])} tables, made {info['created_at']} from {info['source']}")
             action = "create tenant" if plan["creates_tenant"] else "restore existing tenant"

@@ -5,7 +5,8 @@
 Refused (exit 2) when the tenant has no interrupted run or a live worker still holds it.
 """
 from migration_jobs import services
-from migration_jobs.management.commands._progress import TenantCommand, execute_with_progress
+from migration_jobs.management.base import TenantCommand
+from migration_jobs.management.commands._progress import execute_with_progress
 
 
 class Command(TenantCommand):

@@ -1,13 +1,15 @@
 """Archive and remove a tenant's legacy rows: a dedicated tenant's rows in the shared tables, or
-the dedicated schema or database a tenant moved back from."""
-import json
+the dedicated schema or database a tenant moved back from.
 
-from django.core.management.base import BaseCommand, CommandError
+Exit status: 0 retired, 1 the run failed, 2 refused (nothing changed).
+"""
+from django.core.management.base import CommandError
 
 from migration_jobs import services
+from migration_jobs.management.base import TenantCommand
 
 
-class Command(BaseCommand):
+class Command(TenantCommand):
     help = ("After the grace period, verify the tenant's rows where it lives, archive its legacy rows and "
             "remove them: from the shared tables in small batches (other tenants are not locked out), or, "
             "for a tenant that moved back, by dropping the dedicated schema or database it left.")
@@ -19,16 +21,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="print the run's report as the last line")
 
     def handle(self, *args, **options):
-        try:
-            tenant = services.get_tenant(options["slug"])
-            run = services.request_retire(tenant, ignore_grace=options["ignore_grace"])
-        except services.Refused as exc:
-            raise CommandError(str(exc), returncode=2) from None
+        run = services.request_retire(services.get_tenant(options["slug"]), ignore_grace=options["ignore_grace"])
         run = services.execute(run)
         report = services.run_report(run)
         for step in report["steps"]:
             self.stdout.write(f"  {step['name']:<14} {step['status']:<11} {step['message']}")
         if options["json"]:
-            self.stdout.write(json.dumps(report, default=str))
+            self.print_json(report)
         if run.status != "succeeded":
             raise CommandError(f"run {run.pk} {run.status}: {run.error}", returncode=1)

@@ -10,9 +10,7 @@
 Exit status as migrate_tenant: 0 done, 1 the run failed, 2 refused (nothing changed).
 """
 from migration_jobs import services
-from migration_jobs.management.commands._progress import TenantCommand
-from migration_jobs.models import RunStatus
-from tenancy.models import Placement
+from migration_jobs.management.base import TenantCommand
 
 
 class Command(TenantCommand):
@@ -25,19 +23,13 @@ class Command(TenantCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args, tenant, online, as_json, **options):
-        target = services.get_tenant(tenant)
-        unfinished = target.migration_runs.filter(status__in=[RunStatus.QUEUED, RunStatus.RUNNING]).first()
-        run = services.rollback_unfinished(target) if unfinished is not None else None
-        if run is not None:
-            run.refresh_from_db()
-            if as_json:
-                self.print_json(services.run_report(run))
-            else:
-                self.stdout.write(f"run {run.pk} ({unfinished.status} before) is now {run.status}: "
-                                  f"{run.tenant.slug} stays in {run.tenant.placement} placement, "
-                                  f"status {run.tenant.status}")
+        run, before = services.undo_move(services.get_tenant(tenant), online=online, via="command")
+        if before is None:  # a move back, created now
+            self.conclude(run, as_json=as_json)
             return
-        if target.placement == Placement.SHARED:
-            raise services.Refused(f"tenant {target.slug} is already in shared placement: nothing to roll back")
-        run = services.request_move_back(target, online=online, via="command")
-        self.conclude(run, as_json=as_json)
+        run.refresh_from_db()
+        if as_json:
+            self.print_json(services.run_report(run))
+        else:
+            self.stdout.write(f"run {run.pk} ({before} before) is now {run.status}: {run.tenant.slug} stays in "
+                              f"{run.tenant.placement} placement, status {run.tenant.status}")

@@ -8,8 +8,9 @@ Exit status 0 when everything is right, 1 when a problem was found, 2 for an unk
 from django.core.management.base import CommandError
 
 from migration_jobs import services
-from migration_jobs.management.commands._progress import TenantCommand, one_line, print_verification
-from migration_jobs.verification import verify_in_place
+from migration_jobs.management.base import TenantCommand
+from migration_jobs.management.commands._progress import print_verification
+from migration_jobs.services import one_line
 
 
 class Command(TenantCommand):
@@ -20,7 +21,7 @@ class Command(TenantCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args, tenant, as_json, **options):
-        report = verify_in_place(services.get_tenant(tenant))
+        report = services.verify(services.get_tenant(tenant))
         if as_json:
             self.print_json(report)
         else:

@@ -1,68 +1,38 @@
-"""Service functions behind the admin actions, the management commands and the API.
-
-Everything that validates a request lives here, so every entry point refuses the same bad
-input with the same one-line message (`Refused`) and changes nothing when it does.
+"""Runs: asking for a move, a move back or a retirement (a run is created, not started),
+executing or enqueueing it, resuming, rolling back or cancelling an interrupted one, the
+gradual read switch and the held cutover of an online move, and setting a tenant's status
+by hand. Every function refuses a request it cannot honour with `Refused`, changing nothing.
 """
 from __future__ import annotations
 
-import re
+from datetime import timedelta
 
-import psycopg
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
+from django_q.tasks import async_task
 
-from migration_jobs.exceptions import Refused
+from migration_jobs import runner
+from migration_jobs.engine import provision
+from migration_jobs.exceptions import BadRequest, Refused, StepFailed
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
-from tenancy.models import DatabaseServer, Placement, Status, Tenant
-
-TARGETS = (Placement.SCHEMA, Placement.DATABASE)
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def get_tenant(slug_or_id) -> Tenant:
-    lookup = {"pk": int(slug_or_id)} if str(slug_or_id).isdigit() else {"slug": slug_or_id}
-    try:
-        return Tenant.objects.get(**lookup)
-    except Tenant.DoesNotExist:
-        raise Refused(f"unknown tenant {slug_or_id!r}") from None
-
-
-def get_server(name: str | None) -> DatabaseServer:
-    from tenancy.servers import ensure_default_server
-
-    if not name:
-        return ensure_default_server()
-    try:
-        return DatabaseServer.objects.get(name=name)
-    except DatabaseServer.DoesNotExist:
-        known = ", ".join(DatabaseServer.objects.values_list("name", flat=True)) or "none"
-        raise Refused(f"unknown database server {name!r} (known: {known})") from None
+from migration_jobs.services.validation import IDENTIFIER, READ_SHARES, TARGETS, check_reachable, get_server
+from tenancy.models import Placement, Status, Tenant
+from tenancy.routing import notify_change
 
 
 def active_run(tenant: Tenant) -> MigrationRun | None:
     return tenant.migration_runs.filter(status__in=ACTIVE_STATUSES).first()
 
 
-def check_reachable(server: DatabaseServer) -> None:
-    try:
-        with psycopg.connect(**{**server.conninfo(), "connect_timeout": 5}) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        # The class and the server, never the message: it could quote connection details.
-        raise Refused(f"database server {server.name!r} ({server.host}:{server.port}) is unreachable: "
-                      f"{type(exc).__name__}") from None
-
-
 def _create_run(tenant: Tenant, **fields) -> MigrationRun:
-    from migration_jobs.runner import create_steps
-
     existing = active_run(tenant)
     if existing:
         raise Refused(f"tenant {tenant.slug} already has an active run (run {existing.pk}, {existing.status})")
     try:
         with transaction.atomic():
             run = MigrationRun.objects.create(tenant=tenant, **fields)
-            create_steps(run)
+            runner.create_steps(run)
     except IntegrityError:
         # Lost a race with another request: the partial unique index said no.
         existing = active_run(tenant)
@@ -92,7 +62,7 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         if server_name:
             raise Refused("--server applies to database targets only: a schema lives in the shared database")
         fields["target_schema"] = tenant.schema_name
-        if not _IDENTIFIER.match(tenant.schema_name):
+        if not IDENTIFIER.match(tenant.schema_name):
             raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
     else:
         server = get_server(server_name)
@@ -124,48 +94,98 @@ def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = F
     return _create_run(tenant, **fields)
 
 
-def execute(run: MigrationRun, *, resume: bool = False) -> MigrationRun:
-    from migration_jobs.runner import closing_connections
-    from migration_jobs.runner import execute as run_execute
-
-    with closing_connections():
-        return run_execute(run.pk, resume=resume)
+def execute(run: MigrationRun | int, *, resume: bool = False) -> MigrationRun:
+    """Execute a run (or resume it) in this process; a no-op when a live worker holds it."""
+    with runner.closing_connections():
+        return runner.execute(getattr(run, "pk", run), resume=resume)
 
 
 def enqueue(run: MigrationRun, *, resume: bool = False) -> str:
     """Hand the run to the django-q2 cluster; the task is a no-op if the run is taken or over."""
-    from django_q.tasks import async_task
-
     return async_task("migration_jobs.tasks.execute_run", run.pk, resume,
                       task_name=f"tenant-move-run-{run.pk}{'-resume' if resume else ''}",
                       timeout=settings.MIGRATION_TASK_TIMEOUT, group="tenant-moves")
 
 
+def request_placement(tenant: Tenant, target: str, *, server_name: str | None = None, dry_run: bool = False,
+                      requested_by=None, via: str = "command") -> MigrationRun:
+    """A run that brings the tenant to `target` (schema, database or shared): a move or a move back."""
+    if server_name and target != Placement.DATABASE:
+        raise BadRequest("server applies to a move to a dedicated database only")
+    if target == Placement.SHARED:
+        return request_move_back(tenant, dry_run=dry_run, requested_by=requested_by, via=via)
+    return request_move(tenant, target, server_name=server_name, dry_run=dry_run, requested_by=requested_by,
+                        via=via)
+
+
 def resumable_run(tenant: Tenant) -> MigrationRun:
     """The tenant's unfinished run whose worker is gone, or Refused."""
-    from migration_jobs.runner import lock_is_free
-
     run = tenant.migration_runs.filter(status=RunStatus.RUNNING).first()
     if run is None:
         raise Refused(f"tenant {tenant.slug} has no interrupted run to resume")
-    if not lock_is_free(run.pk):
+    if not runner.lock_is_free(run.pk):
         raise Refused(f"run {run.pk} of tenant {tenant.slug} is still being executed by a live worker")
     return run
 
 
 def rollback_unfinished(tenant: Tenant) -> MigrationRun | None:
     """Roll back the tenant's interrupted run, if it has one. Refused while a worker holds it."""
-    from migration_jobs.runner import StepFailed, rollback
-
     # A failed run is one whose own rollback did not finish: rolling back again completes it.
     run = tenant.migration_runs.filter(status__in=[RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.FAILED]
                                        ).exclude(kind=RunKind.RETIRE).order_by("-created_at").first()
     if run is None:
         return None
     try:
-        return rollback(run.pk, reason="rolled back on request (interrupted run)")
+        return runner.rollback(run.pk, reason="rolled back on request (interrupted run)")
     except StepFailed as exc:
         raise Refused(str(exc)) from None
+
+
+def interrupted_runs(runs, *, allow_queued: bool) -> tuple[list[MigrationRun], list[tuple[MigrationRun, str]]]:
+    """Split runs into (those that can be resumed, or with allow_queued rolled back / cancelled,
+    now) and [(run, why not)]: a run is taken while a live worker holds its lock."""
+    ok, skipped = [], []
+    statuses = [RunStatus.RUNNING, RunStatus.QUEUED] if allow_queued else [RunStatus.RUNNING]
+    for run in runs:
+        if run.status not in statuses:
+            skipped.append((run, f"it is {run.get_status_display().lower()}"))
+        elif run.status == RunStatus.RUNNING and not runner.lock_is_free(run.pk):
+            skipped.append((run, "a live worker is still executing it"))
+        else:
+            ok.append(run)
+    return ok, skipped
+
+
+def roll_back(run: MigrationRun | int, reason: str = "rolled back on request") -> MigrationRun:
+    """Undo an unfinished run now, newest step first; a queued run is cancelled. StepFailed
+    while a live worker holds it, or when it is finished or past its cutover."""
+    with runner.closing_connections():
+        return runner.rollback(getattr(run, "pk", run), reason=reason)
+
+
+def worker_connections():
+    """For a task: start and end with healthy ORM connections (workers reuse processes)."""
+    return runner.closing_connections()
+
+
+def enqueue_rollback(run: MigrationRun) -> str:
+    """Hand the rollback (or cancellation) of an unfinished run to the django-q2 cluster."""
+    return async_task("migration_jobs.tasks.rollback_run", run.pk, task_name=f"tenant-move-run-{run.pk}-rollback",
+                      group="tenant-moves")
+
+
+def undo_move(tenant: Tenant, *, online: bool = False, requested_by=None, via: str = "command"
+              ) -> tuple[MigrationRun, str | None]:
+    """Undo a tenant's move: roll back its unfinished run (queued, or running with its worker
+    gone) and return (that run, its status before); otherwise, for a dedicated tenant, create
+    a move back and return (the new run, None) for the caller to execute or enqueue."""
+    unfinished = tenant.migration_runs.filter(status__in=ACTIVE_STATUSES).first()
+    run = rollback_unfinished(tenant) if unfinished is not None else None
+    if run is not None:
+        return run, unfinished.status
+    if tenant.placement == Placement.SHARED:
+        raise Refused(f"tenant {tenant.slug} is already in shared placement: nothing to roll back")
+    return request_move_back(tenant, online=online, requested_by=requested_by, via=via), None
 
 
 def set_status(tenant: Tenant, status: str) -> Tenant:
@@ -188,10 +208,6 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
     (TENANT_LEGACY_GRACE_DAYS) since the move that left them: a dedicated tenant's rows in the
     shared tables (archived, deleted in batches), or, for a tenant that moved back, the
     dedicated schema or database it left (archived, dropped)."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
     if tenant.placement == Placement.SHARED:
         moved = tenant.migration_runs.filter(kind=RunKind.MOVE_BACK, status=RunStatus.SUCCEEDED).order_by(
             "-finished_at").first()
@@ -218,21 +234,14 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
 
 def _dedicated_place_exists(run: MigrationRun) -> bool:
     """Whether the schema or database a move back came from is still there."""
-    from migration_jobs.engine import provision
-
     if run.source_placement == Placement.SCHEMA:
         return provision.schema_exists(run.target_schema)
     return provision.database_exists(run.target_server, run.target_database)
 
 
-READ_SHARES = (0, 10, 50, 100)
-
-
 def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
     """The gradual read switch: serve this share of the tenant's read-only requests from the
     target of an online move while it is kept in sync (0 -> 10 -> 50 -> 100)."""
-    from tenancy.routing import notify_change
-
     if percent not in READ_SHARES:
         raise Refused(f"read share must be one of {', '.join(map(str, READ_SHARES))}")
     if not (run.online and run.kind == RunKind.MOVE and run.status in ACTIVE_STATUSES):
@@ -252,28 +261,3 @@ def release_cutover(run: MigrationRun) -> MigrationRun:
     MigrationRun.objects.filter(pk=run.pk).update(hold_cutover=False)
     run.refresh_from_db()
     return run
-
-
-def run_report(run: MigrationRun) -> dict:
-    """What `--json` prints and the API returns: never a password."""
-    run.refresh_from_db()
-    verify = run.report.get("verify", {}).get("tables", {})
-    return {
-        "run_id": run.pk, "tenant": run.tenant.slug, "kind": run.kind, "status": run.status,
-        "source": run.source_placement, "target": run.target_placement,
-        "server": run.target_server.name if run.target_server_id else None,
-        "database": run.target_database or None, "schema": run.target_schema or None,
-        "dry_run": run.dry_run, "error": run.error or None,
-        "started_at": run.started_at.isoformat() if run.started_at else None,
-        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "seconds": run.duration.total_seconds() if run.duration else None,
-        "rows_copied": run.rows_copied, "bytes_copied": run.bytes_copied,
-        "rows_per_second": round(run.rows_per_second, 1) if run.rows_per_second else None,
-        "online": run.online, "freeze_seconds": run.freeze_seconds,
-        "lag": {"changes": run.lag_changes, "oldest_seconds": run.lag_seconds} if run.online else None,
-        "tables": {name: {"rows": t.get("target_rows"), "checksum": t.get("target_checksum"), "ok": t.get("ok")}
-                   for name, t in verify.items()},
-        "steps": [{"name": s.name, "status": s.status, "rows": s.rows, "message": s.message,
-                   "seconds": s.duration.total_seconds() if s.duration else None} for s in run.steps.all()],
-        "preflight": run.report.get("preflight"),
-    }

@@ -1,0 +1,112 @@
+"""Checking a request before anything changes: every entry point (admin, commands, API,
+tasks) goes through these, so the same bad input is refused with the same one-line
+message (`Refused`), and nothing is changed when it is."""
+from __future__ import annotations
+
+import re
+
+import psycopg
+
+from migration_jobs.exceptions import BadRequest, NotFound, Refused
+from migration_jobs.models import MigrationRun
+from tenancy.models import DatabaseServer, Placement, Tenant
+from tenancy.servers import ensure_default_server
+
+TARGETS = (Placement.SCHEMA, Placement.DATABASE)
+# Placement names a request may use (the API's settings.database.type too), mapped to ours.
+PLACEMENT_ALIASES = {"shared": Placement.SHARED, "schema": Placement.SCHEMA, "dedicated": Placement.DATABASE,
+                     "database": Placement.DATABASE}
+READ_SHARES = (0, 10, 50, 100)
+TRUE = {"1", "true", "yes", "on"}
+FALSE = {"", "0", "false", "no", "off"}
+IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def get_tenant(slug_or_id) -> Tenant:
+    """A tenant by slug or numeric id, or Refused."""
+    lookup = {"pk": int(slug_or_id)} if str(slug_or_id).isdigit() else {"slug": slug_or_id}
+    try:
+        return Tenant.objects.get(**lookup)
+    except Tenant.DoesNotExist:
+        raise NotFound(f"unknown tenant {slug_or_id!r}") from None
+
+
+def tenant_id(value) -> int:
+    """A tenant id given as text (a URL part, a query parameter), or BadRequest."""
+    if value is None or value == "":
+        raise BadRequest("missing tenant id")
+    if not str(value).isdigit():
+        raise BadRequest(f"tenant id must be a number, got {value!r}")
+    return int(value)
+
+
+def tenant_by_id(value) -> Tenant:
+    """A tenant by its numeric id only (the API's URLs), or BadRequest / NotFound."""
+    pk = tenant_id(value)
+    try:
+        return Tenant.objects.get(pk=pk)
+    except Tenant.DoesNotExist:
+        raise NotFound(f"unknown tenant {pk}", tenant_id=pk) from None
+
+
+def get_run(run_id) -> MigrationRun:
+    run = MigrationRun.objects.select_related("tenant", "target_server").filter(pk=run_id).first()
+    if run is None:
+        raise NotFound(f"unknown migration run {run_id}")
+    return run
+
+
+def get_server(name: str | None) -> DatabaseServer:
+    if not name:
+        return ensure_default_server()
+    try:
+        return DatabaseServer.objects.get(name=name)
+    except DatabaseServer.DoesNotExist:
+        known = ", ".join(DatabaseServer.objects.values_list("name", flat=True)) or "none"
+        raise Refused(f"unknown database server {name!r} (known: {known})") from None
+
+
+def check_reachable(server: DatabaseServer) -> None:
+    try:
+        with psycopg.connect(**{**server.conninfo(), "connect_timeout": 5}) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        # The class and the server, never the message: it could quote connection details.
+        raise Refused(f"database server {server.name!r} ({server.host}:{server.port}) is unreachable: "
+                      f"{type(exc).__name__}") from None
+
+
+def boolean(value, name: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (or a JSON boolean), or Refused."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise BadRequest(f"{name} must be true or false, got {value!r}")
+
+
+def placement(value, *, what: str = "placement") -> str:
+    """A placement name or alias (shared, schema, database, dedicated), or BadRequest."""
+    if value is None:
+        raise BadRequest(f"missing field 'to': schema, database or shared" if what == "target"
+                         else f"missing {what}")
+    if str(value) not in PLACEMENT_ALIASES:
+        hint = "schema, database or shared" if what == "target" else "shared, schema or database (or dedicated)"
+        raise BadRequest(f"unknown {what} {value!r}: use {hint}")
+    return PLACEMENT_ALIASES[str(value)]
+
+
+def known_fields(data: dict, accepted, *, what: str = "fields") -> None:
+    """BadRequest naming the keys of `data` that are not accepted."""
+    unknown = sorted(set(data) - set(accepted))
+    if unknown:
+        raise BadRequest(f"unknown {what}: {', '.join(unknown)} (accepted: {', '.join(accepted)})")
+
+
+def server_name(value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise BadRequest("server must be the name of a database server")
+    return value or None
