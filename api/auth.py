@@ -139,6 +139,12 @@ def record(request, response, started: float) -> None:
         log.exception("could not record API call %s %s", request.method, request.path)
 
 
+def _internal_error(request) -> JsonResponse:
+    """500 without the exception (its text could quote connection details); the log has it."""
+    log.exception("API call %s %s failed", request.method, request.path)
+    return error_response(500, "internal error; the server log has the details")
+
+
 def api_view(*methods: str):
     def decorator(view):
         @csrf_exempt
@@ -157,16 +163,12 @@ def api_view(*methods: str):
             except ApiError as exc:
                 response = exc.response()
             except TenantMoveError as exc:
-                response = mapped_response(exc)
-                if response is None:
-                    log.exception("API call %s %s failed", request.method, request.path)
-                    response = error_response(500, "internal error; the server log has the details")
+                response = mapped_response(exc) or _internal_error(request)
             except RequestDataTooBig:
                 response = error_response(413, "request body too large (DATA_UPLOAD_MAX_MEMORY_SIZE); archives go "
                                                "to /api/admin/tenants/restore")
             except Exception:  # noqa: BLE001
-                log.exception("API call %s %s failed", request.method, request.path)
-                response = error_response(500, "internal error; the server log has the details")
+                response = _internal_error(request)
             record(request, response, started)
             return response
 

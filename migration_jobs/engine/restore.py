@@ -55,7 +55,7 @@ from migration_jobs.engine.places import CANONICAL_SESSION, Place, database_plac
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows
-from migration_jobs.exceptions import RestoreConflict, RestoreError, RestoreFailed, RestoreRefused
+from migration_jobs.exceptions import RestoreConflict, RestoreFailed, RestoreRefused
 from tenancy.models import tenant_host
 
 TARGETS = ("shared", "schema", "database")

@@ -6,11 +6,12 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError, DjangoHelpFormatter
+from django.core.management.base import CommandError, DjangoHelpFormatter
 from django.db import transaction
 from django.test.utils import override_settings
 
 from tenancy import crypto
+from tenancy.management.base import ContractCommand
 from tenancy.models import DatabaseCredential, DatabaseServer
 
 # Every stored secret: (model, field, the context its tokens are bound to).
@@ -122,7 +123,7 @@ def stored_secrets(lock: bool = False):
                 yield model, field, context, pk, token
 
 
-class Command(BaseCommand):
+class Command(ContractCommand):
     help = HELP
 
     def create_parser(self, prog_name, subcommand, **kwargs):

@@ -1,0 +1,92 @@
+"""What the tenant actions and the run history share: durations and links for display, the
+confirmation page, and how a new run (or a refusal) is reported to the user."""
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.admin import helpers
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from migration_jobs import services
+from migration_jobs.models import MigrationRun, RunStatus
+
+CONFIRM_TEMPLATE = "admin/migration_jobs/confirm_action.html"
+
+
+# --- Small display helpers ----------------------------------------------------------------
+
+def human_duration(value) -> str:
+    return services.human_duration(value, empty="—")
+
+
+def run_url(run: MigrationRun) -> str:
+    return reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])
+
+
+def run_link(run: MigrationRun):
+    return format_html('<a href="{}">run {}</a>', run_url(run), run.pk)
+
+
+LEVELS = {RunStatus.SUCCEEDED: messages.SUCCESS, RunStatus.QUEUED: messages.INFO, RunStatus.RUNNING: messages.INFO,
+          RunStatus.CANCELLED: messages.WARNING}
+
+
+def confirmed(request) -> bool:
+    return request.method == "POST" and request.POST.get("confirm") == "yes"
+
+
+def online_requested(request) -> bool:
+    return request.POST.get("online") == "yes"
+
+
+def hold_requested(request) -> bool:
+    return request.POST.get("hold_cutover") == "yes"
+
+
+def confirmation_page(modeladmin, request, queryset, *, action: str, title: str, intro: str, items,
+                      consequences=(), servers=None, offer_online: bool = False, offer_hold: bool = False,
+                      submit: str = "Yes, go ahead"):
+    """An intermediate page that posts the same action and selection back with confirm=yes."""
+    opts = modeladmin.model._meta
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title, "intro": intro, "consequences": consequences, "items": items,
+        "queryset": queryset, "action": action, "servers": servers, "offer_online": offer_online, "offer_hold": offer_hold,
+        "submit": submit,
+        "opts": opts, "app_label": opts.app_label, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "media": modeladmin.media,
+    }
+    request.current_app = modeladmin.admin_site.name
+    return TemplateResponse(request, CONFIRM_TEMPLATE, context)
+
+
+def report_run(modeladmin, request, tenant, run: MigrationRun, task_id=None) -> None:
+    run.refresh_from_db()
+    what = f"{run.source_placement} → {run.target_placement}"
+    if run.status in (RunStatus.QUEUED, RunStatus.RUNNING):
+        note = "queued for the task cluster" if run.status == RunStatus.QUEUED else "running"
+        text = format_html("{}: {} ({}) {}.", tenant.slug, run_link(run), what, note)
+    elif run.status == RunStatus.SUCCEEDED:
+        text = format_html("{}: {} ({}) succeeded.", tenant.slug, run_link(run), what)
+    else:
+        text = format_html("{}: {} ({}) {}: {}", tenant.slug, run_link(run), what,
+                           run.get_status_display().lower(), run.error.splitlines()[0][:300] if run.error else "")
+    modeladmin.message_user(request, text, LEVELS.get(run.status, messages.ERROR))
+
+
+def report_refused(modeladmin, request, tenant, exc) -> None:
+    modeladmin.message_user(request, f"{tenant.slug}: refused: {exc}", messages.ERROR)
+
+
+def request_runs(modeladmin, request, queryset, make_run) -> None:
+    """For each selected tenant: ask the services for a run (make_run(tenant)), hand it to the
+    task cluster and say what became of it; a refusal is reported and the next tenant goes on."""
+    for tenant in queryset:
+        try:
+            run = make_run(tenant)
+        except services.Refused as exc:
+            report_refused(modeladmin, request, tenant, exc)
+            continue
+        services.enqueue(run)
+        report_run(modeladmin, request, tenant, run)

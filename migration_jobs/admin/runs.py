@@ -1,0 +1,196 @@
+"""Run history (read-only) and the actions on runs: resume or roll back interrupted runs, the
+gradual read switch and the held cutover of an online move."""
+from __future__ import annotations
+
+import json
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from migration_jobs import services
+from migration_jobs.admin.common import report_run, confirmation_page, confirmed, human_duration, run_link
+from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
+from tenancy.admin_mixins import ReadOnlyAdmin
+
+
+def _read_share_action(percent: int):
+    """The admin action that serves `percent` of a held online move's reads from its target."""
+    @admin.action(description=f"Serve {percent}%% of reads from the target", permissions=["move"])
+    def action(modeladmin, request, queryset):
+        modeladmin._read_share(request, queryset, percent)
+
+    action.__name__ = f"read_share_{percent}"
+    return action
+
+
+# --- Run history --------------------------------------------------------------------------
+
+class StaffViewOnly(ReadOnlyAdmin):
+    """Readable by any active staff user; nobody adds, changes or deletes history here."""
+
+    def has_view_permission(self, request, obj=None):
+        return request.user.is_active and request.user.is_staff
+
+
+class MigrationStepInline(StaffViewOnly, admin.TabularInline):
+    model = MigrationStep
+    extra = 0
+    can_delete = False
+    ordering = ["order"]
+    fields = ["order", "name", "status", "started_at", "finished_at", "step_duration", "rows", "message"]
+    readonly_fields = fields
+    show_change_link = False
+
+    @admin.display(description="duration")
+    def step_duration(self, step):
+        return human_duration(step.duration)
+
+
+@admin.register(MigrationRun)
+class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
+    list_display = ["id", "tenant", "kind", "move", "status", "progress", "run_duration", "rows_copied",
+                    "rate", "created_at"]
+    list_display_links = ["id"]
+    list_filter = ["status", "kind", "target_placement", "online", "created_at"]
+    date_hierarchy = "created_at"
+    search_fields = ["tenant__slug"]
+    list_select_related = ["tenant"]
+    inlines = [MigrationStepInline]
+    actions = ["resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50", "read_share_100",
+               "cut_over_now"]
+    fieldsets = [
+        (None, {"fields": ["tenant", "kind", "move", "status", "current_step", "dry_run", "online", "error"]}),
+        ("Target", {"fields": ["target_server", "target_database", "target_schema"]}),
+        ("Progress", {"fields": ["progress", "rows_total", "rows_copied", "bytes_copied", "rate"]}),
+        ("Freeze and catch-up", {"fields": ["freeze_seconds", "freeze_started_at", "freeze_ended_at", "lag_changes",
+                                            "lag_seconds", "hold_cutover", "read_percent"]}),
+        ("Timing", {"fields": ["created_at", "started_at", "finished_at", "run_duration", "heartbeat_at",
+                               "worker"]}),
+        ("Request", {"fields": ["requested_by", "requested_via", "previous_status"]}),
+        ("Report", {"fields": ["pretty_report"]}),
+    ]
+    readonly_fields = [name for _, section in fieldsets for name in section["fields"]]
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
+
+    def has_move_permission(self, request):
+        return request.user.has_perm("tenancy.change_tenant")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("tenant", "target_server", "requested_by")
+
+    @admin.display(description="move")
+    def move(self, run):
+        suffix = " (dry run)" if run.dry_run else " (online)" if run.online else ""
+        return f"{run.source_placement} → {run.target_placement}{suffix}"
+
+    @admin.display(description="progress")
+    def progress(self, run):
+        percent = run.progress_percent
+        text = "—" if percent is None or run.dry_run else f"{percent:.0f}%"
+        if run.online and run.current_step == "catch_up" and run.lag_changes is not None:
+            text += f", lag {run.lag_changes} changes / {run.lag_seconds or 0:.1f}s"
+            if run.read_percent:
+                text += f", {run.read_percent}% reads on target"
+        return f"{text} ({run.current_step})" if run.current_step else text
+
+    @admin.display(description="duration")
+    def run_duration(self, run):
+        return human_duration(run.duration)
+
+    @admin.display(description="rows/s", ordering="rows_per_second")
+    def rate(self, run):
+        return f"{run.rows_per_second:,.0f}" if run.rows_per_second else "—"
+
+    @admin.display(description="report")
+    def pretty_report(self, run):
+        if not run.report:
+            return "—"
+        return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
+                           json.dumps(run.report, indent=2, sort_keys=True, default=str))
+
+    # --- interrupted runs ---
+
+    def _interrupted(self, request, queryset, *, allow_queued: bool):
+        """Split the selection into (runs that can be acted on, [(run, why not)])."""
+        return services.interrupted_runs(queryset.select_related("tenant"), allow_queued=allow_queued)
+
+    def _confirm_runs(self, request, queryset, *, action, title, intro, consequences, submit, allow_queued):
+        ok, skipped = self._interrupted(request, queryset, allow_queued=allow_queued)
+        items = [(run, f"{run.tenant.slug}: {run.source_placement} → {run.target_placement}, {run.status}"
+                       f"{f' at {run.current_step}' if run.current_step else ''}") for run in ok]
+        items += [(run, f"{run.tenant.slug}: skipped, {why}") for run, why in skipped]
+        return confirmation_page(self, request, queryset, action=action, title=title, intro=intro, items=items,
+                                 consequences=consequences, submit=submit)
+
+    @admin.action(description="Resume interrupted runs", permissions=["move"])
+    def resume_runs(self, request, queryset):
+        if not confirmed(request):
+            return self._confirm_runs(
+                request, queryset, action="resume_runs", title="Resume interrupted runs",
+                intro="Resume the selected runs from their first unfinished step?", submit="Yes, resume",
+                consequences=["Only runs left running by a worker that is gone can be resumed; others are "
+                              "skipped."], allow_queued=False)
+        ok, skipped = self._interrupted(request, queryset, allow_queued=False)
+        for run, why in skipped:
+            self.message_user(request, format_html("{}: not resumed, {}.", run_link(run), why), messages.WARNING)
+        for run in ok:
+            services.enqueue(run, resume=True)
+            report_run(self, request, run.tenant, run)
+        return None
+
+    @admin.action(description="Roll back interrupted runs", permissions=["move"])
+    def roll_back_runs(self, request, queryset):
+        if not confirmed(request):
+            return self._confirm_runs(
+                request, queryset, action="roll_back_runs", title="Roll back interrupted runs",
+                intro="Undo what the selected runs did, newest step first?", submit="Yes, roll back",
+                consequences=["Queued runs are cancelled; runs whose worker is gone are rolled back (the target "
+                              "is dropped unless the tenant already lives there, its status restored).",
+                              "Runs still executed by a live worker, and finished runs, are skipped."],
+                allow_queued=True)
+        ok, skipped = self._interrupted(request, queryset, allow_queued=True)
+        for run, why in skipped:
+            self.message_user(request, format_html("{}: not rolled back, {}.", run_link(run), why),
+                              messages.WARNING)
+        for run in ok:
+            try:
+                services.enqueue_rollback(run)
+            except Exception as exc:  # noqa: BLE001 - sync mode raises the task's error here
+                self.message_user(request, format_html("{}: roll back failed ({}).", run_link(run),
+                                                       type(exc).__name__), messages.ERROR)
+                continue
+            run.refresh_from_db()
+            level = messages.SUCCESS if run.status in (RunStatus.ROLLED_BACK, RunStatus.CANCELLED) else (
+                messages.INFO if run.is_active else messages.ERROR)
+            note = "roll back queued" if run.is_active else run.get_status_display().lower()
+            self.message_user(request, format_html("{}: {} ({}): {}.", run.tenant.slug, run_link(run), note,
+                                                   run.tenant.placement), level)
+        return None
+
+    # --- online moves: the gradual read switch and the held cutover ---
+
+    def _read_share(self, request, queryset, percent: int):
+        for run in queryset.select_related("tenant"):
+            try:
+                services.set_read_share(run, percent)
+            except services.Refused as exc:
+                self.message_user(request, format_html("{}: {}", run_link(run), str(exc)), messages.ERROR)
+                continue
+            self.message_user(request, format_html(
+                "{}: {}% of {}'s read-only requests now served from its {} (cutover held until released).",
+                run_link(run), percent, run.tenant.slug, run.target_placement), messages.SUCCESS)
+
+    read_share_0, read_share_10, read_share_50, read_share_100 = map(_read_share_action, services.READ_SHARES)
+
+    @admin.action(description="Cut over now (release a held online move)", permissions=["move"])
+    def cut_over_now(self, request, queryset):
+        for run in queryset.select_related("tenant"):
+            try:
+                services.release_cutover(run)
+            except services.Refused as exc:
+                self.message_user(request, format_html("{}: {}", run_link(run), str(exc)), messages.ERROR)
+                continue
+            self.message_user(request, format_html("{}: cutover released; it happens at the next catch-up round.",
+                                                   run_link(run)), messages.SUCCESS)

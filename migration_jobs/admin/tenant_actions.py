@@ -1,0 +1,158 @@
+"""The tenant-list actions: move to a dedicated schema / database, move back to shared,
+retire legacy rows, verify, suspend, reactivate. Each asks migration_jobs.services and
+hands the run it creates to django-q2 (through the services)."""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+
+from migration_jobs import services
+from migration_jobs.admin.common import (confirmation_page, confirmed, hold_requested, online_requested, report_refused,
+                                         request_runs)
+from tenancy.admin import TenantAdmin
+from tenancy.models import DatabaseServer, Placement, Status
+from tenancy.servers import ensure_default_server
+
+# --- Tenant actions -----------------------------------------------------------------------
+
+MOVE_STEPS_TEXT = ("Each tenant is checked first (preflight); then it is frozen (writes are refused for the "
+                   "duration, reads go on; with \"online\" only for a short measured cutover), exported to a "
+                   "backup file, copied, verified table by table (row counts and checksums, and no other "
+                   "tenant's rows), switched to its new place and reactivated. Any failure rolls the run back "
+                   "and leaves the tenant where it is.")
+
+
+def _move(modeladmin, request, queryset, target: str):
+    action = f"move_to_{target}"
+    if confirmed(request):
+        server_name = (request.POST.get("server") or None) if target == Placement.DATABASE else None
+        request_runs(modeladmin, request, queryset, lambda tenant: services.request_move(
+            tenant, target, server_name=server_name, online=online_requested(request),
+            hold_cutover=hold_requested(request), requested_by=request.user, via="admin"))
+        return None
+    servers = None
+    if target == Placement.SCHEMA:
+        items = [(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → schema {t.schema_name}")
+                 for t in queryset]
+        where = "its own schema (tenant_<slug>) in the shared database"
+    else:
+        default = ensure_default_server()
+        servers = [(s.name, f"{s.name} ({s.host}:{s.port})", s.pk == default.pk)
+                   for s in DatabaseServer.objects.order_by("-is_default", "name")]
+        items = [(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → database "
+                     f"{t.database_name}") for t in queryset]
+        where = "its own database, with its own login role, on the server chosen below"
+    return confirmation_page(
+        modeladmin, request, queryset, action=action, title=f"Move tenants to a dedicated {target}",
+        intro=f"Move the selected tenants out of the shared database into {where}?",
+        items=items, servers=servers, offer_online=True, offer_hold=True, submit=f"Yes, move to a dedicated {target}",
+        consequences=[MOVE_STEPS_TEXT,
+                      "The copied rows stay in the shared tables (legacy rows) until they are retired.",
+                      "Tenants already in a dedicated place, suspended or being moved are refused."])
+
+
+@admin.action(description="Move to dedicated schema", permissions=["change"])
+def move_to_schema(modeladmin, request, queryset):
+    return _move(modeladmin, request, queryset, Placement.SCHEMA)
+
+
+@admin.action(description="Move to dedicated database", permissions=["change"])
+def move_to_database(modeladmin, request, queryset):
+    return _move(modeladmin, request, queryset, Placement.DATABASE)
+
+
+@admin.action(description="Move back to shared", permissions=["change"])
+def move_back_to_shared(modeladmin, request, queryset):
+    if confirmed(request):
+        request_runs(modeladmin, request, queryset, lambda tenant: services.request_move_back(
+            tenant, online=online_requested(request), requested_by=request.user, via="admin"))
+        return None
+    return confirmation_page(
+        modeladmin, request, queryset, action="move_back_to_shared", title="Move tenants back to shared",
+        intro="Move the selected tenants from their dedicated schema or database back into the shared tables?",
+        items=[(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → shared database")
+               for t in queryset],
+        submit="Yes, move back to shared", offer_online=True,
+        consequences=["Preflight refuses the move if any of the tenant's keys is used by another tenant's row "
+                      "in the shared tables (nothing is written then).",
+                      "The tenant is read-only during the move; its legacy rows in the shared tables are "
+                      "replaced and every row is copied back in one transaction, verified before commit.",
+                      "The dedicated schema or database is kept (not dropped).",
+                      "Tenants already in shared placement are refused."])
+
+
+@admin.action(description="Retire legacy rows", permissions=["change"])
+def retire_legacy(modeladmin, request, queryset):
+    if confirmed(request):
+        request_runs(modeladmin, request, queryset,
+                      lambda tenant: services.request_retire(tenant, requested_by=request.user, via="admin"))
+        return None
+    return confirmation_page(
+        modeladmin, request, queryset, action="retire_legacy", title="Retire legacy rows",
+        intro="Delete the selected tenants' old rows from the shared tables?",
+        items=[(t, f"{t.get_placement_display()}: legacy rows in the shared tables") for t in queryset],
+        submit="Yes, retire the legacy rows",
+        consequences=["The dedicated copy is verified first; then the legacy rows are archived to a file and "
+                      "deleted in small batches (other tenants are not locked out).",
+                      "Refused before TENANT_LEGACY_GRACE_DAYS have passed since the move, and for tenants "
+                      "in shared placement.",
+                      "Afterwards a move back copies every row again from the dedicated place."])
+
+
+@admin.action(description="Verify", permissions=["view"])
+def verify(modeladmin, request, queryset):
+    for tenant in queryset:
+        try:
+            task_id, report = services.verify_via_cluster(tenant)
+        except Exception as exc:  # noqa: BLE001 - sync mode raises the task's own error here
+            modeladmin.message_user(request, f"{tenant.slug}: verification failed ({type(exc).__name__})",
+                                    messages.ERROR)
+            continue
+        if report is None:
+            modeladmin.message_user(request, f"{tenant.slug}: verification queued (task {task_id}).", messages.INFO)
+        elif not isinstance(report, dict):
+            modeladmin.message_user(request, f"{tenant.slug}: verification failed.", messages.ERROR)
+        elif report["ok"]:
+            modeladmin.message_user(
+                request, f"{tenant.slug}: verified in {report.get('place')}: {report['total_rows']} rows in "
+                         f"{len(report['tables'])} tables, every table present, no foreign rows, sequences ok.",
+                messages.SUCCESS)
+        else:
+            problems = report["problems"]
+            modeladmin.message_user(
+                request, f"{tenant.slug}: {len(problems)} problems: {'; '.join(problems[:5])}"
+                         f"{' …' if len(problems) > 5 else ''}", messages.ERROR)
+
+
+def _set_status(modeladmin, request, queryset, status):
+    for tenant in queryset:
+        try:
+            services.set_status(tenant, status)
+        except services.Refused as exc:
+            report_refused(modeladmin, request, tenant, exc)
+            continue
+        modeladmin.message_user(request, f"{tenant.slug}: {Status(status).label.lower()}.", messages.SUCCESS)
+
+
+@admin.action(description="Suspend", permissions=["change"])
+def suspend(modeladmin, request, queryset):
+    if confirmed(request):
+        _set_status(modeladmin, request, queryset, Status.SUSPENDED)
+        return None
+    return confirmation_page(
+        modeladmin, request, queryset, action="suspend", title="Suspend tenants",
+        intro="Suspend the selected tenants?",
+        items=[(t, f"{t.get_status_display()} → suspended") for t in queryset], submit="Yes, suspend",
+        consequences=["Their site and API answer 503 (with Retry-After) and every write is refused until "
+                      "they are reactivated.",
+                      "Tenants being moved are refused: their status belongs to the run."])
+
+
+@admin.action(description="Reactivate", permissions=["change"])
+def reactivate(modeladmin, request, queryset):
+    _set_status(modeladmin, request, queryset, Status.ACTIVE)
+
+
+TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, retire_legacy, verify, suspend,
+                  reactivate]
+# tenancy.admin leaves TenantAdmin.actions empty for the apps that act on tenants.
+TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a not in TenantAdmin.actions]]
