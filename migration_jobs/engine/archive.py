@@ -13,9 +13,12 @@ an HTTP response as well as to a file):
   creation time, and the SHA-256 and size of every data member.
 
 Everything is read in one REPEATABLE READ snapshot, so counts, checksums and data agree.
+Archive files are written 0600, in folders made 0700 (see "File modes" below).
 `validate_archive` checks a file before anything is restored from it: a truncated or
-tampered file, a wrong checksum or an unknown format version gives ArchiveError with a
-one-line message.
+tampered file, a wrong checksum, an unknown format version or a member that expands past the
+cap (see "Expanded size" below) gives ArchiveError with a one-line message. The manifest's
+digest only catches damage: anyone can recompute it, so restore checks the manifest's values
+against the data (engine/restore.py).
 """
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ Order of work (`restore_tenant`):
    installation (an archive from newer code is refused); every table must be a tenant table
    here.
 2. **Plan**: which tenant (the manifest's slug, or `as_slug`), which tenant id (the
-   manifest's when it is free or is that tenant's; otherwise a new one and every row's
-   tenant_id is rewritten), where (`into`, default: where the tenant lives now, or shared for
+   manifest's when it is free, or is that tenant's, and is not beyond this installation's
+   tenant sequence + the margin; otherwise a new one and every row's tenant_id is rewritten), where (`into`, default: where the tenant lives now, or shared for
    a new tenant). Refused (RestoreConflict): an active migration run; rows already there
    without `replace`; replacing the rows of an *active* tenant (suspend it first: its writes
    would be lost); a tenant that lives in a dedicated place being restored elsewhere, or one
@@ -21,9 +21,14 @@ Order of work (`restore_tenant`):
    tenant id rewrite, rows go through a TEMP staging table first: checked against the
    manifest there, tenant_id rewritten there, keys checked against other tenants' rows
    (every unique key without tenant_id; a collision is refused with a report before the
-   shared tables are written), then `INSERT ... SELECT`. Then FKs are checked, every table
-   is verified (count + checksum, see below), sequences are set past the restored keys and
-   past the source's positions, and only then does the transaction commit.
+   shared tables are written), then `INSERT ... SELECT`. Then FKs are checked, a row that
+   points at another tenant's row (a cross-tenant reference, which no FK catches) is refused
+   (engine/references.py), every table is verified (count + checksum, see below), sequences
+   are set past the restored keys and past the source's positions as far as the data bears
+   them out (the manifest's positions are clamped to the highest restored key +
+   TENANT_RESTORE_SEQUENCE_MARGIN; a key past half its sequence's range is refused; a
+   sequence never moves backwards), and only then does the transaction commit. Each gzip
+   member's expanded size is capped while it streams (archive.ExpansionCap).
 4. **The tenant row**: created (with its domain) in the same transaction for shared and
    schema targets (both are in the shared database); for a database target, after the data
    transaction committed, with the encrypted credential of the new database's role. On any
@@ -260,9 +265,6 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
             # Kept, the id would push the tenant sequence there (see checked_sequence_floor).
             free = False
         plan = Plan(manifest, slug, into, None, archive_id if free else None, replace)
-        if archive_id > ceiling:
-            plan.notes.append(f"archive tenant id {archive_id} is far past this installation's ({ceiling}): "
-                              "a new id is used")
         if into == Placement.SHARED and free:
             # Rows of a deleted tenant may still carry this id.
             plan.existing_rows = count_rows(shared_place(), archive_id, tables)
