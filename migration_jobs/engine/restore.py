@@ -9,8 +9,9 @@ Order of work (`restore_tenant`):
    here.
 2. **Plan**: which tenant (the manifest's slug, or `as_slug`), which tenant id (the
    manifest's when it is free, or is that tenant's, and is not beyond this installation's
-   tenant sequence + the margin; otherwise a new one and every row's tenant_id is rewritten), where (`into`, default: where the tenant lives now, or shared for
-   a new tenant). Refused (RestoreConflict): an active migration run; rows already there
+   tenant sequence + the margin; otherwise a new one and every row's tenant_id is
+   rewritten), where (`into`, default: where the tenant lives now, or shared for a new
+   tenant). Refused (RestoreConflict): an active migration run; rows already there
    without `replace`; replacing the rows of an *active* tenant (suspend it first: its writes
    would be lost); a tenant that lives in a dedicated place being restored elsewhere, or one
    with rows in the shared tables being restored into a dedicated place (that is a move:
