@@ -13,9 +13,12 @@ an HTTP response as well as to a file):
   creation time, and the SHA-256 and size of every data member.
 
 Everything is read in one REPEATABLE READ snapshot, so counts, checksums and data agree.
+Archive files are written 0600, in folders made 0700 (see "File modes" below).
 `validate_archive` checks a file before anything is restored from it: a truncated or
-tampered file, a wrong checksum or an unknown format version gives ArchiveError with a
-one-line message.
+tampered file, a wrong checksum, an unknown format version or a member that expands past the
+cap (see "Expanded size" below) gives ArchiveError with a one-line message. The manifest's
+digest only catches damage: anyone can recompute it, so restore checks the manifest's values
+against the data (engine/restore.py).
 """
 from __future__ import annotations
 
@@ -94,12 +97,13 @@ class HashingWriter:
 
 
 def write_archive(place: Place, tenant, tables: list[TableSpec], path: Path, *, on_table=None) -> dict:
-    """Export the tenant's rows from `place` into `path` (written atomically). Returns the manifest."""
+    """Export the tenant's rows from `place` into `path` (written atomically, mode 0600; a
+    folder made for it, and the backup folder, are 0700). Returns the manifest."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent, tighten=_is_backup_dir(path.parent))
     tmp_path = path.with_name(path.name + ".partial")
     try:
-        with open(tmp_path, "wb") as out:
+        with open_private(tmp_path) as out:
             manifest = write_archive_to(out, place, tenant, tables, on_table=on_table)
             out.flush()
             os.fsync(out.fileno())
@@ -108,6 +112,64 @@ def write_archive(place: Place, tenant, tables: list[TableSpec], path: Path, *, 
         tmp_path.unlink(missing_ok=True)
         raise
     return manifest
+
+
+# --- File modes ----------------------------------------------------------------------------
+# An archive holds every row of a tenant: readable by its owner only. Files are created 0600
+# (never widened by the umask, an existing file of the same name is replaced, not reused);
+# folders the project makes for archives are 0700, and the backup folder (settings.BACKUP_DIR,
+# the project's own) is tightened to 0700 when it exists. A folder the operator chose for
+# `export_tenant -o` is left as it is: the 0600 file is unreadable to others in any folder.
+
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+
+def _is_backup_dir(folder: Path) -> bool:
+    from django.conf import settings
+
+    backup = getattr(settings, "BACKUP_DIR", None)
+    return backup is not None and Path(folder).absolute() == Path(backup).absolute()
+
+
+def private_dir(path, *, tighten: bool = True) -> Path:
+    """`path` as a folder: made 0700 with any missing parents (each 0700); an existing one is
+    set to 0700 when `tighten` (only for the project's own folders). Returns the path."""
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            pass
+        else:
+            os.chmod(folder, PRIVATE_DIR_MODE)  # the umask can only narrow mkdir's mode; be exact
+    if tighten and not missing and path.is_dir():
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def open_private(path, mode: str = "wb"):
+    """`path` opened for writing, as a new file of mode 0600 (a file or symlink of that name is
+    removed first, so neither an old file's mode nor a link's target is ever written)."""
+    if mode not in ("wb", "w"):
+        raise ValueError("open_private writes new files only ('wb' or 'w')")
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def write_archive_to(fileobj, place: Place, tenant, tables: list[TableSpec], *, on_table=None) -> dict:
@@ -315,6 +377,7 @@ def validate_archive(path) -> dict:
         extra = sorted(set(members) - expected_members)
         if extra:
             raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(extra[:5])}")
+        cap = ExpansionCap()
         for table in manifest["tables"]:
             info = members.get(table["member"])
             if info is None:
@@ -322,7 +385,7 @@ def validate_archive(path) -> dict:
             if info.size != table["compressed_bytes"]:
                 raise ArchiveError(f"{table['member']} is {info.size} bytes, the manifest says "
                                    f"{table['compressed_bytes']}")
-            digest, head, damage = _scan_member(tar, info)
+            digest, head, damage = _scan_member(tar, info, cap)
             if digest != table["sha256"]:
                 raise ArchiveError(f"checksum mismatch in {table['member']}: SHA-256 {digest[:12]}..., "
                                    f"the manifest says {table['sha256'][:12]}...; the archive was changed or damaged")
@@ -333,17 +396,19 @@ def validate_archive(path) -> dict:
     return manifest
 
 
-def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo) -> tuple[str, bytes, str | None]:
+def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo, cap: ExpansionCap | None = None
+                 ) -> tuple[str, bytes, str | None]:
     """(SHA-256 of the member's bytes, first 11 bytes of its decompressed content, what is
     wrong with its gzip stream or None). The whole gzip stream is decompressed (its CRC
-    checked) chunk by chunk; the digest covers every byte even when decompression fails."""
+    checked) chunk by chunk, never past the expansion cap (ArchiveError as soon as it would
+    be); the digest covers every byte even when decompression fails."""
     try:
         raw = HashingReader(tar.extractfile(info))
     except _READ_ERRORS as exc:
         raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
     head, damage = b"", None
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        with (cap or ExpansionCap()).reader(gzip.GzipFile(fileobj=raw, mode="rb"), info.name, info.size) as gz:
             head = gz.read(len(COPY_SIGNATURE))
             while gz.read(CHUNK):
                 pass
@@ -384,13 +449,87 @@ class HashingReader:
         return self.digest.hexdigest()
 
 
-def open_table_stream(tar: tarfile.TarFile, member: str):
-    """(gzip reader of the member's COPY stream, the HashingReader under it)."""
+def open_table_stream(tar: tarfile.TarFile, member: str, cap: ExpansionCap | None = None):
+    """(gzip reader of the member's COPY stream, capped: see ExpansionCap; the HashingReader
+    under it)."""
     try:
-        raw = HashingReader(tar.extractfile(member))
+        info = tar.getmember(member)
+        raw = HashingReader(tar.extractfile(info))
     except (KeyError, *_READ_ERRORS) as exc:
         raise ArchiveError(f"cannot read {member} ({_why(exc)})") from None
-    return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return (cap or ExpansionCap()).reader(gzip.GzipFile(fileobj=raw, mode="rb"), member, info.size), raw
+
+
+# --- Expanded size ---------------------------------------------------------------------------
+# A gzip member can expand ~1000 times (a few MB that inflate to GBs: a "zip bomb"); what an
+# archive expands to is what a restore writes into the database. Two limits, both checked
+# while the stream is read (a member is never expanded whole, in memory or on disk):
+# - per member, at most TENANT_ARCHIVE_MAX_EXPANSION_RATIO (default 300) times its compressed
+#   size, or 64 MiB, whichever is more. export_tenant compresses at gzip level 3, whose fast
+#   deflate cannot go past ~230:1 even on input of identical bytes (measured: 229:1 for
+#   zeros; real COPY data 2-8:1, rows repeating one 8 KB text ~200:1); only a stream made by
+#   other means (level 4 and up) reaches gzip's ~1030:1 ceiling. So 300 never refuses an archive
+#   this code wrote, and a crafted member expands at most 300 times before it is refused.
+# - per archive, at most TENANT_ARCHIVE_MAX_EXPANDED_BYTES in all (default 64 GiB): what a DBA
+#   is prepared to see written by one restore; raise it for bigger tenants.
+
+MIN_EXPANSION_ALLOWANCE = 64 << 20
+
+
+def expansion_limits() -> tuple[int, int]:
+    """(TENANT_ARCHIVE_MAX_EXPANDED_BYTES, TENANT_ARCHIVE_MAX_EXPANSION_RATIO) from settings."""
+    from django.conf import settings
+
+    return (int(getattr(settings, "TENANT_ARCHIVE_MAX_EXPANDED_BYTES", 64 << 30)),
+            int(getattr(settings, "TENANT_ARCHIVE_MAX_EXPANSION_RATIO", 300)))
+
+
+class ExpansionCap:
+    """The expanded-size budget of one archive read (validate_archive, or one restore)."""
+
+    def __init__(self):
+        self.total_limit, self.ratio = expansion_limits()
+        self.total = 0
+
+    def reader(self, gz, name: str, compressed_bytes: int) -> "CappedReader":
+        return CappedReader(gz, self, name, max(self.ratio * int(compressed_bytes), MIN_EXPANSION_ALLOWANCE))
+
+
+class CappedReader:
+    """Reads a gzip stream, refusing (ArchiveError) as soon as the member expands past its own
+    limit or the archive past its total limit."""
+
+    def __init__(self, gz, cap: ExpansionCap, name: str, limit: int):
+        self.gz, self.cap, self.name, self.limit, self.size = gz, cap, name, limit, 0
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK  # never "all of it"
+        # Never ask for more than one byte past what is allowed: a bomb is never expanded
+        # further than the limit, whatever the caller asked for.
+        allowed = min(self.limit - self.size, self.cap.total_limit - self.cap.total) + 1
+        data = self.gz.read(max(1, min(n, allowed)))
+        self.size += len(data)
+        self.cap.total += len(data)
+        if self.size > self.limit:
+            raise ArchiveError(f"{self.name} expands past {self.limit} bytes ({self.cap.ratio} times its compressed "
+                               f"size; TENANT_ARCHIVE_MAX_EXPANSION_RATIO): refused as a decompression bomb")
+        if self.cap.total > self.cap.total_limit:
+            raise ArchiveError(f"the archive expands past {self.cap.total_limit} bytes "
+                               f"(TENANT_ARCHIVE_MAX_EXPANDED_BYTES) at {self.name}: refused")
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.gz.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def summary(manifest: dict) -> dict:

@@ -8,9 +8,10 @@ Order of work (`restore_tenant`):
    installation (an archive from newer code is refused); every table must be a tenant table
    here.
 2. **Plan**: which tenant (the manifest's slug, or `as_slug`), which tenant id (the
-   manifest's when it is free or is that tenant's; otherwise a new one and every row's
-   tenant_id is rewritten), where (`into`, default: where the tenant lives now, or shared for
-   a new tenant). Refused (RestoreConflict): an active migration run; rows already there
+   manifest's when it is free, or is that tenant's, and is not beyond this installation's
+   tenant sequence + the margin; otherwise a new one and every row's tenant_id is
+   rewritten), where (`into`, default: where the tenant lives now, or shared for a new
+   tenant). Refused (RestoreConflict): an active migration run; rows already there
    without `replace`; replacing the rows of an *active* tenant (suspend it first: its writes
    would be lost); a tenant that lives in a dedicated place being restored elsewhere, or one
    with rows in the shared tables being restored into a dedicated place (that is a move:
@@ -21,9 +22,14 @@ Order of work (`restore_tenant`):
    tenant id rewrite, rows go through a TEMP staging table first: checked against the
    manifest there, tenant_id rewritten there, keys checked against other tenants' rows
    (every unique key without tenant_id; a collision is refused with a report before the
-   shared tables are written), then `INSERT ... SELECT`. Then FKs are checked, every table
-   is verified (count + checksum, see below), sequences are set past the restored keys and
-   past the source's positions, and only then does the transaction commit.
+   shared tables are written), then `INSERT ... SELECT`. Then FKs are checked, a row that
+   points at another tenant's row (a cross-tenant reference, which no FK catches) is refused
+   (engine/references.py), every table is verified (count + checksum, see below), sequences
+   are set past the restored keys and past the source's positions as far as the data bears
+   them out (the manifest's positions are clamped to the highest restored key +
+   TENANT_RESTORE_SEQUENCE_MARGIN; a key past half its sequence's range is refused; a
+   sequence never moves backwards), and only then does the transaction commit. Each gzip
+   member's expanded size is capped while it streams (archive.ExpansionCap).
 4. **The tenant row**: created (with its domain) in the same transaction for shared and
    schema targets (both are in the shared database); for a database target, after the data
    transaction committed, with the encrypted credential of the new database's role. On any
@@ -49,9 +55,10 @@ from django.db import transaction
 from psycopg import sql
 
 from migration_jobs.engine import provision
-from migration_jobs.engine.archive import (CHUNK, ArchiveError, check_manifest_shape, copied_rows, open_archive,
-                                           open_table_stream, validate_archive)
+from migration_jobs.engine.archive import (CHUNK, ArchiveError, ExpansionCap, check_manifest_shape, copied_rows,
+                                           open_archive, open_table_stream, validate_archive)
 from migration_jobs.engine.places import CANONICAL_SESSION, Place, database_place, place_of, schema_place, shared_place
+from migration_jobs.engine.references import find_bad_references
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows
@@ -227,6 +234,10 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
         if Domain.objects.filter(domain=domain).exists():
             raise RestoreConflict(f"domain {domain} already belongs to another tenant")
         free = not Tenant.objects.filter(pk=archive_id).exists()
+        ceiling = _tenant_id_ceiling()
+        if free and not 1 <= archive_id <= ceiling:
+            # Kept, the id would push the tenant sequence there (see checked_sequence_floor).
+            free = False
         plan = Plan(manifest, slug, into, None, archive_id if free else None, replace)
         if into == Placement.SHARED and free:
             # Rows of a deleted tenant may still carry this id.
@@ -275,9 +286,11 @@ def _stage_spec(spec: TableSpec) -> TableSpec:
     return TableSpec(f"restore_{spec.name}"[:63], spec.columns, spec.pk)
 
 
-def _copy_in(conn, tar, entry: dict, relation: sql.Composable, spec: TableSpec) -> int:
-    """Stream one member's COPY data into `relation`; the member's SHA-256 is checked again."""
-    gz, raw = open_table_stream(tar, entry["member"])
+def _copy_in(conn, tar, entry: dict, relation: sql.Composable, spec: TableSpec, cap: ExpansionCap | None = None
+             ) -> int:
+    """Stream one member's COPY data into `relation`; the member's SHA-256 is checked again,
+    its expanded size is capped while it streams (archive.ExpansionCap)."""
+    gz, raw = open_table_stream(tar, entry["member"], cap)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         relation, sql.SQL(", ").join(map(sql.Identifier, spec.columns)))
     with conn.cursor() as cur:
@@ -355,12 +368,13 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
 
     expected: dict[str, tuple[int, str]] = {}
     per_table: dict[str, dict] = {}
+    cap = ExpansionCap()
     for spec, entry in tables:
         if staged:
             stage = _stage_spec(spec)
             conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
                 sql.Identifier(stage.name), place.table(spec.name)))
-            rows = _copy_in(conn, tar, entry, STAGING.table(stage.name), spec)
+            rows = _copy_in(conn, tar, entry, STAGING.table(stage.name), spec, cap)
             fp = fingerprint(conn, STAGING, stage, archive_tenant_id)
             if (fp.rows, fp.checksum) != (entry["rows"], entry["checksum"]):
                 raise ArchiveError(f"{spec.name}: the archive's rows do not match its manifest "
@@ -373,7 +387,7 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
         else:
             if tenant_id != archive_tenant_id:
                 raise ValueError("a tenant id rewrite needs staging")
-            rows = _copy_in(conn, tar, entry, place.table(spec.name), spec)
+            rows = _copy_in(conn, tar, entry, place.table(spec.name), spec, cap)
             expected[spec.name] = (entry["rows"], entry["checksum"])
         if rows != entry["rows"]:
             raise ArchiveError(f"{spec.name}: {rows} rows in the archive, the manifest says {entry['rows']}")
@@ -400,6 +414,7 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
     except psycopg.errors.IntegrityError as exc:
         raise RestoreFailed(f"restored rows break a constraint: {exc.diag.message_primary}; nothing was restored"
                             ) from None
+    refuse_bad_references(conn, place, tenant_id, [spec for spec, _ in tables])
     mismatches = []
     for spec, entry in tables:
         fp = fingerprint(conn, place, spec, tenant_id)
@@ -414,9 +429,58 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
     if mismatches:
         raise ArchiveError(f"rows restored into {', '.join(mismatches)} do not match the archive's checksums "
                            "(the manifest was changed, or the archive is damaged); nothing was restored")
-    sequences = set_sequences(conn, place, [spec for spec, _ in tables], sequences_floor or {})
+    floor = checked_sequence_floor(conn, place, [spec for spec, _ in tables], tenant_id, sequences_floor or {})
+    sequences = set_sequences(conn, place, [spec for spec, _ in tables], floor)
     return {"tables": per_table, "replaced_rows": replaced, "sequences": sequences,
             "rows": sum(t["rows"] for t in per_table.values())}
+
+
+def refuse_bad_references(conn, place: Place, tenant_id: int, tables: list[TableSpec]) -> None:
+    """ArchiveError (before commit) when a restored row points at another tenant's row (or at
+    a row that does not exist, where no constraint caught it): one line, the first one found."""
+    bad = find_bad_references(conn, place, tenant_id, tables)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ArchiveError(f"restored rows of tenant id {tenant_id}: {bad[0].describe()}{more}; "
+                           "nothing was restored")
+
+
+# --- Sequences -------------------------------------------------------------------------------
+# The manifest's sequence positions are a hint (its digest is trivial to recompute), checked
+# against the data: a position is used up to the highest key actually restored plus
+# TENANT_RESTORE_SEQUENCE_MARGIN (default 1000: ids the source handed out to rows deleted
+# since; a gap that size costs nothing). set_sequences never moves a sequence backwards. A
+# restored key in the upper half of its sequence's range is refused: a sequence set there
+# (in the shared tables: every tenant's) would soon run out, and no real table gets there.
+
+def sequence_margin() -> int:
+    return max(0, int(getattr(settings, "TENANT_RESTORE_SEQUENCE_MARGIN", 1000)))
+
+
+def checked_sequence_floor(conn, place: Place, tables: list[TableSpec], tenant_id: int,
+                           positions: dict) -> dict[str, int]:
+    """table -> the floor set_sequences may use: the manifest's position, at most the highest
+    restored key + the margin. ArchiveError for a restored key past half its sequence's range."""
+    margin = sequence_margin()
+    floor = {}
+    for spec in tables:
+        row = conn.execute(sql.SQL(
+            "SELECT (SELECT max({pk}) FROM {t} WHERE tenant_id = %s), "
+            "(SELECT p.seqmax FROM pg_sequence p WHERE p.seqrelid = "
+            "pg_get_serial_sequence(format('%%I.%%I', %s::text, %s::text), %s)::regclass)").format(
+            pk=sql.Identifier(spec.pk), t=place.table(spec.name)),
+            (tenant_id, place.schema, spec.name, spec.pk)).fetchone()
+        if row[1] is None:
+            continue  # no sequence: nothing to set
+        loaded, seq_max = int(row[0] or 0), int(row[1])
+        if loaded > seq_max // 2:
+            raise ArchiveError(f"{spec.name}.{spec.pk}: restored key {loaded} is past half the range of its "
+                               f"sequence (max {seq_max}); refusing to set the sequence there (every insert "
+                               "would soon fail); nothing was restored")
+        hint = positions.get(spec.name)
+        if isinstance(hint, int) and not isinstance(hint, bool):
+            floor[spec.name] = max(0, min(hint, loaded + margin))
+    return floor
 
 
 # --- The whole restore ----------------------------------------------------------------------
@@ -448,6 +512,20 @@ def restore_tenant(path, *, into: str | None = None, as_slug: str | None = None,
     report["plan"] = plan.as_dict()  # with the tenant id allocated
     report["seconds"] = round(time.monotonic() - started, 3)
     return report
+
+
+def _tenant_id_ceiling() -> int:
+    """The highest tenant id a restore may keep: the tenant sequence's position (or the
+    highest id) plus TENANT_RESTORE_SEQUENCE_MARGIN."""
+    from tenancy.models import Tenant
+
+    default_connection.ensure_connection()
+    highest, position = default_connection.connection.execute(sql.SQL(
+        "SELECT (SELECT coalesce(max(id), 0) FROM {t}), "
+        "pg_sequence_last_value(pg_get_serial_sequence(%s, 'id')::regclass)").format(
+        t=sql.Identifier("public", Tenant._meta.db_table)), (f"public.{Tenant._meta.db_table}",)).fetchone()
+    highest, position = int(highest), int(position or 0)
+    return max(highest, position) + sequence_margin()
 
 
 def _allocate_tenant_id() -> int:
