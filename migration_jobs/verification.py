@@ -21,6 +21,7 @@ import psycopg
 from psycopg import sql
 
 from migration_jobs.engine.places import Place, place_of, shared_place
+from migration_jobs.engine.references import reference_problems
 from migration_jobs.engine.sequences import sequence_positions
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import fingerprint, foreign_rows, tables_in_place
@@ -110,6 +111,10 @@ def verify_in_place(tenant) -> dict:
         report["problems"].extend(f"{name}: {p}" for p in entry["problems"])
         report["total_rows"] += entry["rows"] or 0
     report["tables"] = measured
+    try:
+        report["problems"].extend(reference_problems(place, tenant.pk, tables))
+    except psycopg.Error as exc:
+        report["problems"].append(f"cannot check references in {place}: {type(exc).__name__}")
     if dedicated:
         try:
             legacy = _legacy_rows(tenant.pk, tables)

@@ -183,3 +183,9 @@ MIGRATION_HOLD_MAX_SECONDS = env.float("MIGRATION_HOLD_MAX_SECONDS", default=7 *
 # Legacy rows of a moved tenant stay in the shared tables this long before they may be retired.
 TENANT_LEGACY_GRACE_DAYS = env.float("TENANT_LEGACY_GRACE_DAYS", default=7.0)
 TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)
+# Restores of untrusted archives: sequences never past the restored keys plus this margin;
+# a gzip member may expand at most this ratio (export writes level 3: <= ~230:1), an archive
+# at most this many bytes in total (checked while streaming).
+TENANT_RESTORE_SEQUENCE_MARGIN = env.int("TENANT_RESTORE_SEQUENCE_MARGIN", default=1000)
+TENANT_ARCHIVE_MAX_EXPANSION_RATIO = env.int("TENANT_ARCHIVE_MAX_EXPANSION_RATIO", default=300)
+TENANT_ARCHIVE_MAX_EXPANDED_BYTES = env.int("TENANT_ARCHIVE_MAX_EXPANDED_BYTES", default=64 << 30)
