@@ -17,7 +17,7 @@ from migration_jobs.engine import provision
 from migration_jobs.engine.archive import COPY_SIGNATURE, FORMAT_VERSION, validate_archive
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
-from migration_jobs.engine.verify import fingerprint
+from migration_jobs.engine.verify import LEGACY_MD5, fingerprint
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Domain, Tenant
@@ -354,3 +354,27 @@ def test_export_of_an_unknown_tenant_is_refused(tmp_path):
     code, out, err = run_cmd("export_tenant", "ghost", "-o", str(tmp_path / "x.tar"))
     assert code == 2 and "unknown tenant 'ghost'" in err
     assert not (tmp_path / "x.tar").exists()
+
+
+def test_a_format_1_archive_with_md5_checksums_still_restores(exported, tmp_path):
+    tenant, path, before = exported
+    with shared_place().connect() as conn:
+        md5 = {t.name: fingerprint(conn, shared_place(), t, tenant.pk, algorithm=LEGACY_MD5).checksum
+               for t in tenant_tables()}
+
+    def as_format_1(checksums):
+        def change(manifest):
+            manifest["format_version"] = 1
+            for table in manifest["tables"]:
+                table["checksum"] = checksums.get(table["name"], table["checksum"])
+        return change
+
+    old = rewrite(path, tmp_path / "format1.tar", manifest=as_format_1(md5))
+    wrong = rewrite(path, tmp_path / "format1-wrong.tar", manifest=as_format_1({}))  # v1 with v2 checksums
+    tenant.status = "suspended"
+    tenant.save()
+    code, _, err = run_cmd("restore_tenant", str(wrong), "--replace")
+    assert code == 2 and "do not match" in err
+    code, out, err = run_cmd("restore_tenant", str(old), "--replace")
+    assert code == 0, err
+    assert snapshot(shared_place(), tenant.pk) == before

@@ -38,12 +38,15 @@ from psycopg import sql
 
 from migration_jobs.engine.copy import _copied_rows as copied_rows
 from migration_jobs.engine.places import Place
+from migration_jobs.engine.sequences import sequence_positions
 from migration_jobs.engine.tables import TableSpec
+from migration_jobs.engine.verify import HASH64, LEGACY_MD5, fingerprint
 from migration_jobs.exceptions import ArchiveError
 
 FORMAT = "tenant-archive"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# Version 2: per-table checksums are verify.HASH64; version 1 archives carry LEGACY_MD5 ones.
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 CHUNK = 1 << 20
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
@@ -175,8 +178,6 @@ def open_private(path, mode: str = "wb"):
 def write_archive_to(fileobj, place: Place, tenant, tables: list[TableSpec], *, on_table=None) -> dict:
     """Stream the archive into `fileobj` (anything with write(); need not be seekable).
     `on_table(name, rows)` is called after each table. Returns the manifest."""
-    from migration_jobs.engine.sequences import sequence_positions
-    from migration_jobs.engine.verify import fingerprint
 
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "tenant": {"id": tenant.pk, "slug": tenant.slug, "name": tenant.name,
@@ -300,6 +301,11 @@ def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int = 16 <<
 def _require(cond, message: str) -> None:
     if not cond:
         raise ArchiveError(f"manifest is malformed: {message}")
+
+
+def row_checksum(manifest: dict) -> str:
+    """The checksum algorithm of the archive's per-table checksums (verify.HASH64 or LEGACY_MD5)."""
+    return LEGACY_MD5 if manifest["format_version"] == 1 else HASH64
 
 
 def check_manifest_shape(manifest) -> None:

@@ -56,12 +56,12 @@ from psycopg import sql
 
 from migration_jobs.engine import provision
 from migration_jobs.engine.archive import (CHUNK, ArchiveError, ExpansionCap, check_manifest_shape, copied_rows,
-                                           open_archive, open_table_stream, validate_archive)
+                                           open_archive, open_table_stream, row_checksum, validate_archive)
 from migration_jobs.engine.places import CANONICAL_SESSION, Place, database_place, place_of, schema_place, shared_place
 from migration_jobs.engine.references import find_bad_references
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
-from migration_jobs.engine.verify import fingerprint, foreign_rows
+from migration_jobs.engine.verify import HASH64, fingerprint, foreign_rows
 from migration_jobs.exceptions import RestoreConflict, RestoreFailed, RestoreRefused
 from tenancy.models import tenant_host
 
@@ -344,7 +344,7 @@ def find_collisions(conn, place: Place, tables: list[tuple[TableSpec, dict]], te
 
 def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archive_tenant_id: int,
          tenant_id: int, replace: bool, staged: bool, check_collisions: bool, dedicated: bool,
-         sequences_floor: dict | None = None, on_table=None) -> dict:
+         sequences_floor: dict | None = None, on_table=None, algorithm: str = HASH64) -> dict:
     """Write the archive's rows for `tenant_id` into `place` through `conn`, which is in a
     transaction this function never commits. Raises on any problem (the caller rolls back)."""
     _canonical(conn)
@@ -375,14 +375,14 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
             conn.execute(sql.SQL("CREATE TEMP TABLE {} (LIKE {} INCLUDING DEFAULTS) ON COMMIT DROP").format(
                 sql.Identifier(stage.name), place.table(spec.name)))
             rows = _copy_in(conn, tar, entry, STAGING.table(stage.name), spec, cap)
-            fp = fingerprint(conn, STAGING, stage, archive_tenant_id)
+            fp = fingerprint(conn, STAGING, stage, archive_tenant_id, algorithm=algorithm)
             if (fp.rows, fp.checksum) != (entry["rows"], entry["checksum"]):
                 raise ArchiveError(f"{spec.name}: the archive's rows do not match its manifest "
                                    f"({fp.rows} rows, checksum {fp.checksum}; the manifest says {entry['rows']} "
                                    f"rows, {entry['checksum']}); nothing was restored")
             if tenant_id != archive_tenant_id:
                 conn.execute(sql.SQL("UPDATE {} SET tenant_id = %s").format(STAGING.table(stage.name)), (tenant_id,))
-                fp = fingerprint(conn, STAGING, stage, tenant_id)
+                fp = fingerprint(conn, STAGING, stage, tenant_id, algorithm=algorithm)
             expected[spec.name] = (fp.rows, fp.checksum)
         else:
             if tenant_id != archive_tenant_id:
@@ -417,7 +417,7 @@ def load(conn, place: Place, tar, tables: list[tuple[TableSpec, dict]], *, archi
     refuse_bad_references(conn, place, tenant_id, [spec for spec, _ in tables])
     mismatches = []
     for spec, entry in tables:
-        fp = fingerprint(conn, place, spec, tenant_id)
+        fp = fingerprint(conn, place, spec, tenant_id, algorithm=algorithm)
         ok = (fp.rows, fp.checksum) == expected[spec.name]
         per_table[spec.name].update(checksum=fp.checksum, ok=ok)
         if dedicated:
@@ -598,7 +598,7 @@ def _restore_default(plan: Plan, path, tables, on_table) -> dict:
                 tenant = _create_tenant(plan, plan.into)
             else:
                 tenant = Tenant.objects.select_for_update().get(pk=plan.tenant.pk)
-            loaded = load(conn, place, tar, tables, archive_tenant_id=plan.archive_tenant_id,
+            loaded = load(conn, place, tar, tables, algorithm=row_checksum(plan.manifest), archive_tenant_id=plan.archive_tenant_id,
                           tenant_id=plan.tenant_id, replace=plan.replace, staged=staged,
                           check_collisions=plan.into == Placement.SHARED, dedicated=plan.into != Placement.SHARED,
                           sequences_floor=plan.manifest.get("sequences"), on_table=on_table)
@@ -634,7 +634,7 @@ def _restore_database(plan: Plan, path, tables, on_table) -> dict:
         place = database_place(server, database)
         staged = plan.tenant_id != plan.archive_tenant_id
         with open_archive(path) as tar, place.connect(application_name="tenant-restore") as conn:
-            loaded = load(conn, place, tar, tables, archive_tenant_id=plan.archive_tenant_id,
+            loaded = load(conn, place, tar, tables, algorithm=row_checksum(plan.manifest), archive_tenant_id=plan.archive_tenant_id,
                           tenant_id=plan.tenant_id, replace=plan.replace, staged=staged, check_collisions=False,
                           dedicated=True, sequences_floor=plan.manifest.get("sequences"), on_table=on_table)
             conn.commit()

@@ -9,12 +9,12 @@ Checksum: one 64-bit hash per row, `hash_record_extended(ROW(<columns sorted by 
 conversion: ~1M rows/s per core, 5x md5 of the row's text); the table's checksum is the exact
 sum (numeric) and the XOR of the row hashes. Both are order-independent; a changed, missing,
 extra or duplicated row changes both unless the differing rows' 64-bit hashes happen to have
-the same sum and the same XOR, about 2^-64 for data nobody crafted. Hashes follow equality:
-values equal for the type hash equal (1.0 and 1.00 as numeric, a timestamptz whatever the
-session time zone). Columns of a type without a hash function (json, xml, geometric types)
-are hashed in their text form; every place's connection prints text canonically (see
-Place.connect()). Archives of format 1 carry the older checksum, md5 of `ROW(...)::text` per
-row (`LEGACY_MD5`), which stays available to check them.
+the same sum and the same XOR, about 2^-64 for data nobody crafted. Only types whose hash
+tells values apart as exactly as their text are hashed as they are (integers, text, dates and
+times, uuid, bytea, ...); numeric, jsonb, arrays, intervals, floats and every other type are
+hashed in their text form, so 1.0 -> 1.00 is a difference; every place's connection prints
+text canonically (see Place.connect()). Archives of format 1 carry the older checksum, md5 of
+`ROW(...)::text` per row (`LEGACY_MD5`), which stays available to check them.
 """
 from __future__ import annotations
 
@@ -43,43 +43,37 @@ _CHECKSUM = {
     LEGACY_MD5: sql.SQL("coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint::numeric), 0), "
                         "coalesce(bit_xor(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"),
 }
-# Per server version: types found to have no extended hash function, and per table the
-# columns hashed as text (a table's types come from its model, the same in every place).
-_UNHASHABLE: dict[tuple[int, str], bool] = {}
+# Types whose hash function tells equal values apart exactly as their text does: hashed as
+# they are. Every other type is hashed in its text form, either because it has no hash
+# function (json, xml, geometric types) or because its equality is looser than its content:
+# numeric 1.0 = 1.00, interval '1 day' = '24 hours', float -0 = 0, arrays with other bounds,
+# jsonb numbers, case-insensitive extension types. A copy that changed such a value must fail.
+NATIVE_HASH_TYPES = frozenset({
+    "bigint", "integer", "smallint", "boolean", "text", "character varying", "character", '"char"', "name",
+    "date", "timestamp with time zone", "timestamp without time zone", "time without time zone", "uuid",
+    "bytea", "oid"})
 _AS_TEXT: dict[tuple[int, str, tuple[str, ...]], frozenset[str]] = {}
 
 
-def unhashable_columns(conn: psycopg.Connection, place: Place, table: TableSpec) -> frozenset[str]:
-    """The table's columns whose type PostgreSQL cannot hash (probed once per type and server
-    version with a NULL of that type, which looks the hash function up without hashing)."""
-    cached = _AS_TEXT.get((conn.info.server_version, table.name, table.columns))
-    if cached is not None:
-        return cached
-    types = conn.execute(
-        """SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a
-            WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
-        (place.table(table.name).as_string(conn),)).fetchall()
-    found = set()
-    for column, type_name in types:
-        key = (conn.info.server_version, type_name)
-        if key not in _UNHASHABLE:
-            try:
-                with conn.transaction():
-                    conn.execute(sql.SQL("SELECT hash_record_extended(ROW(NULL::{}), 0)").format(sql.SQL(type_name)))
-                _UNHASHABLE[key] = False
-            except psycopg.errors.UndefinedFunction:
-                _UNHASHABLE[key] = True
-        if _UNHASHABLE[key]:
-            found.add(column)
-    _AS_TEXT[(conn.info.server_version, table.name, table.columns)] = frozenset(found)
-    return frozenset(found)
+def text_hashed_columns(conn: psycopg.Connection, place: Place, table: TableSpec) -> frozenset[str]:
+    """The table's columns hashed in their text form (one catalog query per table and server
+    version: a table's types come from its model, the same in every place)."""
+    key = (conn.info.server_version, table.name, table.columns)
+    if key not in _AS_TEXT:
+        types = conn.execute(
+            """SELECT a.attname, format_type(coalesce(nullif(t.typbasetype, 0), a.atttypid), NULL)
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped""",
+            (place.table(table.name).as_string(conn),)).fetchall()
+        _AS_TEXT[key] = frozenset(column for column, type_name in types if type_name not in NATIVE_HASH_TYPES)
+    return _AS_TEXT[key]
 
 
 def row_hash(conn: psycopg.Connection, place: Place, table: TableSpec, algorithm: str = HASH64) -> sql.Composed:
     """The per-row hash expression of the table in this place."""
     if algorithm == LEGACY_MD5:
         return _row_hash(table, LEGACY_MD5)
-    return _row_hash(table, HASH64, unhashable_columns(conn, place, table))
+    return _row_hash(table, HASH64, text_hashed_columns(conn, place, table))
 
 
 def _row_hash(table: TableSpec, algorithm: str = HASH64, as_text: frozenset[str] = frozenset()) -> sql.Composed:
