@@ -9,6 +9,7 @@ Sequences are set past the new ids by engine.sequences.set_sequences. Primary ke
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -114,9 +115,21 @@ def use_bulk_load(cur, tables: list[str], planned_rows: int, replaced_tenants: l
 
 
 
-def _load_session(cur) -> None:
-    for setting in ("synchronous_commit = off", "work_mem = '64MB'", "maintenance_work_mem = '256MB'", "jit = off"):
-        cur.execute(sql.SQL("SET LOCAL ") + sql.SQL(setting))
+@contextmanager
+def _load_transaction(using: str):
+    """A transaction on `using`, in the public schema, with the load's session settings:
+    yields (the psycopg connection, a cursor)."""
+    connection = connections[using]
+    with transaction.atomic(using=using):
+        connection.set_schema_to_public()
+        with connection.cursor():  # makes django-tenants set the search_path
+            pass
+        pg = raw_connection(connection)
+        with pg.cursor() as cur:
+            for setting in ("synchronous_commit = off", "work_mem = '64MB'", "maintenance_work_mem = '256MB'",
+                            "jit = off"):
+                cur.execute(sql.SQL("SET LOCAL ") + sql.SQL(setting))
+            yield pg, cur
 
 
 def _next_ids(cur, tables: list[str]) -> dict[str, int]:
@@ -148,20 +161,13 @@ def _refuse_clashes(existing, planned) -> None:
 def fill_tenant(tenant, rows: int, seed: int, *, using: str = "default") -> dict[str, int]:
     """About `rows` generated shop rows for an existing tenant, in one transaction (a savepoint
     inside the caller's), indexes and foreign keys kept. Returns rows by table."""
-    connection = connections[using]
     tables = shop_tables()
-    with transaction.atomic(using=using):
-        connection.set_schema_to_public()
-        with connection.cursor():  # makes django-tenants set the search_path
-            pass
-        pg = raw_connection(connection)
-        with pg.cursor() as cur:
-            _load_session(cur)
-            # Ids are assigned after each table's max id: no one may take ids meanwhile.
-            cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
-                sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
-            result = TenantSeed(slug=tenant.slug, name=tenant.name, tenant_id=tenant.pk, target_rows=rows)
-            seed_tenant(cur, 0, result, seed, _next_ids(cur, tables), None)
+    with _load_transaction(using) as (pg, cur):
+        # Ids are assigned after each table's max id: no one may take ids meanwhile.
+        cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(
+            sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
+        result = TenantSeed(slug=tenant.slug, name=tenant.name, tenant_id=tenant.pk, target_rows=rows)
+        seed_tenant(cur, 0, result, seed, _next_ids(cur, tables), None)
         set_shop_sequences(pg)
     return dict(result.rows)
 
@@ -177,7 +183,6 @@ def seed(tenants: int = 20, largest: int = 200_000, seed: int = 42, *, reset: bo
     re-added at the end, in the same transaction, and when the tables hold few other rows (a
     fresh or demo-only database) so are their secondary indexes and unique constraints.
     """
-    connection = connections[using]
     planned = plan(tenants, largest)
     tables = shop_tables()
     tenant_table = Tenant._meta.db_table
@@ -190,69 +195,63 @@ def seed(tenants: int = 20, largest: int = 200_000, seed: int = 42, *, reset: bo
         phases[name] = phases.get(name, 0.0) + now - clock[0]
         clock[0] = now
 
-    with transaction.atomic(using=using):
-        connection.set_schema_to_public()
-        with connection.cursor():  # makes django-tenants set the search_path
-            pass
-        pg = raw_connection(connection)
-        with pg.cursor() as cur:
-            _load_session(cur)
-            existing = list(demo_tenants().select_for_update())
-            if existing and not reset:
-                names = ", ".join(t.slug for t in existing[:5]) + (" ..." if len(existing) > 5 else "")
-                raise SeedError(f"{len(existing)} demo tenant(s) already exist ({names}); "
-                                "run with --reset to delete them and seed again")
-            check_resettable(existing)
-            _refuse_clashes(existing, planned)
+    with _load_transaction(using) as (pg, cur):
+        existing = list(demo_tenants().select_for_update())
+        if existing and not reset:
+            names = ", ".join(t.slug for t in existing[:5]) + (" ..." if len(existing) > 5 else "")
+            raise SeedError(f"{len(existing)} demo tenant(s) already exist ({names}); "
+                            "run with --reset to delete them and seed again")
+        check_resettable(existing)
+        _refuse_clashes(existing, planned)
 
-            # No one may take ids from the sequences while ids are assigned here, and foreign keys
-            # (maybe indexes) are dropped until the end: the shop tables are locked meanwhile.
-            try:
-                cur.execute("SET LOCAL lock_timeout = '60s'")
-                cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(tenant_table)))
-                cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-                    sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
-                cur.execute("SET LOCAL lock_timeout = 0")
-            except psycopg.errors.LockNotAvailable as exc:
-                raise SeedError("the shop tables stayed in use by other sessions for 60 s; try again later") from exc
-            lap("lock wait")
-            bulk = use_bulk_load(cur, tables, sum(target for _, _, target in planned), [t.id for t in existing])
-            deferred = deferred_objects(pg, indexes=bulk)
-            drop_deferred(pg, deferred)
-            lap("prepare")
-            reset_slugs = reset_tenants(cur, existing) if existing else []
-            lap("reset")
+        # No one may take ids from the sequences while ids are assigned here, and foreign keys
+        # (maybe indexes) are dropped until the end: the shop tables are locked meanwhile.
+        try:
+            cur.execute("SET LOCAL lock_timeout = '60s'")
+            cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(sql.Identifier(tenant_table)))
+            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+                sql.SQL(", ").join(sql.Identifier(t) for t in tables)))
+            cur.execute("SET LOCAL lock_timeout = 0")
+        except psycopg.errors.LockNotAvailable as exc:
+            raise SeedError("the shop tables stayed in use by other sessions for 60 s; try again later") from exc
+        lap("lock wait")
+        bulk = use_bulk_load(cur, tables, sum(target for _, _, target in planned), [t.id for t in existing])
+        deferred = deferred_objects(pg, indexes=bulk)
+        drop_deferred(pg, deferred)
+        lap("prepare")
+        reset_slugs = reset_tenants(cur, existing) if existing else []
+        lap("reset")
 
-            cur.execute(sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(sql.Identifier(tenant_table)))
-            next_tenant_id = cur.fetchone()[0] + 1
-            next_id = _next_ids(cur, tables)
+        cur.execute(sql.SQL("SELECT coalesce(max(id), 0) FROM {}").format(sql.Identifier(tenant_table)))
+        next_tenant_id = cur.fetchone()[0] + 1
+        next_id = _next_ids(cur, tables)
 
-            results = []
-            for rank, (slug, name, target) in enumerate(planned):
-                tenant = Tenant(id=next_tenant_id + rank, slug=slug, name=name, placement="shared",
-                                status="active", settings={DEMO_MARKER: {"seed": seed, "rank": rank}})
-                tenant.save(force_insert=True)
-                Domain.objects.create(domain=tenant_host(slug), tenant=tenant, is_primary=True)
-                results.append(TenantSeed(slug=slug, name=name, tenant_id=tenant.id, target_rows=target))
-            lap("tenants")
-            for rank, result in enumerate(results):
-                seed_tenant(cur, rank, result, seed, next_id, progress)
-            lap("rows")
-            if progress is not None:
-                progress("", "rebuilding indexes and foreign keys" if bulk else "checking foreign keys", 0)
-            foreign_keys = [obj for obj in deferred if obj.get("contype") == "f"]
-            for objects, phase in (([o for o in deferred if o not in foreign_keys], "indexes"),
-                                   (foreign_keys, "foreign keys")):
-                if objects:
-                    restore_secondary(pg, shared_place(), objects)
-                    lap(phase)
-            set_shop_sequences(pg, tenant_table)
-            if progress is not None:
-                progress("", "analyzing", 0)
-            cur.execute("SET LOCAL default_statistics_target = 10")
-            cur.execute(analyze_statement())
-            cur.execute("RESET default_statistics_target")
-            lap("analyze")
+        results = []
+        for rank, (slug, name, target) in enumerate(planned):
+            tenant = Tenant(id=next_tenant_id + rank, slug=slug, name=name, placement="shared",
+                            status="active", settings={DEMO_MARKER: {"seed": seed, "rank": rank}})
+            tenant.save(force_insert=True)
+            Domain.objects.create(domain=tenant_host(slug), tenant=tenant, is_primary=True)
+            results.append(TenantSeed(slug=slug, name=name, tenant_id=tenant.id, target_rows=target))
+        lap("tenants")
+        for rank, result in enumerate(results):
+            seed_tenant(cur, rank, result, seed, next_id, progress)
+        lap("rows")
+        if progress is not None:
+            progress("", "rebuilding indexes and foreign keys" if bulk else "checking foreign keys", 0)
+        foreign_keys = [obj for obj in deferred if obj.get("contype") == "f"]
+        for objects, phase in (([o for o in deferred if o not in foreign_keys], "indexes"),
+                               (foreign_keys, "foreign keys")):
+            if objects:
+                restore_secondary(pg, shared_place(), objects)
+                lap(phase)
+        set_shop_sequences(pg, tenant_table)
+        if progress is not None:
+            progress("", "analyzing", 0)
+        cur.execute("SET LOCAL default_statistics_target = 10")
+        cur.execute(analyze_statement())
+        cur.execute("RESET default_statistics_target")
+        lap("analyze")
     # Deferred foreign keys (if any) are checked at commit, which is part of the time.
     lap("commit")
     return SeedResult(seed=seed, tenants=results, seconds=time.monotonic() - started, reset_tenants=reset_slugs,
