@@ -11,7 +11,7 @@ are measured, each into a freshly provisioned dedicated target:
   (b) a bare binary COPY pipe: one connection pair, tables one after the other in FK order,
       COPY (SELECT ...) TO STDOUT (FORMAT binary) -> COPY ... FROM STDIN (FORMAT binary),
       one transaction per table, into a target with every index and foreign key in place;
-  (c) the engine's copy step exactly as runner.Copy does it (deferral.secondary_objects /
+  (c) the engine's copy step exactly as a run's copy step does it (deferral.secondary_objects /
       drop_secondary, copy.copy_tenant with MIGRATION_COPY_WORKERS, restore_secondary);
   (d) the engine's full run: services.request_move + services.execute (every step), its
       copy step reported on its own line. The tenant is put back in shared placement after
@@ -160,7 +160,7 @@ def copy_bare_pipe(source, target, tenant_id: int, tables) -> dict:
 # --- (c) the engine's copy step ------------------------------------------------------------------
 
 def copy_engine_step(source, target, tenant_id: int, tables) -> dict:
-    """runner.Copy.run without the run bookkeeping: record the secondary objects, drop them,
+    """A run's copy step without the run bookkeeping: record the secondary objects, drop them,
     copy_tenant with MIGRATION_COPY_WORKERS, restore them. Returns phase timings."""
     phases = {}
     started = time.monotonic()

@@ -2,6 +2,7 @@
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
 from benchmarks import seeding
 
@@ -35,8 +36,6 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         bar = None
         if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
             bar = tqdm(total=sum(target for _, _, target in planned), unit="row", unit_scale=True,
                        file=sys.stderr, desc="seed_demo", dynamic_ncols=True)
 
