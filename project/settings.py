@@ -79,7 +79,7 @@ SHARED_APPS = [
     "shop",
 ]
 TENANT_APPS = ["shop"]
-INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS]
+INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS] + ["benchmarks"]
 
 MIDDLEWARE = [
     "tenancy.middleware.TenantMiddleware",

@@ -81,7 +81,7 @@ def api(token):
 @pytest.fixture
 def seeded():
     """Three seeded tenants; returns (largest, smallest)."""
-    from shop.seeding import seed
+    from benchmarks.seeding import seed
 
     result = seed(tenants=3, largest=2000, seed=5)
     tenants = sorted(result.tenants, key=lambda t: t.total_rows)

@@ -87,7 +87,7 @@ def rewrite(path, out_path, *, members=None, manifest=None, fix_digest=True):
 @pytest.fixture
 def seeded():
     """Three seeded tenants of skewed sizes; returns the largest."""
-    from shop.seeding import seed
+    from benchmarks.seeding import seed
 
     result = seed(tenants=3, largest=2000, seed=11)
     return Tenant.objects.get(slug=result.largest.slug)

@@ -8,9 +8,9 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
 
-from migration_jobs.bench import LABELS
+from benchmarks.measure import LABELS
 from migration_jobs.models import MigrationRun
-from shop.seeding import shop_tables
+from benchmarks.seeding import shop_tables
 from tenancy.models import Tenant
 
 pytestmark = pytest.mark.django_db(transaction=True)

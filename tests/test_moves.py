@@ -58,7 +58,7 @@ def role_exists(server, role):
 @pytest.fixture
 def seeded():
     """Three seeded tenants of skewed sizes; returns the largest (the one we move)."""
-    from shop.seeding import seed
+    from benchmarks.seeding import seed
 
     result = seed(tenants=3, largest=3000, seed=7)
     return Tenant.objects.get(slug=result.largest.slug)

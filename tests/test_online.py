@@ -94,7 +94,7 @@ class Writer(threading.Thread):
 
 @pytest.fixture
 def seeded():
-    from shop.seeding import seed
+    from benchmarks.seeding import seed
 
     result = seed(tenants=3, largest=3000, seed=11)
     yield Tenant.objects.get(slug=result.largest.slug)

@@ -1,4 +1,4 @@
-"""manage.py seed_demo / shop.seeding: sizes, consistency, variety, determinism, refusals.
+"""manage.py seed_demo / benchmarks.seeding: sizes, consistency, variety, determinism, refusals.
 
 The seeder commits (and drops / re-creates indexes), so these tests use transaction=True.
 Sizes are small: a few thousand rows per run."""
@@ -17,7 +17,7 @@ from django.db.models import Value
 from django.db.models.functions import Concat
 from psycopg import sql
 
-from shop import seeding
+from benchmarks import seeding
 from shop.models import Customer, Device, Repair
 from tenancy.models import Domain, Tenant, tenant_host
 

@@ -17,12 +17,15 @@ import time
 from django.db import connection
 
 from migration_jobs import services
-from migration_jobs.bench import (check_can_run, create_bench_tenant, drop_bench_tenant, put_back_in_shared)
-from migration_jobs.bench_writer import WriteLog, writer_process
+from shop.models import Customer
+from tenancy.context import tenant_context
+
+from .bench_tenants import (check_can_run, create_bench_tenant, drop_bench_tenant, put_back_in_shared)
+from .writer import WriteLog, writer_process
 
 
 class PacedWriter:
-    """A bench_writer loop in a process of its own, as requests of another app server would be: it
+    """A writer.py loop in a process of its own, as requests of another app server would be: it
     shares no interpreter (GIL) with the move, so what it measures is the database's answer."""
 
     def __init__(self, tenant_id: int, rate: float, seed: int):
@@ -61,9 +64,6 @@ class PacedWriter:
                 self._process.kill()
 
     def lost_writes(self, tenant) -> int:
-        from shop.models import Customer
-        from tenancy.context import tenant_context
-
         with tenant_context(tenant):
             found = dict(Customer.objects.filter(pk__in=list(self.expected)).values_list("pk", "loyalty_points"))
         return sum(1 for pk, points in self.expected.items() if found.get(pk) != points)

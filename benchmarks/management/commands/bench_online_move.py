@@ -1,10 +1,10 @@
-"""Freeze time of online moves under a steady write load (see migration_jobs/bench_online.py)."""
+"""Freeze time of online moves under a steady write load (see benchmarks/online_move.py)."""
 import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from migration_jobs.bench import BenchError
-from migration_jobs.bench_online import format_report, run_online_benchmark
+from benchmarks.bench_tenants import BenchError
+from benchmarks.online_move import format_report, run_online_benchmark
 
 
 class Command(BaseCommand):

@@ -12,7 +12,8 @@ import logging
 
 from django.core.management.base import BaseCommand, CommandError
 
-from migration_jobs import bench
+from benchmarks import move_out
+from benchmarks.bench_tenants import BenchError
 
 
 class Command(BaseCommand):
@@ -38,9 +39,9 @@ class Command(BaseCommand):
         if options["verbosity"] < 2:
             engine_log.setLevel(logging.WARNING)  # per-table INFO lines would break up the tables
         try:
-            results = bench.run_benchmark(rows or [200_000], kind=target, baseline_limit=baseline_limit or None,
+            results = move_out.run_benchmark(rows or [200_000], kind=target, baseline_limit=baseline_limit or None,
                                           repeat=repeat, keep=keep, say=say)
-        except bench.BenchError as exc:
+        except BenchError as exc:
             raise CommandError(str(exc), returncode=2) from None
         finally:
             engine_log.setLevel(level)

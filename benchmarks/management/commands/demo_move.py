@@ -2,9 +2,10 @@
 would with `migrate_tenant`, and print what happened. Safe to run again: a tenant that is
 already dedicated is reported, not moved twice."""
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
 
+from benchmarks.seeding import tenant_row_counts
 from migration_jobs import services
-from shop.seeding import tenant_row_counts
 from tenancy.models import Placement, Tenant
 
 
@@ -15,8 +16,6 @@ class Command(BaseCommand):
         parser.add_argument("--to", choices=["schema", "database"], default="database")
 
     def handle(self, *args, **options):
-        from django.db import connection
-
         dedicated = Tenant.objects.exclude(placement=Placement.SHARED).order_by("slug")
         if dedicated.exists():
             names = ", ".join(f"{t.slug} ({t.placement})" for t in dedicated)

@@ -10,7 +10,11 @@ import random
 from django.db import connection
 
 from migration_jobs import services
-from migration_jobs.bench import check_can_run, create_bench_tenant, drop_bench_tenant
+from shop.models import Customer
+from tenancy.context import tenant_context
+from tenancy.models import Tenant
+
+from .bench_tenants import check_can_run, create_bench_tenant, drop_bench_tenant
 
 
 def _moved(run):
@@ -22,9 +26,6 @@ def _moved(run):
 
 def _change_rows(tenant, changes: int, seed: int) -> None:
     """Update `changes` random customers of the tenant where it lives now."""
-    from shop.models import Customer
-    from tenancy.context import tenant_context
-
     with tenant_context(tenant):
         ids = list(Customer.objects.values_list("pk", flat=True))
         picked = random.Random(seed).sample(ids, min(changes, len(ids)))
@@ -42,8 +43,6 @@ def _copy_back_result(run, label: str) -> dict:
 
 
 def run_move_back_benchmark(rows: int, *, changes: int = 100, say=print) -> dict:
-    from tenancy.models import Tenant
-
     for leftover in check_can_run([rows]):
         drop_bench_tenant(leftover)
     say(f"creating a tenant of {rows:,} rows ...")

@@ -1,10 +1,10 @@
-"""What reusing the legacy rows saves a move back (see migration_jobs/bench_back.py)."""
+"""What reusing the legacy rows saves a move back (see benchmarks/move_back.py)."""
 import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from migration_jobs.bench import BenchError
-from migration_jobs.bench_back import format_report, run_move_back_benchmark
+from benchmarks.bench_tenants import BenchError
+from benchmarks.move_back import format_report, run_move_back_benchmark
 
 
 class Command(BaseCommand):

@@ -1,9 +1,10 @@
-"""`manage.py seed_demo`: demo tenants of skewed sizes in the shared database (see shop.seeding)."""
+"""`manage.py seed_demo`: demo tenants of skewed sizes in the shared database (see benchmarks.seeding)."""
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
 
-from shop import seeding
+from benchmarks import seeding
 
 
 class Command(BaseCommand):
@@ -24,9 +25,7 @@ class Command(BaseCommand):
     def handle(self, *args, tenants, largest, seed, reset, quiet, if_empty, **options):
         quiet = quiet or options["verbosity"] == 0
         if if_empty and not reset:
-            from tenancy.models import Tenant
-
-            existing = Tenant.objects.filter(settings__has_key="seed_demo").count()
+            existing = seeding.demo_tenants().count()
             if existing:
                 self.stdout.write(f"{existing} demo tenants exist already: kept as they are "
                                   "(seed_demo --reset rebuilds them)")
@@ -37,8 +36,6 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from exc
         bar = None
         if not quiet and sys.stderr.isatty():
-            from tqdm import tqdm
-
             bar = tqdm(total=sum(target for _, _, target in planned), unit="row", unit_scale=True,
                        file=sys.stderr, desc="seed_demo", dynamic_ncols=True)
 
