@@ -30,7 +30,7 @@ from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from tenancy.models import DatabaseCredential, Placement, Status, Tenant
-from tenancy.routing import notify_change
+from tenancy.routing import set_read_switch
 
 log = logging.getLogger(__name__)
 RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
@@ -943,7 +943,7 @@ def create_steps(run: MigrationRun) -> None:
 # --- Execution ----------------------------------------------------------------------------
 
 def _finish(run: MigrationRun, status: str, error: str = "") -> None:
-    notify_change(run.tenant_id)
+    set_read_switch(run.tenant_id, 0)  # a read switch ends with its run
     run.status = status
     run.finished_at = timezone.now()
     run.current_step = ""
@@ -1014,8 +1014,11 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
     run.current_step = definition.name
     run.heartbeat_at = timezone.now()
     run.save(update_fields=["current_step", "heartbeat_at"])
-    if run.online:
-        notify_change(run.tenant_id)  # a read switch applies only while catching up
+    if run.online:  # a read switch applies only while catching up; the row lock orders it with set_read_share
+        with transaction.atomic():
+            share = MigrationRun.objects.select_for_update().filter(pk=run.pk).values_list("read_percent", flat=True).get()
+            set_read_switch(run.tenant_id, share if definition.name == "catch_up" and run.kind == RunKind.MOVE else 0,
+                            run.target_placement, run.target_schema)
     step.status, step.started_at, step.finished_at = StepStatus.RUNNING, timezone.now(), None
     step.save()
     checkpoint(f"before:{definition.name}")

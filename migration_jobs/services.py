@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from migration_jobs.exceptions import Refused
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
 from tenancy.models import DatabaseServer, Placement, Status, Tenant
+from tenancy.routing import set_read_switch
 
 TARGETS = (Placement.SCHEMA, Placement.DATABASE)
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -231,16 +232,17 @@ READ_SHARES = (0, 10, 50, 100)
 def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
     """The gradual read switch: serve this share of the tenant's read-only requests from the
     target of an online move while it is kept in sync (0 -> 10 -> 50 -> 100)."""
-    from tenancy.routing import notify_change
-
     if percent not in READ_SHARES:
         raise Refused(f"read share must be one of {', '.join(map(str, READ_SHARES))}")
     if not (run.online and run.kind == RunKind.MOVE and run.status in ACTIVE_STATUSES):
         raise Refused(f"run {run.pk} is not an active online move: reads can only switch during one")
     with transaction.atomic():
-        MigrationRun.objects.filter(pk=run.pk).update(read_percent=percent, hold_cutover=True if percent < 100
-                                                      else run.hold_cutover)
-        notify_change(run.tenant_id)
+        # The run's row lock orders this with the runner's step changes (runner._run_step).
+        locked = MigrationRun.objects.select_for_update().get(pk=run.pk)
+        locked.read_percent, locked.hold_cutover = percent, True if percent < 100 else locked.hold_cutover
+        locked.save(update_fields=["read_percent", "hold_cutover"])
+        catching_up = locked.status == RunStatus.RUNNING and locked.current_step == "catch_up"
+        set_read_switch(run.tenant_id, percent if catching_up else 0, run.target_placement, run.target_schema)
     run.refresh_from_db()
     return run
 

@@ -39,7 +39,7 @@ DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
 DATABASES["default"].setdefault("TEST", {})
 DATABASE_ROUTERS = (
     # Must come first: TenantSyncRouter answers False for every alias but default.
-    "tenancy.routing.TenantRouter",
+    "tenancy.router.TenantRouter",
     "django_tenants.routers.TenantSyncRouter",
 )
 
