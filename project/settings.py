@@ -61,9 +61,10 @@ TENANT_BASE_DOMAIN = env("TENANT_BASE_DOMAIN", default="localhost")
 TENANT_RETRY_AFTER = env.int("TENANT_RETRY_AFTER", default=30)
 
 SHARED_APPS = [
-    # tenancy first: its `migrate` command (django-tenants' own, limited to tenants that
-    # really have a schema, plus dedicated databases) must win over django-tenants'.
     "tenancy",
+    # Before django_tenants: the first listed app's command wins, and migration_jobs'
+    # `migrate` (schema tenants and dedicated databases too) must replace django-tenants'.
+    "migration_jobs",
     "django_tenants",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -73,7 +74,6 @@ SHARED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "django_q",
-    "migration_jobs",
     "api",
     # Pooled tenants' rows live in public, so the demo app is shared too.
     "shop",
