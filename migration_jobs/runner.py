@@ -278,10 +278,11 @@ class Preflight(Step):
         report.add(f"server {server.name}: reachable", True, f"{server.host}:{server.port}")
         if exists:
             with psycopg.connect(**server.conninfo(database)) as conn:
+                # Tenant tables come from the configured tenant apps, never from an app's name.
                 others = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
-                                      "AND tablename NOT LIKE 'shop\\_%%' AND tablename <> 'django_migrations' "
-                                      "AND tablename <> 'tenant_move_fence'"
-                                      ).fetchone()[0]
+                                      "AND tablename <> ALL(%s) AND tablename <> 'django_migrations' "
+                                      "AND tablename <> 'tenant_move_fence'",
+                                      ([t.name for t in tenant_tables()],)).fetchone()[0]
             report.add("target database", others == 0,
                        f"database {database} exists (left by an earlier run); it will be emptied and reused"
                        if not others else f"database {database} exists and holds {others} unrelated tables",
