@@ -30,7 +30,7 @@ from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from tenancy.models import DatabaseCredential, Placement, Status, Tenant
-from tenancy.routing import notify_change
+from tenancy.routing import set_read_switch
 
 log = logging.getLogger(__name__)
 RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
@@ -278,10 +278,11 @@ class Preflight(Step):
         report.add(f"server {server.name}: reachable", True, f"{server.host}:{server.port}")
         if exists:
             with psycopg.connect(**server.conninfo(database)) as conn:
+                # Tenant tables come from the configured tenant apps, never from an app's name.
                 others = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
-                                      "AND tablename NOT LIKE 'shop\\_%%' AND tablename <> 'django_migrations' "
-                                      "AND tablename <> 'tenant_move_fence'"
-                                      ).fetchone()[0]
+                                      "AND tablename <> ALL(%s) AND tablename <> 'django_migrations' "
+                                      "AND tablename <> 'tenant_move_fence'",
+                                      ([t.name for t in tenant_tables()],)).fetchone()[0]
             report.add("target database", others == 0,
                        f"database {database} exists (left by an earlier run); it will be emptied and reused"
                        if not others else f"database {database} exists and holds {others} unrelated tables",
@@ -943,7 +944,7 @@ def create_steps(run: MigrationRun) -> None:
 # --- Execution ----------------------------------------------------------------------------
 
 def _finish(run: MigrationRun, status: str, error: str = "") -> None:
-    notify_change(run.tenant_id)
+    set_read_switch(run.tenant_id, 0)  # a read switch ends with its run
     run.status = status
     run.finished_at = timezone.now()
     run.current_step = ""
@@ -1014,8 +1015,11 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
     run.current_step = definition.name
     run.heartbeat_at = timezone.now()
     run.save(update_fields=["current_step", "heartbeat_at"])
-    if run.online:
-        notify_change(run.tenant_id)  # a read switch applies only while catching up
+    if run.online:  # a read switch applies only while catching up; the row lock orders it with set_read_share
+        with transaction.atomic():
+            share = MigrationRun.objects.select_for_update().filter(pk=run.pk).values_list("read_percent", flat=True).get()
+            set_read_switch(run.tenant_id, share if definition.name == "catch_up" and run.kind == RunKind.MOVE else 0,
+                            run.target_placement, run.target_schema)
     step.status, step.started_at, step.finished_at = StepStatus.RUNNING, timezone.now(), None
     step.save()
     checkpoint(f"before:{definition.name}")

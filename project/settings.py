@@ -1,17 +1,12 @@
-"""Settings, all read from the environment (django-environ); `.env` is read when present.
+"""Settings, all read from the environment (django-environ) and `.env` when present.
 
-Without DATABASE_URL the embedded PostgreSQL cluster of project/embedded_pg.py is started on
-demand and used. With it, any PostgreSQL 14+ server is used instead.
+Without DATABASE_URL the embedded PostgreSQL cluster (project/embedded_pg.py) is used; it
+must be running (`make db`). With DATABASE_URL any PostgreSQL 14+ server is used instead.
 """
 from pathlib import Path
 
-import environ
-
-BASE_DIR = Path(__file__).resolve().parent.parent
-
-env = environ.Env()
-if (BASE_DIR / ".env").exists():
-    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+from project import embedded_pg
+from project.env import BASE_DIR, app_database_name, embedded_pg_dir, env
 
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
 # Dev default only: `make demo` writes a random one into .env. Production must set it.
@@ -19,17 +14,18 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me")
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
 
 # --- Database -----------------------------------------------------------------------------
-EMBEDDED_PG_DIR = Path(env("EMBEDDED_PG_DIR", default=str(BASE_DIR / ".pgdata")))
-APP_DATABASE_NAME = env("APP_DATABASE_NAME", default="repairshop")
+EMBEDDED_PG_DIR = embedded_pg_dir()
+APP_DATABASE_NAME = app_database_name()
 
 if env("DATABASE_URL", default=""):
     DATABASES = {"default": env.db("DATABASE_URL")}
     USING_EMBEDDED_PG = False
 else:
-    from project.embedded_pg import ensure_database, ensure_running
-
-    _cluster = ensure_running(EMBEDDED_PG_DIR)
-    ensure_database(_cluster, APP_DATABASE_NAME)
+    _cluster = embedded_pg.running_cluster(EMBEDDED_PG_DIR)
+    if _cluster is None:
+        # One line, no traceback: settings only read where the server is, never start it.
+        raise SystemExit(f"error: the embedded PostgreSQL server ({EMBEDDED_PG_DIR}) is not running; "
+                         "start it with `make db` (or set DATABASE_URL)")
     DATABASES = {"default": {"NAME": APP_DATABASE_NAME, "USER": _cluster.user, "PASSWORD": "",
                              "HOST": _cluster.host, "PORT": str(_cluster.port)}}
     USING_EMBEDDED_PG = True
@@ -39,7 +35,7 @@ DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
 DATABASES["default"].setdefault("TEST", {})
 DATABASE_ROUTERS = (
     # Must come first: TenantSyncRouter answers False for every alias but default.
-    "tenancy.routing.TenantRouter",
+    "tenancy.router.TenantRouter",
     "django_tenants.routers.TenantSyncRouter",
 )
 
@@ -61,9 +57,10 @@ TENANT_BASE_DOMAIN = env("TENANT_BASE_DOMAIN", default="localhost")
 TENANT_RETRY_AFTER = env.int("TENANT_RETRY_AFTER", default=30)
 
 SHARED_APPS = [
-    # tenancy first: its `migrate` command (django-tenants' own, limited to tenants that
-    # really have a schema, plus dedicated databases) must win over django-tenants'.
     "tenancy",
+    # Before django_tenants: the first listed app's command wins, and migration_jobs'
+    # `migrate` (schema tenants and dedicated databases too) must replace django-tenants'.
+    "migration_jobs",
     "django_tenants",
     "django.contrib.admin",
     "django.contrib.auth",
@@ -73,7 +70,6 @@ SHARED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "django_q",
-    "migration_jobs",
     "api",
     # Pooled tenants' rows live in public, so the demo app is shared too.
     "shop",

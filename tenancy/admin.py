@@ -13,20 +13,23 @@ from tenancy import crypto
 from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.forms import DatabaseServerForm
 from tenancy.models import DatabaseCredential, DatabaseServer, Domain, Placement, Status, Tenant
+from tenancy.routing import tenant_app_labels
 from tenancy.scoping import TenantScopedModel
 
 
-def shop_models():
-    return [m for m in apps.get_app_config("shop").get_models() if issubclass(m, TenantScopedModel)]
+def tenant_models():
+    """The tenant-scoped models of the configured tenant apps (settings.TENANT_APPS)."""
+    return [model for label in sorted(tenant_app_labels()) for model in apps.get_app_config(label).get_models()
+            if issubclass(model, TenantScopedModel)]
 
 
 def rows_in_shared_tables():
-    """An expression: the tenant's rows over all shop tables of the shared database.
+    """An expression: the tenant's rows over all tenant tables of the shared database.
 
     One correlated COUNT per table, so the whole changelist page is a single query.
     """
     total = models.Value(0, output_field=models.BigIntegerField())
-    for model in shop_models():
+    for model in tenant_models():
         per_tenant = (model.unscoped.filter(tenant_id=models.OuterRef("pk")).order_by()
                       .values("tenant_id").annotate(n=models.Count("*")).values("n"))
         total = total + Coalesce(models.Subquery(per_tenant, output_field=models.BigIntegerField()), 0)
@@ -38,14 +41,14 @@ def _quoted(name: str) -> str:
 
 
 def rows_in_schemas(schema_names) -> dict[str, int]:
-    """{schema: rows over its shop tables}, in two queries for any number of schemas.
+    """{schema: rows over its tenant tables}, in two queries for any number of schemas.
 
     {} when they cannot be counted right now (a move may hold a lock or drop a schema:
     the page shows "—" rather than hang or fail).
     """
     if not schema_names:
         return {}
-    tables = [m._meta.db_table for m in shop_models()]
+    tables = [m._meta.db_table for m in tenant_models()]
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET LOCAL lock_timeout = '2s'")

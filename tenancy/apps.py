@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class TenancyConfig(AppConfig):
@@ -6,8 +7,7 @@ class TenancyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from django.db.models.signals import post_migrate
-
+        # Imported here, not above: these modules import models, which Django loads after apps.
         from tenancy import crypto, signals
         from tenancy.servers import ensure_default_server
 

@@ -1,8 +1,7 @@
 """The current tenant: a contextvar set by the middleware and by `tenant_context(...)`.
 
-Schema placement also needs the default connection's search_path, which django-tenants keeps
-on the connection object; `tenant_context` sets it and always restores the previous one
-(a connection's schema survives close(), so a worker must never leave it set).
+For schema placement `tenant_context` also sets the default connection's search_path and
+always restores the previous one (it survives close(), so a worker must never leave it set).
 """
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ from contextvars import ContextVar
 
 from django.db import connections
 
+from tenancy.models import Tenant
 from tenancy.routing import TenantRoute, routes
 
 _current: ContextVar[TenantRoute | None] = ContextVar("current_tenant_route", default=None)
@@ -22,8 +22,6 @@ def current_route() -> TenantRoute | None:
 
 def resolve(tenant) -> TenantRoute:
     """The route for a TenantRoute (as given), or a fresh one for a Tenant, an id or a slug."""
-    from tenancy.models import Tenant
-
     if isinstance(tenant, TenantRoute):
         return tenant  # the caller's route, as it is (a read route, say)
     if isinstance(tenant, Tenant):

@@ -1,12 +1,8 @@
 """AES-256-GCM encryption of stored secrets under TENANT_ENCRYPTION_KEY.
 
-A token is `v1:<key id>:<base64(nonce + ciphertext + tag)>`. The key id (first 8 hex chars
-of SHA-256 of the key) tells which key of the keyring made it, so a rotation can decrypt
-with TENANT_ENCRYPTION_OLD_KEYS and re-encrypt with the current key. A context string
-(what the secret is for) is bound as associated data: a token copied into another field
-does not decrypt.
-
-Error messages never contain a secret, a key or a token.
+A token is `v1:<key id>:<base64(nonce + ciphertext + tag)>`; the key id names the key that
+made it (rotation), and a context string bound as associated data ties it to one field.
+Error messages never hold a secret, a key or a token.
 """
 from __future__ import annotations
 
@@ -19,6 +15,7 @@ from functools import lru_cache
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from tenancy.exceptions import DecryptionError
@@ -64,8 +61,6 @@ def _keyring(current: str, old: tuple[str, ...]) -> tuple[tuple[str, AESGCM], di
 
 def keyring():
     """(current key id, cipher), {key id: cipher} from settings; raises ImproperlyConfigured."""
-    from django.conf import settings
-
     return _keyring(settings.TENANT_ENCRYPTION_KEY.strip(),
                     tuple(k.strip() for k in settings.TENANT_ENCRYPTION_OLD_KEYS if k.strip()))
 

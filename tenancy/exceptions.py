@@ -1,8 +1,5 @@
-"""Every error this project raises on purpose derives from `TenantMoveError`.
-
-Its message is one line for humans and never holds a secret. Entry points map the classes
-to what their users see: management commands to an `error:` line and an exit status, the
-HTTP API to a status code (see `migration_jobs.exceptions` for the classes of a move).
+"""Every error raised on purpose derives from `TenantMoveError`; its message is one line
+and never holds a secret. Entry points map the classes to exit or HTTP statuses.
 """
 
 

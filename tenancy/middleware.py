@@ -1,7 +1,5 @@
-"""Picks the tenant from the request's host (as django-tenants does) and enforces its status.
-
-Hosts that are no tenant's domain (the admin at 127.0.0.1, say) run with no tenant, on the
-public schema. After the first request for a host, resolving it costs no query.
+"""Picks the tenant from the request's host and enforces its status; other hosts (the
+admin) run with no tenant. After the first request for a host, resolving it costs no query.
 """
 import random
 

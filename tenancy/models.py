@@ -10,6 +10,13 @@ slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
                                 "lower-case letters, digits and _, starting with a letter, at most 40")
 
 
+def default_server_values() -> dict:
+    """Where the shared database's server is, as the settings say now."""
+    db = settings.DATABASES["default"]
+    return {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
+            "admin_user": db.get("USER") or "postgres", "maintenance_db": db.get("NAME")}
+
+
 def tenant_host(slug: str) -> str:
     """The host name a tenant is served at: slugs may hold `_`, host names may not (RFC 1034)."""
     return f"{slug.replace('_', '-')}.{settings.TENANT_BASE_DOMAIN}"
@@ -100,8 +107,6 @@ class DatabaseServer(models.Model):
         if self.is_default:
             # The shared database's server: always as the settings say now (the embedded
             # cluster's port can change between starts; tests use another database name).
-            from tenancy.servers import default_server_values
-
             live = default_server_values()
             info = {"host": live["host"], "port": live["port"], "user": live["admin_user"],
                     "dbname": dbname or live["maintenance_db"], "connect_timeout": 10}
@@ -139,3 +144,20 @@ class DatabaseCredential(models.Model):
         """psycopg connection keywords as the tenant role. Never log the result."""
         return {"host": self.server.host, "port": self.server.port, "user": self.role,
                 "password": self.password(), "dbname": self.database, "connect_timeout": 10}
+
+
+class ReadSwitch(models.Model):
+    """A share of a tenant's read-only requests served from an in-sync copy of its rows.
+
+    Written by whoever keeps that copy in sync (an online move while it catches up) through
+    `tenancy.routing.set_read_switch`; no row means every request goes to the tenant's place.
+    """
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, primary_key=True, related_name="read_switch")
+    percent = models.PositiveSmallIntegerField()
+    placement = models.CharField(max_length=10, choices=Placement.choices)
+    schema_name = models.CharField(max_length=63, blank=True, default="")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"{self.tenant_id}: {self.percent}% of reads from {self.placement}"

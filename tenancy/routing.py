@@ -1,29 +1,25 @@
 """Where a tenant's rows live, resolved without a query on the hot path.
 
-A `TenantRoute` is an immutable snapshot of what routing needs (placement, status, schema,
-dedicated alias). Routes are cached per process by tenant id and by host name. The cache is
-invalidated
-- in this process, when a Tenant, Domain or DatabaseCredential is saved (signals.py), and
-- in every other process through PostgreSQL LISTEN/NOTIFY on channel `tenant_routes`: the
-  notification is sent in the transaction that changes the placement, so it is delivered
-  exactly when that change commits. While the listener is not connected the cache is not
-  trusted and every lookup queries.
-
-Dedicated databases get a connection alias `tenant_<tenant id>_c<credential id>_<hash>`,
-registered at run time from the decrypted credential; the hash covers server, database,
-role and password, so any change gives a new alias and a connection another thread still
-holds can never point at the old place under the new name.
+Routes (immutable `TenantRoute`s) are cached per process by tenant id and host. The cache
+is cleared in this process by signals.py and in every other one by a NOTIFY on channel
+`tenant_routes`, sent in the transaction that changes the tenant; while the listener is
+not connected every lookup queries. A dedicated database's connection alias hashes server,
+database, role and password, so a changed credential always gets a new alias.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
+import psycopg
 from django.conf import settings
 from django.db import connection, connections
+
+from tenancy.models import Domain, Placement, ReadSwitch, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +35,8 @@ class TenantRoute:
     placement: str
     status: str
     db_alias: str | None = None  # only for database placement
-    # While an online move keeps its target in sync, a share of read-only requests may be
-    # served from there (the runbook's gradual read switch).
+    # While a copy of the tenant's rows is kept in sync (an online move catching up), this
+    # share of its read-only requests is served from `read_route` (the gradual read switch).
     read_percent: int = 0
     read_route: "TenantRoute | None" = None
 
@@ -86,8 +82,6 @@ class RouteCache:
         if trusted and host in self._by_host:
             tenant_id = self._by_host[host]
             return None if tenant_id is None else self.by_id(tenant_id)
-        from tenancy.models import Domain
-
         tenant_id = Domain.objects.filter(domain=host).values_list("tenant_id", flat=True).first()
         with self._lock:
             self._by_host[host] = tenant_id
@@ -105,8 +99,6 @@ class RouteListener(threading.Thread):
         self.conn = None
 
     def run(self):
-        import psycopg
-
         while not self.stopping.is_set():
             try:
                 params = connections["default"].get_connection_params()
@@ -141,8 +133,6 @@ routes = RouteCache()
 
 
 def _load_route(tenant_id: int) -> TenantRoute:
-    from tenancy.models import Placement, Tenant
-
     tenant = Tenant.objects.select_related("credential__server").get(pk=tenant_id)
     alias = None
     if tenant.placement == Placement.DATABASE:
@@ -159,26 +149,33 @@ def _alias_for(tenant) -> str:
 
 
 def _with_read_switch(route: TenantRoute, tenant) -> TenantRoute:
-    """Attach the read route of an online move that is catching up with reads switched on."""
-    from dataclasses import replace
-
-    from migration_jobs.models import MigrationRun
-
-    run = MigrationRun.objects.filter(tenant_id=tenant.pk, status="running", online=True, kind="move",
-                                      current_step="catch_up", read_percent__gt=0).first()
-    if run is None:
+    """Attach the read route of the tenant's read switch, if one is on."""
+    switch = ReadSwitch.objects.filter(tenant_id=tenant.pk, percent__gt=0).first()
+    if switch is None:
         return route
-    alias = _alias_for(tenant) if run.target_placement == "database" else None
+    alias = _alias_for(tenant) if switch.placement == Placement.DATABASE else None
     # Read-only by construction: a GET that writes must not write to the copy.
-    reads = replace(route, placement=run.target_placement, db_alias=alias, status="read_only",
-                    schema_name=run.target_schema or route.schema_name)
-    return replace(route, read_percent=run.read_percent, read_route=reads)
+    reads = replace(route, placement=switch.placement, db_alias=alias, status="read_only",
+                    schema_name=switch.schema_name or route.schema_name)
+    return replace(route, read_percent=switch.percent, read_route=reads)
+
+
+def set_read_switch(tenant_id: int, percent: int, placement: str = "", schema_name: str = "") -> None:
+    """Serve `percent` of the tenant's read-only requests from `placement` (and `schema_name`
+    for a schema), a copy the caller keeps in sync; 0 turns the switch off.
+
+    Every process sees the change when the caller's transaction commits (see notify_change).
+    """
+    if percent:
+        ReadSwitch.objects.update_or_create(
+            tenant_id=tenant_id, defaults={"percent": percent, "placement": placement, "schema_name": schema_name})
+    else:
+        ReadSwitch.objects.filter(tenant_id=tenant_id).delete()
+    notify_change(tenant_id)
 
 
 def dedicated_alias(tenant_id: int, credential) -> str:
     """A name that changes whenever where or how the tenant connects changes."""
-    import hashlib
-
     where = f"{credential.server.host}:{credential.server.port}/{credential.database}/{credential.role}/" \
             f"{credential.password_encrypted}"
     return f"{DEDICATED_ALIAS_PREFIX}{tenant_id}_c{credential.pk}_{hashlib.sha256(where.encode()).hexdigest()[:8]}"
@@ -228,39 +225,7 @@ def wait_for_listener(timeout: float = 5.0) -> bool:
     return False
 
 
-# --- The database router -------------------------------------------------------------------
-
 @lru_cache(maxsize=1)
 def tenant_app_labels() -> frozenset[str]:
     """Labels of the tenant apps; computed once, read on every routed query."""
     return frozenset(app.rsplit(".", 1)[-1] for app in settings.TENANT_APPS)
-
-
-class TenantRouter:
-    """Sends tenant-scoped models to the current tenant's dedicated database, if it has one.
-
-    Shared and schema placements stay on `default` (schema placement works through the
-    connection's search_path, set by tenant_context). Listed before django-tenants'
-    TenantSyncRouter, which would refuse migrations on every alias but default.
-    """
-
-    def _route(self, model, **hints):
-        if model._meta.app_label not in tenant_app_labels():
-            return None
-        from tenancy.context import current_route
-
-        route = current_route()
-        if route is not None and route.db_alias:
-            return route.db_alias
-        return None
-
-    db_for_read = _route
-    db_for_write = _route
-
-    def allow_relation(self, obj1, obj2, **hints):
-        return None
-
-    def allow_migrate(self, db, app_label, model_name=None, **hints):
-        if is_dedicated_alias(db):
-            return app_label in tenant_app_labels()
-        return None

@@ -1,10 +1,6 @@
-"""Base class of tenant-scoped models: every row carries its tenant, and code running for
-one tenant can neither read nor write another's rows through the ORM.
-
-- `objects` filters by the current tenant (when there is one; staff code sees all rows).
-- `save()` / `delete()` fill in or check the tenant and refuse writes for a tenant that is
-  not active (suspended, read-only, being moved) with an exception naming it.
-- `unscoped` is the plain manager, for staff tools that must see every tenant's rows.
+"""Tenant-scoped models: every row carries its tenant, and code running for one tenant can
+neither read nor write another's through the ORM (`objects` filters, writes are checked,
+`unscoped` sees every row for staff tools).
 """
 from django.db import models
 

@@ -1,17 +1,11 @@
 """The `default` DatabaseServer: the server of the shared database, kept in step with settings."""
 from django.conf import settings
 
-
-def default_server_values() -> dict:
-    db = settings.DATABASES["default"]
-    return {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
-            "admin_user": db.get("USER") or "postgres", "maintenance_db": db.get("NAME")}
+from tenancy.models import DatabaseServer, default_server_values
 
 
 def ensure_default_server(using="default", **kwargs):
     """Create or refresh the `default` server row from the default database settings."""
-    from tenancy.models import DatabaseServer
-
     if using != "default":
         return None
     values = default_server_values()

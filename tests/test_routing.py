@@ -1,5 +1,7 @@
 """Routing and isolation: each placement gets the tenant's rows from the right place, and
 code running for one tenant never sees or writes another's."""
+import time
+
 import psycopg
 import pytest
 from django.db import connection, connections
@@ -8,8 +10,10 @@ from django.utils import timezone
 
 from shop.models import Customer
 from tenancy.context import current_route, tenant_context
-from tenancy.routing import routes
 from tenancy.exceptions import CrossTenantAccess
+from tenancy.models import ReadSwitch
+from tenancy.routing import RouteCache, routes, set_read_switch
+from tests.conftest import _server_conninfo
 
 
 def add_customers(tenant, n, prefix="c"):
@@ -132,24 +136,39 @@ def test_unknown_host_has_no_tenant(client):
 @pytest.mark.django_db(transaction=True)
 def test_other_processes_invalidate_the_route_cache(settings, make_tenant):
     """A change committed by another process reaches this one through LISTEN/NOTIFY."""
-    from tenancy.routing import RouteCache
-
     settings.TENANT_ROUTE_LISTENER = True
     cache = RouteCache()
     t = make_tenant("listened")
     try:
         assert cache.by_id(t.pk).status == "active"
         assert cache.listener.connected.wait(5)
-        from tests.conftest import _server_conninfo
-
         with psycopg.connect(**_server_conninfo(settings.DATABASES["default"]["NAME"])) as other:
             other.execute("UPDATE tenancy_tenant SET status = 'suspended' WHERE id = %s", (t.pk,))
             other.execute("SELECT pg_notify('tenant_routes', %s)", (str(t.pk),))
-        import time
-
         deadline = time.monotonic() + 5
         while cache._by_id.get(t.pk) is not None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert cache.by_id(t.pk).status == "suspended"
     finally:
         cache.listener.stop()
+
+
+@pytest.mark.django_db
+def test_read_switch_serves_a_share_of_reads_from_the_copy(client, make_tenant, place_tenant):
+    """The read switch lives in tenancy (written by an online move through set_read_switch):
+    on, the route carries a read-only route to the copy; off, none; each change is seen at once."""
+    t = make_tenant("switched")
+    add_customers(t, 2)
+    assert routes.by_id(t.pk).read_route is None  # cached from here on
+    set_read_switch(t.pk, 100, "schema", "tenant_switched_copy")
+    route = routes.by_id(t.pk)
+    assert route.read_percent == 100 and route.placement == "shared" and route.accepts_writes
+    assert (route.read_route.placement, route.read_route.schema_name, route.read_route.status) == (
+        "schema", "tenant_switched_copy", "read_only")
+    set_read_switch(t.pk, 0)
+    assert routes.by_id(t.pk).read_route is None and not ReadSwitch.objects.filter(tenant=t).exists()
+
+    place_tenant(t, "database")  # a database copy is read through the tenant's dedicated alias
+    set_read_switch(t.pk, 50, "database")
+    reads = routes.by_id(t.pk).read_route
+    assert reads.placement == "database" and reads.db_alias and reads.db_alias == routes.by_id(t.pk).db_alias

@@ -18,7 +18,7 @@ from migration_jobs.exceptions import BadRequest, Refused, StepFailed
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
 from migration_jobs.services.validation import IDENTIFIER, READ_SHARES, TARGETS, check_reachable, get_server
 from tenancy.models import Placement, Status, Tenant
-from tenancy.routing import notify_change
+from tenancy.routing import set_read_switch
 
 
 def active_run(tenant: Tenant) -> MigrationRun | None:
@@ -247,9 +247,12 @@ def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
     if not (run.online and run.kind == RunKind.MOVE and run.status in ACTIVE_STATUSES):
         raise Refused(f"run {run.pk} is not an active online move: reads can only switch during one")
     with transaction.atomic():
-        MigrationRun.objects.filter(pk=run.pk).update(read_percent=percent, hold_cutover=True if percent < 100
-                                                      else run.hold_cutover)
-        notify_change(run.tenant_id)
+        # The run's row lock orders this with the runner's step changes (runner._run_step).
+        locked = MigrationRun.objects.select_for_update().get(pk=run.pk)
+        locked.read_percent, locked.hold_cutover = percent, True if percent < 100 else locked.hold_cutover
+        locked.save(update_fields=["read_percent", "hold_cutover"])
+        catching_up = locked.status == RunStatus.RUNNING and locked.current_step == "catch_up"
+        set_read_switch(run.tenant_id, percent if catching_up else 0, run.target_placement, run.target_schema)
     run.refresh_from_db()
     return run
 

@@ -1,11 +1,16 @@
 """`migrate`: django-tenants' migrate_schemas, fitted to tenants that move.
 
-django-tenants migrates the schema of every tenant row; pooled tenants (shared placement)
-have a schema *name* but no schema, and moving tenants may have one half-made. So: public
-first, then only tenants in schema placement, then each dedicated database (Django's own
-migrate on that database, tenant apps only), so a model change reaches every placement.
+Public first, then only tenants in schema placement (pooled tenants have a schema name but
+no schema), then each dedicated database (tenant apps only), so a model change reaches
+every placement. It wins over django-tenants' `migrate` because migration_jobs is listed
+before django_tenants in INSTALLED_APPS (the first app that has a command wins).
 """
 from django_tenants.management.commands.migrate_schemas import MigrateSchemasCommand
+from django_tenants.migration_executors import get_executor
+from django_tenants.utils import get_public_schema_name
+
+from migration_jobs.engine.provision import grant_existing, migrate_database
+from tenancy.models import Placement, Tenant
 
 
 class Command(MigrateSchemasCommand):
@@ -13,11 +18,6 @@ class Command(MigrateSchemasCommand):
             "dedicated tenant database.")
 
     def handle(self, *args, **options):
-        from django_tenants.migration_executors import get_executor
-        from django_tenants.utils import get_public_schema_name
-
-        from tenancy.models import Placement, Tenant
-
         # Parse the options as django-tenants does, but choose the tenants ourselves.
         super(MigrateSchemasCommand, self).handle(*args, **options)
         executor = get_executor(codename=self.executor)(self.args, self.options)
@@ -36,11 +36,10 @@ class Command(MigrateSchemasCommand):
         self._migrate_databases(database_tenants, options)
 
     def _migrate_databases(self, tenants, options):
-        from migration_jobs.engine.provision import grant_existing, migrate_database
-
+        verbosity = int(options.get("verbosity", 1))
         for tenant in tenants:
             credential = tenant.credential
-            if int(options.get("verbosity", 1)) >= 1:
+            if verbosity >= 1:
                 self.stdout.write(f"[database:{credential.database}] migrating tenant {tenant.slug}")
-            migrate_database(credential.server, credential.database, verbosity=int(options.get("verbosity", 1)) - 1)
+            migrate_database(credential.server, credential.database, verbosity=verbosity - 1)
             grant_existing(credential.server, credential.database, credential.role)
