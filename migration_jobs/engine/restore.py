@@ -62,7 +62,7 @@ from migration_jobs.engine.references import find_bad_references
 from migration_jobs.engine.sequences import set_sequences
 from migration_jobs.engine.tables import TableSpec, tenant_tables
 from migration_jobs.engine.verify import HASH64, fingerprint, foreign_rows
-from migration_jobs.exceptions import RestoreConflict, RestoreFailed, RestoreRefused
+from migration_jobs.exceptions import Refused, RestoreConflict, RestoreFailed, RestoreRefused
 from tenancy.models import tenant_host
 
 TARGETS = ("shared", "schema", "database")
@@ -183,10 +183,11 @@ def count_rows(place: Place, tenant_id: int, tables: list[TableSpec]) -> int:
 
 
 def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = None, replace: bool = False,
-              server_name: str | None = None) -> Plan:
+              server_name: str | None = None, resolve_server=None) -> Plan:
+    """`resolve_server(name)`: the DatabaseServer to restore a new database on, checked
+    reachable (the services' lookup), raising Refused."""
     from django.core.exceptions import ValidationError
 
-    from migration_jobs import services
     from migration_jobs.models import ACTIVE_STATUSES
     from tenancy.models import Domain, Placement, Status, Tenant, slug_validator
 
@@ -256,9 +257,8 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
             plan.server, plan.database = credential.server, credential.database
         else:
             try:
-                plan.server = services.get_server(server_name)
-                services.check_reachable(plan.server)
-            except services.Refused as exc:
+                plan.server = resolve_server(server_name)
+            except Refused as exc:
                 raise RestoreRefused(str(exc)) from None
             plan.database = f"{settings.TENANT_DATABASE_PREFIX}{slug}"
             if provision.database_exists(plan.server, plan.database):
@@ -487,7 +487,7 @@ def checked_sequence_floor(conn, place: Place, tables: list[TableSpec], tenant_i
 
 def restore_tenant(path, *, into: str | None = None, as_slug: str | None = None, replace: bool = False,
                    server_name: str | None = None, check_only: bool = False, on_table=None,
-                   manifest: dict | None = None) -> dict:
+                   manifest: dict | None = None, resolve_server=None) -> dict:
     """Validate `path`, plan, and restore (see the module docstring). Returns a report
     (never a secret). `check_only`: validate and plan, write nothing."""
     started = time.monotonic()
@@ -495,7 +495,8 @@ def restore_tenant(path, *, into: str | None = None, as_slug: str | None = None,
     check_manifest_shape(manifest)
     check_migrations(manifest)
     tables = archive_tables(manifest)
-    plan = make_plan(manifest, into=into, as_slug=as_slug, replace=replace, server_name=server_name)
+    plan = make_plan(manifest, into=into, as_slug=as_slug, replace=replace, server_name=server_name,
+                     resolve_server=resolve_server)
     report = {"plan": plan.as_dict(), "archive": {
         "tenant": manifest["tenant"]["slug"], "tenant_id": manifest["tenant"]["id"],
         "created_at": manifest.get("created_at"), "format_version": manifest["format_version"],

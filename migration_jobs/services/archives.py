@@ -14,7 +14,7 @@ from migration_jobs.engine.places import place_of
 from migration_jobs.engine.restore import restore_tenant
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.exceptions import BadRequest
-from migration_jobs.services.validation import boolean, known_fields
+from migration_jobs.services.validation import boolean, known_fields, reachable_server
 from tenancy.models import Tenant
 
 CHUNK = 1 << 20
@@ -95,4 +95,5 @@ def restore(path, *, into: str | None = None, as_slug: str | None = None, replac
             ) -> dict:
     """Check the whole archive, then restore it all or nothing (engine/restore.py)."""
     return restore_tenant(path, into=into, as_slug=as_slug, replace=replace, server_name=server_name,
-                          check_only=check_only, on_table=on_table, manifest=manifest)
+                          check_only=check_only, on_table=on_table, manifest=manifest,
+                          resolve_server=reachable_server)

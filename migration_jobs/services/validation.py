@@ -76,6 +76,13 @@ def check_reachable(server: DatabaseServer) -> None:
                       f"{type(exc).__name__}") from None
 
 
+def reachable_server(name: str | None) -> DatabaseServer:
+    """The named server (the default one without a name), checked reachable."""
+    server = get_server(name)
+    check_reachable(server)
+    return server
+
+
 def boolean(value, name: str) -> bool:
     """true/false, yes/no, on/off, 1/0 (or a JSON boolean), or Refused."""
     if isinstance(value, bool):
