@@ -16,7 +16,7 @@ from migration_jobs import runner
 from migration_jobs.engine import provision
 from migration_jobs.exceptions import BadRequest, Refused, StepFailed
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
-from migration_jobs.services.validation import IDENTIFIER, READ_SHARES, TARGETS, check_reachable, get_server
+from migration_jobs.services.validation import IDENTIFIER, READ_SHARES, TARGETS, check_reachable, reachable_server
 from tenancy.models import Placement, Status, Tenant
 from tenancy.routing import set_read_switch
 
@@ -65,8 +65,7 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         if not IDENTIFIER.match(tenant.schema_name):
             raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
     else:
-        server = get_server(server_name)
-        check_reachable(server)
+        server = reachable_server(server_name)
         fields["target_server"] = server
         fields["target_database"] = tenant.database_name
     return _create_run(tenant, **fields)
