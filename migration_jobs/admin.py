@@ -23,6 +23,7 @@ from django.utils.html import format_html
 
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
+from migration_jobs.runs.executor import lock_is_free
 from tenancy.admin import TenantAdmin
 from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.models import DatabaseServer, Placement, Status
@@ -365,8 +366,6 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     def _interrupted(self, request, queryset, *, allow_queued: bool):
         """Split the selection into (runs that can be acted on, [(run, why not)])."""
-        from migration_jobs.runner import lock_is_free
-
         ok, skipped = [], []
         statuses = [RunStatus.RUNNING, RunStatus.QUEUED] if allow_queued else [RunStatus.RUNNING]
         for run in queryset.select_related("tenant"):

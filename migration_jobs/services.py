@@ -11,8 +11,12 @@ import psycopg
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from migration_jobs.exceptions import Refused
+from migration_jobs.exceptions import Refused, StepFailed
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
+from migration_jobs.runs.executor import closing_connections, lock_is_free
+from migration_jobs.runs.executor import execute as run_execute
+from migration_jobs.runs.executor import rollback as run_rollback
+from migration_jobs.runs.plans import create_steps
 from tenancy.models import DatabaseServer, Placement, Status, Tenant
 
 TARGETS = (Placement.SCHEMA, Placement.DATABASE)
@@ -54,8 +58,6 @@ def check_reachable(server: DatabaseServer) -> None:
 
 
 def _create_run(tenant: Tenant, **fields) -> MigrationRun:
-    from migration_jobs.runner import create_steps
-
     existing = active_run(tenant)
     if existing:
         raise Refused(f"tenant {tenant.slug} already has an active run (run {existing.pk}, {existing.status})")
@@ -125,9 +127,6 @@ def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = F
 
 
 def execute(run: MigrationRun, *, resume: bool = False) -> MigrationRun:
-    from migration_jobs.runner import closing_connections
-    from migration_jobs.runner import execute as run_execute
-
     with closing_connections():
         return run_execute(run.pk, resume=resume)
 
@@ -143,8 +142,6 @@ def enqueue(run: MigrationRun, *, resume: bool = False) -> str:
 
 def resumable_run(tenant: Tenant) -> MigrationRun:
     """The tenant's unfinished run whose worker is gone, or Refused."""
-    from migration_jobs.runner import lock_is_free
-
     run = tenant.migration_runs.filter(status=RunStatus.RUNNING).first()
     if run is None:
         raise Refused(f"tenant {tenant.slug} has no interrupted run to resume")
@@ -155,15 +152,13 @@ def resumable_run(tenant: Tenant) -> MigrationRun:
 
 def rollback_unfinished(tenant: Tenant) -> MigrationRun | None:
     """Roll back the tenant's interrupted run, if it has one. Refused while a worker holds it."""
-    from migration_jobs.runner import StepFailed, rollback
-
     # A failed run is one whose own rollback did not finish: rolling back again completes it.
     run = tenant.migration_runs.filter(status__in=[RunStatus.RUNNING, RunStatus.QUEUED, RunStatus.FAILED]
                                        ).exclude(kind=RunKind.RETIRE).order_by("-created_at").first()
     if run is None:
         return None
     try:
-        return rollback(run.pk, reason="rolled back on request (interrupted run)")
+        return run_rollback(run.pk, reason="rolled back on request (interrupted run)")
     except StepFailed as exc:
         raise Refused(str(exc)) from None
 

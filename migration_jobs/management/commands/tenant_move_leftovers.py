@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand
 from migration_jobs.engine.capture import leftovers
 from migration_jobs.engine.places import database_place, shared_place
 from migration_jobs.models import MigrationRun
-from migration_jobs.runner import lock_is_free
+from migration_jobs.runs.executor import lock_is_free
 from tenancy.models import DatabaseCredential
 
 
