@@ -47,7 +47,7 @@ def drop_places(made) -> None:
             provision.drop_database(*args)
 
 
-def crash_move(tenant, target: str, where: str = "after:copy"):
+def crash_move(tenant, target: str, where: str = "after:copy", *, online: bool = False):
     """A move whose worker dies at `where`: the run stays running, as a crash leaves it."""
     import pytest
 
@@ -55,7 +55,7 @@ def crash_move(tenant, target: str, where: str = "after:copy"):
     from migration_jobs.runs.executor import closing_connections, execute
     from migration_jobs.runs.faults import Faults, WorkerKilled
 
-    run = services.request_move(tenant, target)
+    run = services.request_move(tenant, target, online=online)
     with pytest.raises(WorkerKilled), closing_connections():
         execute(run.pk, faults=Faults({where: WorkerKilled}))
     return run

@@ -15,10 +15,11 @@ from migration_jobs.engine import capture, provision
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.models import RunStatus
 from migration_jobs.runs import executor
-from migration_jobs.runs.faults import Faults, WorkerKilled
+from migration_jobs.runs.faults import Faults
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
+from tests.helpers import crash_move
 from tests.test_moves import fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -246,9 +247,7 @@ def test_gradual_read_switch_then_cutover(seeded, settings, client):
 def test_online_rollback_after_a_killed_worker_removes_capture(seeded, settings):
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    run = services.request_move(tenant, "database", online=True)
-    with pytest.raises(WorkerKilled):
-        executor.execute(run.pk, faults=Faults({"catch_up:round": WorkerKilled}))
+    run = crash_move(tenant, "database", "catch_up:round", online=True)
     assert [o["kind"] for o in leftover_capture(shared_place())]
     from io import StringIO
 
@@ -269,9 +268,7 @@ def test_online_rollback_after_a_killed_worker_removes_capture(seeded, settings)
 def test_online_resume_after_a_killed_worker_in_catch_up(seeded, settings):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
-    run = services.request_move(tenant, "schema", online=True)
-    with pytest.raises(WorkerKilled):
-        executor.execute(run.pk, faults=Faults({"catch_up:round": WorkerKilled}))
+    run = crash_move(tenant, "schema", "catch_up:round", online=True)
     resumed = services.execute(services.resumable_run(tenant), resume=True)
     assert resumed.status == RunStatus.SUCCEEDED, resumed.error
     tenant.refresh_from_db()
@@ -286,9 +283,7 @@ def test_online_rollback_after_a_worker_killed_in_the_freeze_unfreezes(seeded, s
     reopens the tenant where it lives, with no fence left."""
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    run = services.request_move(tenant, "schema", online=True)
-    with pytest.raises(WorkerKilled):
-        executor.execute(run.pk, faults=Faults({where: WorkerKilled}))
+    run = crash_move(tenant, "schema", where, online=True)
     tenant.refresh_from_db()
     assert tenant.status == "migrating"  # what the kill left
     rolled = services.rollback_unfinished(tenant)

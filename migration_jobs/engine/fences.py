@@ -38,7 +38,3 @@ def remove(place: Place, tenant_id: int, tables: list[TableSpec]) -> None:
     with place.connect() as conn:
         capture.remove_fence(conn, place, tenant_id, tables)
 
-
-def reason(place: Place, tenant_id: int) -> str | None:
-    with place.connect() as conn:
-        return capture.fence_reason(conn, place, tenant_id)

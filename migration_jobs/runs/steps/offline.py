@@ -50,11 +50,11 @@ class Provision(Step):
 
     def run(self, ctx, step):
         guard_not_live(ctx)
-        run = ctx.run
+        run, schema = ctx.run, ctx.run.target_schema
         if run.target_placement == Placement.SCHEMA:
-            provision.create_schema(run.target_schema)
-            ctx.save_details(step, schema=run.target_schema)
-            return f"schema {run.target_schema} ready"
+            provision.create_schema(schema)
+            ctx.save_details(step, schema=schema)
+            return f"schema {schema} ready"
         server, database = run.target_server, run.target_database
         role = provision.role_name(database)
         credential = DatabaseCredential.objects.filter(tenant=ctx.tenant).first()
@@ -84,13 +84,14 @@ class CreateTables(Step):
     name, label = "create_tables", "Apply migrations on the target"
 
     def run(self, ctx, step):
+        """The tenant tables, as the migrations make them, with no fence left on the tenant."""
         guard_not_live(ctx)
         run = ctx.run
-        if run.target_placement == Placement.SCHEMA:
-            provision.ensure_schema(run.target_schema)
-        else:
+        if run.target_placement == Placement.DATABASE:
             provision.migrate_database(run.target_server, run.target_database)
             provision.grant_existing(run.target_server, run.target_database, provision.role_name(run.target_database))
+        else:
+            provision.ensure_schema(run.target_schema)
         load.check_same_columns(ctx.source, ctx.target, ctx.tables)
         # A place the tenant left by moving back keeps a legacy fence on its rows; the copy
         # replaces those rows, and the tenant must be writable there after the switch.

@@ -110,6 +110,7 @@ class Cutover(Step):
     point_of_no_return = True
 
     def run(self, ctx, step):
+        """Records around engine/cutover.py: the tenant's status and the freeze's timings."""
         run, tenant = ctx.run, ctx.refresh_tenant()
         catch_up = ctx.step("catch_up")
         previous = run.previous_status or tenant.status

@@ -63,8 +63,8 @@ class RetireDrop(Step):
     point_of_no_return = True
 
     def run(self, ctx, step):
-        run, tenant = ctx.run, ctx.refresh_tenant()
+        tenant = ctx.refresh_tenant()
         if tenant.placement != Placement.SHARED:  # never drop where the tenant lives
             raise StepFailed(f"tenant {tenant.slug} is in {tenant.placement} placement: not dropping its "
-                             f"{run.source_placement}")
-        return drop_dedicated(ctx, run.source_placement, tenant)
+                             f"{ctx.run.source_placement}")
+        return drop_dedicated(ctx, ctx.run.source_placement, tenant)
