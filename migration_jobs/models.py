@@ -1,5 +1,5 @@
 """Run history: one MigrationRun per move, one MigrationStep per step. Thin on purpose; the
-engine lives in migration_jobs/engine and migration_jobs/runner.py."""
+engine lives in migration_jobs/engine and migration_jobs/runs/."""
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -88,6 +88,12 @@ class MigrationRun(models.Model):
         if not self.rows_total:
             return None
         return min(100.0, 100.0 * self.rows_copied / self.rows_total)
+
+    def steps_report(self) -> list[dict]:
+        """The steps as plain data: the run's recorded summary, `--json` and the API."""
+        return [{"name": s.name, "status": s.status, "rows": s.rows, "message": s.message,
+                 "seconds": round(s.duration.total_seconds(), 3) if s.duration else None}
+                for s in self.steps.all()]
 
 
 class StepStatus(models.TextChoices):

@@ -188,11 +188,8 @@ def drop_move_objects():
 
 @pytest.fixture(autouse=True)
 def _clean_move_objects(request):
-    """After every test that commits (transaction=True), and with no injected fault left."""
+    """After every test that commits (transaction=True)."""
     marker = request.node.get_closest_marker("django_db")
     yield
-    from migration_jobs import runner
-
-    runner.FAULTS.clear()
     if marker and marker.kwargs.get("transaction"):
         drop_move_objects()

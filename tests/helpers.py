@@ -47,17 +47,15 @@ def drop_places(made) -> None:
             provision.drop_database(*args)
 
 
-def crash_move(tenant, target: str, where: str = "after:copy"):
+def crash_move(tenant, target: str, where: str = "after:copy", *, online: bool = False):
     """A move whose worker dies at `where`: the run stays running, as a crash leaves it."""
     import pytest
 
-    from migration_jobs import runner, services
+    from migration_jobs import services
+    from migration_jobs.runs.executor import closing_connections, execute
+    from migration_jobs.runs.faults import Faults, WorkerKilled
 
-    run = services.request_move(tenant, target)
-    runner.FAULTS[where] = runner.WorkerKilled
-    try:
-        with pytest.raises(runner.WorkerKilled):
-            services.execute(run)
-    finally:
-        runner.FAULTS.clear()
+    run = services.request_move(tenant, target, online=online)
+    with pytest.raises(WorkerKilled), closing_connections():
+        execute(run.pk, faults=Faults({where: WorkerKilled}))
     return run

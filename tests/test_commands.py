@@ -12,6 +12,8 @@ from django.utils import timezone
 from migration_jobs import services
 from migration_jobs.engine import provision
 from migration_jobs.models import MigrationRun, RunStatus
+from migration_jobs.runs.faults import Faults
+from migration_jobs.runs.steps.common import Verify
 from shop.models import Customer, Device, Employee, Repair, RepairPart, RepairStatusHistory, SparePart
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
@@ -225,17 +227,14 @@ def test_async_enqueues_to_django_q(make_tenant, cleanup):
     assert MigrationRun.objects.get(pk=report["run_id"]).status == RunStatus.SUCCEEDED
 
 
-def test_failed_run_exits_1_with_its_error(make_tenant, cleanup):
-    from migration_jobs import runner
-
+def test_failed_run_exits_1_with_its_error(make_tenant, cleanup, monkeypatch):
     tenant = make_tenant("foxtrot")
     cleanup(tenant)
     fill(tenant, 1)
-    runner.FAULTS["before:verify"] = RuntimeError
-    try:
-        code, out, err = run_cmd("migrate_tenant", "foxtrot", "--to", "schema", "--json")
-    finally:
-        runner.FAULTS.clear()
+    # The command runs the move in this process: its verify step fails as an injected fault would.
+    faults = Faults({"before:verify": RuntimeError})
+    monkeypatch.setattr(Verify, "run", lambda self, ctx, step: faults.checkpoint("before:verify"))
+    code, out, err = run_cmd("migrate_tenant", "foxtrot", "--to", "schema", "--json")
 
     assert code == 1
     assert "injected fault at before:verify" in err

@@ -8,12 +8,16 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from migration_jobs import runner, services
+from migration_jobs import services
 from migration_jobs.engine import provision
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.engine.verify import fingerprint
 from migration_jobs.models import RunStatus
+from migration_jobs.runs import executor
+from migration_jobs.runs.faults import Faults, WorkerKilled
+from migration_jobs.runs.plans import MOVE_STEPS
+from migration_jobs.runs.steps.common import Verify
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Tenant
@@ -72,9 +76,9 @@ def cleanup():
     drop_places(made)
 
 
-def move(tenant, target, **kwargs):
+def move(tenant, target, faults=None, **kwargs):
     run = services.request_move(tenant, target, **kwargs)
-    return runner.execute(run.pk)
+    return executor.execute(run.pk, faults=faults)
 
 
 def fence_triggers(place, tenant_id):
@@ -95,12 +99,6 @@ def assert_clean_rollback(tenant, run, before):
         assert not database_exists(run.target_server, run.target_database)
         assert not role_exists(run.target_server, provision.role_name(run.target_database))
         assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
-
-
-@pytest.fixture(autouse=True)
-def no_faults():
-    runner.FAULTS.clear()
-    yield
 
 
 # --- moves --------------------------------------------------------------------------------
@@ -189,7 +187,7 @@ def test_move_back_to_shared_restores_every_row(seeded, cleanup):
         Customer.objects.create(first_name="Written", last_name="Dedicated", created_at=timezone.now())
         Customer.objects.filter(pk=Customer.objects.order_by("pk").first().pk).delete()
     dedicated = snapshot(place_of(tenant), tenant.pk)
-    back = runner.execute(services.request_move_back(tenant).pk)
+    back = executor.execute(services.request_move_back(tenant).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
     tenant.refresh_from_db()
     assert tenant.placement == "shared" and tenant.status == "active"
@@ -215,7 +213,7 @@ def test_out_back_and_out_again(seeded, cleanup, target, online):
     assert run.status == RunStatus.SUCCEEDED, run.error
     cleanup.append(("schema", tenant.schema_name) if target == "schema" else
                    ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
-    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk), online=online).pk)
+    back = executor.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk), online=online).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
     with tenant_context(Tenant.objects.get(pk=tenant.pk)):  # back in shared: written there only
         Customer.objects.create(first_name="Between", last_name="Moves", created_at=timezone.now())
@@ -237,13 +235,13 @@ def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, clean
     assert run.status == RunStatus.SUCCEEDED, run.error
     cleanup.append(("schema", tenant.schema_name) if target == "schema" else
                    ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
-    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
+    back = executor.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
     tenant = Tenant.objects.get(pk=tenant.pk)
     with pytest.raises(services.Refused, match="may be retired from"):
         services.request_retire(tenant)
     shared = fingerprints(shared_place(), tenant.pk)
-    retire = runner.execute(services.request_retire(tenant, ignore_grace=True).pk)
+    retire = executor.execute(services.request_retire(tenant, ignore_grace=True).pk)
     assert retire.status == RunStatus.SUCCEEDED, retire.error
     assert [s.name for s in retire.steps.order_by("order")] == ["retire_check", "backup", "retire_drop"]
     if target == "schema":
@@ -288,7 +286,7 @@ def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch
         return result
 
     monkeypatch.setattr(copy_back_module, "copy_table", lossy_copy)
-    back = runner.execute(services.request_move_back(tenant).pk)
+    back = executor.execute(services.request_move_back(tenant).pk)
     assert back.status == RunStatus.ROLLED_BACK
     assert "rows differ after copying back: shop_customer" in back.error
     assert fingerprints(shared_place(), tenant.pk) == legacy
@@ -308,7 +306,7 @@ def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
     # Another tenant's row takes the same id in the shared table.
     Customer.unscoped.create(pk=mine.pk, tenant=other, first_name="Theirs", last_name="Y", created_at=timezone.now())
     shared_before = fingerprints(shared_place(), tenant.pk)
-    back = runner.execute(services.request_move_back(tenant).pk)
+    back = executor.execute(services.request_move_back(tenant).pk)
     assert back.status == RunStatus.ROLLED_BACK
     assert "shop_customer.id" in back.error
     tenant.refresh_from_db()
@@ -318,15 +316,14 @@ def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
 
 # --- failures -----------------------------------------------------------------------------
 
-STEP_NAMES = [s.name for s in runner.MOVE_STEPS]
+STEP_NAMES = [s.name for s in MOVE_STEPS]
 
 
 @pytest.mark.parametrize("where", [f"{when}:{name}" for name in STEP_NAMES for when in ("before", "after")])
 def test_failure_at_every_step_boundary_rolls_back_cleanly(seeded, where):
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    runner.FAULTS[where] = RuntimeError
-    run = move(tenant, "schema")
+    run = move(tenant, "schema", faults=Faults({where: RuntimeError}))
     assert "injected fault" in run.error
     assert_clean_rollback(tenant, run, before)
 
@@ -335,8 +332,7 @@ def test_failure_at_every_step_boundary_rolls_back_cleanly(seeded, where):
 def test_failure_in_a_database_move_rolls_back_cleanly(seeded, where):
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    runner.FAULTS[where] = RuntimeError
-    run = move(tenant, "database")
+    run = move(tenant, "database", faults=Faults({where: RuntimeError}))
     assert_clean_rollback(tenant, run, before)
 
 
@@ -347,7 +343,7 @@ def test_verification_mismatch_fails_the_run_and_rolls_back(seeded):
     class Tamper(Exception):
         pass
 
-    original = runner.Verify.run
+    original = Verify.run
 
     def tampering_verify(self, ctx, step):
         with ctx.target.connect() as conn:
@@ -357,11 +353,11 @@ def test_verification_mismatch_fails_the_run_and_rolls_back(seeded):
             conn.commit()
         return original(self, ctx, step)
 
-    runner.Verify.run = tampering_verify
+    Verify.run = tampering_verify
     try:
         run = move(tenant, "schema")
     finally:
-        runner.Verify.run = original
+        Verify.run = original
     assert "verification failed for shop_customer" in run.error
     assert_clean_rollback(tenant, run, before)
 
@@ -370,15 +366,13 @@ def test_verification_mismatch_fails_the_run_and_rolls_back(seeded):
 def test_killed_worker_then_resume_finishes_the_move(seeded, cleanup, where):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
-    runner.FAULTS[where] = runner.WorkerKilled
     run = services.request_move(tenant, "database")
-    with pytest.raises(runner.WorkerKilled):
-        runner.execute(run.pk)
-    runner.FAULTS.clear()
+    with pytest.raises(WorkerKilled):
+        executor.execute(run.pk, faults=Faults({where: WorkerKilled}))
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING  # interrupted, not finished
     # A second delivery of the task without --resume is a no-op.
-    assert runner.execute(run.pk).status == RunStatus.RUNNING
+    assert executor.execute(run.pk).status == RunStatus.RUNNING
     resumed = services.execute(services.resumable_run(tenant), resume=True)
     assert resumed.status == RunStatus.SUCCEEDED, resumed.error
     cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
@@ -390,11 +384,9 @@ def test_killed_worker_then_resume_finishes_the_move(seeded, cleanup, where):
 def test_killed_worker_then_rollback_is_clean(seeded):
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    runner.FAULTS["copy:shop_customer"] = runner.WorkerKilled
     run = services.request_move(tenant, "database")
-    with pytest.raises(runner.WorkerKilled):
-        runner.execute(run.pk)
-    runner.FAULTS.clear()
+    with pytest.raises(WorkerKilled):
+        executor.execute(run.pk, faults=Faults({"copy:shop_customer": WorkerKilled}))
     rolled = services.rollback_unfinished(tenant)
     assert_clean_rollback(tenant, rolled, before)
 
@@ -457,7 +449,7 @@ def test_legacy_rows_retire_after_the_grace_period_only(seeded, cleanup, setting
     with pytest.raises(services.Refused):
         services.request_retire(Tenant.objects.get(pk=other.pk))  # pooled: nothing to retire
     # Nothing left to reuse: a move back copies every row.
-    back = runner.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
+    back = executor.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
     assert snapshot(shared_place(), tenant.pk) == dedicated
     copied = back.steps.get(name="copy_back").details

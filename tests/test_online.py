@@ -10,13 +10,16 @@ import pytest
 from django.db import connection, transaction
 from django.utils import timezone
 
-from migration_jobs import runner, services
+from migration_jobs import services
 from migration_jobs.engine import capture, provision
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.models import RunStatus
+from migration_jobs.runs import executor
+from migration_jobs.runs.faults import Faults
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
+from tests.helpers import crash_move
 from tests.test_moves import fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -105,13 +108,13 @@ def leftover_capture(place):
         return capture.leftovers(conn)
 
 
-def run_online(request_run, writers, settings):
+def run_online(request_run, writers, settings, faults=None):
     settings.MIGRATION_CUTOVER_MAX_CHANGES = 20
     for writer in writers:
         writer.start()
     time.sleep(0.3)
     try:
-        run = runner.execute(request_run().pk)
+        run = executor.execute(request_run().pk, faults=faults)
     finally:
         time.sleep(0.2)  # some writes on the new placement too
         for writer in writers:
@@ -178,9 +181,9 @@ def test_online_move_back_under_writes_loses_nothing(seeded, settings):
 @pytest.mark.parametrize("where", ["catch_up:round", "cutover:applied", "cutover:before-switch"])
 def test_failure_before_the_switch_unfreezes_on_shared_with_nothing_lost(seeded, settings, where):
     tenant = seeded
-    runner.FAULTS[where] = RuntimeError
     mine = Writer(tenant.pk, seed=4)
-    run = run_online(lambda: services.request_move(tenant, "schema", online=True), [mine], settings)
+    run = run_online(lambda: services.request_move(tenant, "schema", online=True), [mine], settings,
+                     faults=Faults({where: RuntimeError}))
     assert run.status == RunStatus.ROLLED_BACK, run.error
     tenant.refresh_from_db()
     assert tenant.placement == "shared" and tenant.status == "active"
@@ -230,7 +233,7 @@ def test_gradual_read_switch_then_cutover(seeded, settings, client):
 
     thread = threading.Thread(target=staff, daemon=True)
     thread.start()
-    finished = runner.execute(run.pk)
+    finished = executor.execute(run.pk)
     thread.join(30)
     assert "error" not in seen, seen
     assert finished.status == RunStatus.SUCCEEDED, finished.error
@@ -244,11 +247,7 @@ def test_gradual_read_switch_then_cutover(seeded, settings, client):
 def test_online_rollback_after_a_killed_worker_removes_capture(seeded, settings):
     tenant = seeded
     before = fingerprints(shared_place(), tenant.pk)
-    runner.FAULTS["catch_up:round"] = runner.WorkerKilled
-    run = services.request_move(tenant, "database", online=True)
-    with pytest.raises(runner.WorkerKilled):
-        runner.execute(run.pk)
-    runner.FAULTS.clear()
+    run = crash_move(tenant, "database", "catch_up:round", online=True)
     assert [o["kind"] for o in leftover_capture(shared_place())]
     from io import StringIO
 
@@ -269,14 +268,35 @@ def test_online_rollback_after_a_killed_worker_removes_capture(seeded, settings)
 def test_online_resume_after_a_killed_worker_in_catch_up(seeded, settings):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
-    runner.FAULTS["catch_up:round"] = runner.WorkerKilled
-    run = services.request_move(tenant, "schema", online=True)
-    with pytest.raises(runner.WorkerKilled):
-        runner.execute(run.pk)
-    runner.FAULTS.clear()
+    run = crash_move(tenant, "schema", "catch_up:round", online=True)
     resumed = services.execute(services.resumable_run(tenant), resume=True)
     assert resumed.status == RunStatus.SUCCEEDED, resumed.error
     tenant.refresh_from_db()
     assert snapshot(place_of(tenant), tenant.pk) == before
     assert leftover_capture(shared_place()) == []
     provision.drop_schema(tenant.schema_name)
+
+
+@pytest.mark.parametrize("where", ["cutover:applied", "cutover:before-switch"])
+def test_online_rollback_after_a_worker_killed_in_the_freeze_unfreezes(seeded, settings, where):
+    """Killed inside the cutover's freeze (fence closed, tenant `migrating`): the rollback
+    reopens the tenant where it lives, with no fence left."""
+    tenant = seeded
+    before = fingerprints(shared_place(), tenant.pk)
+    run = crash_move(tenant, "schema", where, online=True)
+    tenant.refresh_from_db()
+    assert tenant.status == "migrating"  # what the kill left
+    rolled = services.rollback_unfinished(tenant)
+    assert rolled.status == RunStatus.ROLLED_BACK, rolled.error
+    assert "writes allowed again" in rolled.steps.get(name="cutover").message
+    tenant.refresh_from_db()
+    assert tenant.placement == "shared" and tenant.status == "active"
+    assert leftover_capture(shared_place()) == []
+    with shared_place().connect() as conn:  # no fence left, not even its triggers
+        assert capture.fence_reason(conn, shared_place(), tenant.pk) is None
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s",
+                            (f"tenant_fence_{tenant.pk}_%",)).fetchone()[0] == 0
+    assert fingerprints(shared_place(), tenant.pk) == before
+    assert not provision.schema_exists(run.target_schema)
+    with tenant_context(tenant):  # writable again
+        Customer.objects.create(first_name="after", last_name="kill", created_at=timezone.now())

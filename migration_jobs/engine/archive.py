@@ -244,7 +244,7 @@ def _add_table(conn, tar: tarfile.TarFile, place: Place, table: TableSpec, tenan
 # --- Reading -----------------------------------------------------------------------------
 
 def read_manifest(path: Path) -> dict:
-    """The manifest, unchecked (the runner's backup step reads back its own export)."""
+    """The manifest, unchecked (the backup step reads back its own export)."""
     with tarfile.open(path, "r") as tar:
         member = tar.extractfile(MANIFEST)
         if member is None:

@@ -73,6 +73,22 @@ def _with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20)
             time.sleep(0.2 * (attempt + 1))
 
 
+def _create_triggers(conn, place: Place, tables: list[TableSpec], prefix: str, timing: str, tenant_id: int,
+                     call: sql.Composable) -> None:
+    """(Re)create the row triggers `prefix`_ins/_upd/_del on every table, `timing` (BEFORE or
+    AFTER) the write, filtered to the tenant's rows, each executing `call`."""
+    statements = []
+    for table in tables:
+        for op, name in _trigger_names(prefix).items():
+            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
+                sql.Identifier(name), place.table(table.name)))
+            statements.append(sql.SQL(
+                "CREATE TRIGGER {name} {timing} {op} ON {tbl} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {call}"
+            ).format(name=sql.Identifier(name), timing=sql.SQL(timing), op=sql.SQL(op), tbl=place.table(table.name),
+                     when=_when(op, tenant_id), call=call))
+    _with_lock_retry(conn, statements)
+
+
 def _drop_triggers(conn, place: Place, tables: list[TableSpec], prefix: str) -> None:
     statements = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), place.table(t.name))
                   for t in tables for name in _trigger_names(prefix).values()]
@@ -111,16 +127,8 @@ def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[
             RETURN NULL;
         END $$""").format(fn=sql.Identifier(place.schema, _capture_function(run_id)), log=log))
     conn.commit()
-    statements = []
-    for table in tables:
-        for op, name in _trigger_names(f"tenant_move_capture_{run_id}").items():
-            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(name), place.table(table.name)))
-            statements.append(sql.SQL(
-                "CREATE TRIGGER {name} AFTER {op} ON {tbl} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {fn}()"
-            ).format(name=sql.Identifier(name), op=sql.SQL(op), tbl=place.table(table.name),
-                     when=_when(op, tenant_id), fn=sql.Identifier(place.schema, _capture_function(run_id))))
-    _with_lock_retry(conn, statements)
+    _create_triggers(conn, place, tables, f"tenant_move_capture_{run_id}", "AFTER", tenant_id,
+                     sql.SQL("{}()").format(sql.Identifier(place.schema, _capture_function(run_id))))
 
 
 def stop_capture(conn, place: Place, run_id: int, tables: list[TableSpec]) -> None:
@@ -284,18 +292,9 @@ def _ensure_fence_objects(conn, place: Place) -> None:
 def install_fence(conn, place: Place, tenant_id: int, slug: str, tables: list[TableSpec]) -> None:
     """Fence triggers for the tenant in this place (inactive until `close_fence`). Idempotent."""
     _ensure_fence_objects(conn, place)
-    statements = []
-    for table in tables:
-        for op, name in _trigger_names(f"tenant_fence_{tenant_id}").items():
-            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(name), place.table(table.name)))
-            statements.append(sql.SQL(
-                "CREATE TRIGGER {name} BEFORE {op} ON {tbl} FOR EACH ROW WHEN ({when}) "
-                "EXECUTE FUNCTION {fn}({tid}, {slug})").format(
-                name=sql.Identifier(name), op=sql.SQL(op), tbl=place.table(table.name), when=_when(op, tenant_id),
-                fn=sql.Identifier(place.schema, "tenant_move_fence_check"), tid=sql.Literal(str(tenant_id)),
-                slug=sql.Literal(slug)))
-    _with_lock_retry(conn, statements)
+    _create_triggers(conn, place, tables, f"tenant_fence_{tenant_id}", "BEFORE", tenant_id,
+                     sql.SQL("{}({}, {})").format(sql.Identifier(place.schema, "tenant_move_fence_check"),
+                                                   sql.Literal(str(tenant_id)), sql.Literal(slug)))
 
 
 def close_fence(conn, place: Place, tenant_id: int, reason: str, *, ensure: bool = True) -> None:

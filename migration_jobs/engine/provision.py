@@ -91,11 +91,16 @@ def schema_exists(schema: str) -> bool:
         return cursor.fetchone() is not None
 
 
-def ensure_schema(schema: str, verbosity: int = 0) -> None:
-    """The schema with every tenant-app table, exactly as the migrations say."""
+def create_schema(schema: str) -> None:
+    """The schema, empty (its tables come with `ensure_schema`)."""
     with default_connection.cursor() as cursor:
         cursor.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)).as_string(
             default_connection.connection))
+
+
+def ensure_schema(schema: str, verbosity: int = 0) -> None:
+    """The schema with every tenant-app table, exactly as the migrations say."""
+    create_schema(schema)
     call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
     default_connection.set_schema_to_public()
 
@@ -175,3 +180,13 @@ def drop_database(server, database: str, role: str | None = None) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
         if role:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def drop_place(placement: str, *, schema: str = "", server=None, database: str = "") -> str:
+    """Drop a dedicated schema, or a dedicated database with its tenant role; says what went.
+    (The tenant's stored credential for that database is the caller's to delete.)"""
+    if placement == "schema":
+        drop_schema(schema)
+        return f"schema {schema} dropped"
+    drop_database(server, database, role_name(database))
+    return f"database {database} and its role dropped"

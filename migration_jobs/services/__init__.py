@@ -21,7 +21,7 @@ from migration_jobs.services.moves import (active_run, enqueue, enqueue_rollback
                                            set_read_share, set_status, undo_move,
                                            worker_connections)
 from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, leftovers, one_line, run_dict,
-                                             run_history, run_report, steps_report, verify, verify_via_cluster)
+                                             run_history, run_report, verify, verify_via_cluster)
 from migration_jobs.services.tenants import change_tenant, check_tenant_change
 from migration_jobs.services.validation import (PLACEMENT_ALIASES, READ_SHARES, TARGETS, boolean, check_reachable,
                                                 get_run, get_server, get_tenant, known_fields, placement,
@@ -35,7 +35,7 @@ __all__ = [
     "request_move_back", "request_placement", "request_retire", "resumable_run", "roll_back",
     "rollback_unfinished", "set_read_share", "set_status", "undo_move", "worker_connections",
     "FULL", "REF", "ROW", "human_duration", "leftovers", "one_line", "run_dict", "run_history", "run_report",
-    "steps_report", "verify", "verify_via_cluster",
+    "verify", "verify_via_cluster",
     "PLACEMENT_ALIASES", "READ_SHARES", "TARGETS", "boolean", "check_reachable", "get_run", "get_server",
     "get_tenant", "known_fields", "placement", "server_name", "tenant_by_id", "tenant_id",
     "change_tenant", "check_tenant_change",

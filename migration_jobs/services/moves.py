@@ -12,7 +12,8 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_q.tasks import async_task
 
-from migration_jobs import runner
+from migration_jobs.runs import executor
+from migration_jobs.runs.plans import create_steps
 from migration_jobs.engine import provision
 from migration_jobs.exceptions import BadRequest, Refused, StepFailed
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind, RunStatus
@@ -32,7 +33,7 @@ def _create_run(tenant: Tenant, **fields) -> MigrationRun:
     try:
         with transaction.atomic():
             run = MigrationRun.objects.create(tenant=tenant, **fields)
-            runner.create_steps(run)
+            create_steps(run)
     except IntegrityError:
         # Lost a race with another request: the partial unique index said no.
         existing = active_run(tenant)
@@ -95,8 +96,8 @@ def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = F
 
 def execute(run: MigrationRun | int, *, resume: bool = False) -> MigrationRun:
     """Execute a run (or resume it) in this process; a no-op when a live worker holds it."""
-    with runner.closing_connections():
-        return runner.execute(getattr(run, "pk", run), resume=resume)
+    with executor.closing_connections():
+        return executor.execute(getattr(run, "pk", run), resume=resume)
 
 
 def enqueue(run: MigrationRun, *, resume: bool = False) -> str:
@@ -122,7 +123,7 @@ def resumable_run(tenant: Tenant) -> MigrationRun:
     run = tenant.migration_runs.filter(status=RunStatus.RUNNING).first()
     if run is None:
         raise Refused(f"tenant {tenant.slug} has no interrupted run to resume")
-    if not runner.lock_is_free(run.pk):
+    if not executor.lock_is_free(run.pk):
         raise Refused(f"run {run.pk} of tenant {tenant.slug} is still being executed by a live worker")
     return run
 
@@ -135,7 +136,7 @@ def rollback_unfinished(tenant: Tenant) -> MigrationRun | None:
     if run is None:
         return None
     try:
-        return runner.rollback(run.pk, reason="rolled back on request (interrupted run)")
+        return executor.rollback(run.pk, reason="rolled back on request (interrupted run)")
     except StepFailed as exc:
         raise Refused(str(exc)) from None
 
@@ -148,7 +149,7 @@ def interrupted_runs(runs, *, allow_queued: bool) -> tuple[list[MigrationRun], l
     for run in runs:
         if run.status not in statuses:
             skipped.append((run, f"it is {run.get_status_display().lower()}"))
-        elif run.status == RunStatus.RUNNING and not runner.lock_is_free(run.pk):
+        elif run.status == RunStatus.RUNNING and not executor.lock_is_free(run.pk):
             skipped.append((run, "a live worker is still executing it"))
         else:
             ok.append(run)
@@ -158,13 +159,13 @@ def interrupted_runs(runs, *, allow_queued: bool) -> tuple[list[MigrationRun], l
 def roll_back(run: MigrationRun | int, reason: str = "rolled back on request") -> MigrationRun:
     """Undo an unfinished run now, newest step first; a queued run is cancelled. StepFailed
     while a live worker holds it, or when it is finished or past its cutover."""
-    with runner.closing_connections():
-        return runner.rollback(getattr(run, "pk", run), reason=reason)
+    with executor.closing_connections():
+        return executor.rollback(getattr(run, "pk", run), reason=reason)
 
 
 def worker_connections():
     """For a task: start and end with healthy ORM connections (workers reuse processes)."""
-    return runner.closing_connections()
+    return executor.closing_connections()
 
 
 def enqueue_rollback(run: MigrationRun) -> str:
@@ -246,7 +247,7 @@ def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
     if not (run.online and run.kind == RunKind.MOVE and run.status in ACTIVE_STATUSES):
         raise Refused(f"run {run.pk} is not an active online move: reads can only switch during one")
     with transaction.atomic():
-        # The run's row lock orders this with the runner's step changes (runner._run_step).
+        # The run's row lock orders this with the runner's step changes (executor._run_step).
         locked = MigrationRun.objects.select_for_update().get(pk=run.pk)
         locked.read_percent, locked.hold_cutover = percent, True if percent < 100 else locked.hold_cutover
         locked.save(update_fields=["read_percent", "hold_cutover"])

@@ -10,7 +10,7 @@ from datetime import timedelta
 import psycopg
 from django_q.tasks import async_task, result
 
-from migration_jobs import runner
+from migration_jobs.runs.executor import lock_is_free
 from migration_jobs.engine.capture import leftovers as capture_leftovers
 from migration_jobs.engine.places import database_place, shared_place
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun
@@ -38,11 +38,6 @@ def human_duration(value, empty: str = "-") -> str:
 
 def _seconds(duration):
     return round(duration.total_seconds(), 3) if duration else None
-
-
-def steps_report(run: MigrationRun) -> list[dict]:
-    return [{"name": s.name, "status": s.status, "rows": s.rows, "message": s.message,
-             "seconds": _seconds(s.duration)} for s in run.steps.all()]
 
 
 # Which fields each view of a run has; every field is spelled once, in run_dict.
@@ -87,7 +82,7 @@ _FIELDS = {
     "tables": lambda r: {name: {"rows": t.get("target_rows"), "checksum": t.get("target_checksum"),
                                 "ok": t.get("ok")}
                          for name, t in (r.report.get("verify") or {}).get("tables", {}).items()},
-    "steps": steps_report,
+    "steps": MigrationRun.steps_report,
     "preflight": lambda r: r.report.get("preflight"),
 }
 
@@ -151,7 +146,7 @@ def leftovers() -> list[dict]:
         for item in items:
             owner = _owner(item["name"])
             # A run marked running whose worker died holds nothing: its objects count too.
-            live = owner in active and not runner.lock_is_free(owner)
+            live = owner in active and not lock_is_free(owner)
             item.update(place=str(place), run=owner, orphaned=not live, active=owner in active)
             found.append(item)
     return found

@@ -2,7 +2,7 @@
 underscore keeps Django from listing it; their base class is migration_jobs.management.base).
 
 - `execute_with_progress`: runs services.execute in a background thread and polls the
-  MigrationRun row (the only progress django-q2 or the runner offer) from the main thread:
+  MigrationRun row (the only progress django-q2 or the run executor offer) from the main thread:
   a tqdm bar on stderr when it is a terminal, otherwise a plain line per step and now and
   then during long steps.
 - Printing: the run summary, the preflight report, plain-text tables, `--json` output

@@ -1,0 +1,46 @@
+"""Loading a tenant into a fresh target the fast way: secondary indexes and constraints off
+during the copy, back on after it, then statistics.
+
+0. `check_same_columns`: both sides at the same migration, or nothing is copied.
+1. `secondary_objects`: the target's secondary indexes and constraints, as DDL. The caller
+   records them before anything is dropped, so a crash in between can be repaired.
+2. `load`: drop them (idempotent), copy every table not done yet in parallel
+   (copy.copy_tenant), rebuild them in parallel with generous maintenance memory, ANALYZE
+   (fresh tables have no statistics: the tenant's first queries there would plan blind)."""
+from __future__ import annotations
+
+from psycopg import sql
+
+from migration_jobs.engine import deferral
+from migration_jobs.engine.archive import column_types
+from migration_jobs.engine.copy import copy_tenant
+from migration_jobs.engine.places import Place
+from migration_jobs.engine.tables import TableSpec
+from migration_jobs.exceptions import StepFailed
+
+
+def check_same_columns(source: Place, target: Place, tables: list[TableSpec]) -> None:
+    with source.connect() as s, target.connect() as t:
+        for table in tables:
+            if column_types(s, source, table) != column_types(t, target, table):
+                raise StepFailed(f"{table.name}: columns differ between {source} and {target}; "
+                                 "run `manage.py migrate` so both are at the same migration")
+
+
+def secondary_objects(target: Place, tables: list[TableSpec]) -> list:
+    with target.connect() as conn:
+        return [obj for table in tables for obj in deferral.secondary_objects(conn, target, table.name)]
+
+
+def load(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], deferred: list, *,
+         skip: frozenset = frozenset(), workers: int = 1, maintenance_work_mem: str | None = None,
+         on_table_done=None, checkpoint=lambda name: None) -> None:
+    """`on_table_done(name, result)` after each table (from the copying thread);
+    `checkpoint(name)` is a fault-injection hook (tests)."""
+    with target.connect(autocommit=True) as conn:
+        deferral.drop_secondary(conn, target, deferred)
+    copy_tenant(source, target, tenant_id, tables, skip=skip, workers=workers, on_table_done=on_table_done)
+    checkpoint("copy:before-indexes")
+    with target.connect(autocommit=True) as conn:
+        deferral.restore_secondary(conn, target, deferred, workers=workers, maintenance_work_mem=maintenance_work_mem)
+        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(target.table(t.name) for t in tables)))

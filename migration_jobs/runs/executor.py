@@ -1,0 +1,237 @@
+"""Runs a MigrationRun: its steps in order, each recorded, each idempotent, each with a
+compensating rollback.
+
+- Exactly one worker executes a run: it holds a PostgreSQL advisory lock keyed by the run
+  for as long as it works. A worker that dies loses its connection and so its lock, which
+  is how a resume knows the previous worker is really gone.
+- A step that raises triggers the rollback of every step done so far, newest first, and
+  the run ends `rolled_back` with the reason. A crash (the process killed) leaves the run
+  `running` with no lock holder: `resume` goes on from the first unfinished step,
+  `rollback` undoes what was done. The shared database is never what gets repaired.
+- No secret leaves in a message: known passwords are replaced by *** in every error recorded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from contextlib import contextmanager
+
+import psycopg
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
+
+from migration_jobs.exceptions import StepFailed
+from migration_jobs.models import MigrationRun, MigrationStep, RunStatus, StepStatus
+from migration_jobs.runs.context import RunContext
+from migration_jobs.runs.faults import NO_FAULTS, Faults
+from migration_jobs.runs.plans import steps_for
+from migration_jobs.runs.steps.base import Step
+from tenancy.routing import set_read_switch
+
+log = logging.getLogger(__name__)
+RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
+
+
+# --- Secrets never leave in messages ------------------------------------------------------
+
+def redact(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def known_secrets(run: MigrationRun) -> list[str]:
+    found = []
+    try:
+        found.append(run.tenant.credential.password())
+    except Exception:  # noqa: BLE001 - no credential, or undecryptable: nothing to hide
+        pass
+    for server in {run.target_server, getattr(getattr(run.tenant, "credential", None), "server", None)} - {None}:
+        try:
+            found.append(server.admin_password())
+        except Exception:  # noqa: BLE001
+            pass
+    found.append(settings.DATABASES["default"].get("PASSWORD") or "")
+    return found
+
+
+# --- The lock that makes one worker the owner of a run ------------------------------------
+
+@contextmanager
+def run_lock(run_id: int):
+    """Hold the run's advisory lock on a connection of its own; yields False if taken."""
+    db = settings.DATABASES["default"]
+    info = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "dbname": db["NAME"]}
+    if db.get("PASSWORD"):
+        info["password"] = db["PASSWORD"]
+    conn = psycopg.connect(**info, autocommit=True, application_name=f"tenant-move-run-{run_id}")
+    got = False
+    try:
+        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id)).fetchone()[0]
+        yield got
+    finally:
+        # Unlock explicitly: closing also releases it, but only once the server backend has
+        # exited, and a worker that looks right after (lock_is_free, then execute) must not
+        # find it still taken.
+        if got and not conn.closed:
+            try:
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id))
+            except psycopg.Error:
+                pass  # connection lost: the server releases the lock with the session
+        conn.close()
+
+
+def lock_is_free(run_id: int) -> bool:
+    with run_lock(run_id) as got:
+        return got
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@contextmanager
+def closing_connections():
+    """Workers reuse processes: start and end each task with healthy ORM connections."""
+    close_old_connections()
+    try:
+        yield
+    finally:
+        connection.set_schema_to_public()
+        close_old_connections()
+
+
+# --- Execution ----------------------------------------------------------------------------
+
+def _finish(run: MigrationRun, status: str, error: str = "") -> None:
+    set_read_switch(run.tenant_id, 0)  # a read switch ends with its run
+    run.status = status
+    run.finished_at = timezone.now()
+    run.current_step = ""
+    if error:
+        run.error = error[:4000]
+    if run.started_at and run.rows_copied:
+        seconds = max((run.finished_at - run.started_at).total_seconds(), 1e-6)
+        run.rows_per_second = run.rows_copied / seconds
+    run.save()
+
+
+def _claim(run_id: int, resume: bool) -> MigrationRun | None:
+    """Mark the run running if this call should execute it; None when it is a no-op."""
+    with transaction.atomic():
+        run = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant", "target_server").get(pk=run_id)
+        if run.status == RunStatus.QUEUED or (run.status == RunStatus.RUNNING and resume):
+            run.status = RunStatus.RUNNING
+            run.started_at = run.started_at or timezone.now()
+            run.heartbeat_at = timezone.now()
+            run.worker = worker_name()
+            run.save()
+            return run
+    log.info("run %s is %s: nothing to do", run_id, run.status)
+    return None
+
+
+def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) -> MigrationRun:
+    """Execute (or resume) a run. A no-op if another worker holds it or it has ended.
+    `faults`: a fault-injection hook for tests; none in product code."""
+    with run_lock(run_id) as owned:
+        if not owned:
+            log.info("run %s is being executed by another worker", run_id)
+            return MigrationRun.objects.get(pk=run_id)
+        run = _claim(run_id, resume)
+        if run is None:
+            return MigrationRun.objects.get(pk=run_id)
+        ctx = RunContext(run, faults=faults or NO_FAULTS)
+        secrets = known_secrets(run)
+        for definition in steps_for(run):
+            step = run.steps.filter(name=definition.name).first()
+            if step is None or step.status == StepStatus.SUCCEEDED:
+                continue
+            try:
+                _run_step(ctx, definition, step)
+            except Exception as exc:  # noqa: BLE001 - every failure ends in a rollback
+                message = redact(f"{definition.name}: {exc}", secrets)
+                step.status, step.finished_at, step.message = StepStatus.FAILED, timezone.now(), message[:4000]
+                step.save()
+                if _past_point_of_no_return(run):
+                    # The tenant already writes to the target: undoing would lose those writes.
+                    log.warning("run %s failed at %s after its cutover; not rolling back", run.pk, definition.name)
+                    _finish(run, RunStatus.FAILED, f"{message} (after cutover: the tenant lives in "
+                                                   f"{run.target_placement}; resume the run to finish)")
+                    return run
+                log.warning("run %s failed at %s; rolling back", run.pk, definition.name)
+                _rollback_steps(ctx, secrets)
+                run.refresh_from_db()
+                failed_rollback = run.steps.filter(status=StepStatus.FAILED).exclude(pk=step.pk).exists()
+                _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.ROLLED_BACK, message)
+                return run
+        run.report = {**run.report, "summary": summary(run)}
+        _finish(run, RunStatus.SUCCEEDED)
+        return run
+
+
+def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
+    run = ctx.run
+    run.current_step = definition.name
+    run.heartbeat_at = timezone.now()
+    run.save(update_fields=["current_step", "heartbeat_at"])
+    if run.online:  # a read switch applies only while catching up; the row lock orders it with set_read_share
+        with transaction.atomic():
+            share = MigrationRun.objects.select_for_update().filter(pk=run.pk).values_list("read_percent",
+                                                                                          flat=True).get()
+            catching_up = definition.name == "catch_up" and run.kind == RunKind.MOVE
+            set_read_switch(run.tenant_id, share if catching_up else 0, run.target_placement, run.target_schema)
+    step.status, step.started_at, step.finished_at = StepStatus.RUNNING, timezone.now(), None
+    step.save()
+    ctx.checkpoint(f"before:{definition.name}")
+    message = definition.run(ctx, step)
+    ctx.checkpoint(f"after:{definition.name}")
+    step.status, step.finished_at, step.message = StepStatus.SUCCEEDED, timezone.now(), message
+    step.save()
+
+
+def _past_point_of_no_return(run: MigrationRun) -> bool:
+    definitions = {d.name: d for d in steps_for(run)}
+    return any(definitions[s.name].point_of_no_return
+               for s in run.steps.filter(status=StepStatus.SUCCEEDED) if s.name in definitions)
+
+
+def _rollback_steps(ctx: RunContext, secrets: list[str]) -> None:
+    """Compensate every step that did anything, newest first. Continues past failures."""
+    set_read_switch(ctx.run.tenant_id, 0)  # no read goes to a target being undone
+    definitions = {d.name: d for d in steps_for(ctx.run)}
+    for step in ctx.run.steps.filter(status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.RUNNING]
+                                     ).order_by("-order"):
+        try:
+            note = definitions[step.name].rollback(ctx, step)
+            status = StepStatus.ROLLED_BACK
+        except Exception as exc:  # noqa: BLE001 - report, keep undoing the rest
+            note = redact(f"rollback failed: {exc}", secrets)
+            status = StepStatus.FAILED
+        step.message = f"{step.message}\n[rollback] {note}".strip()[:4000]
+        if step.status != StepStatus.FAILED or status == StepStatus.FAILED:
+            step.status = status
+        step.save()
+
+
+def rollback(run_id: int, reason: str = "rolled back on request") -> MigrationRun:
+    """Undo a run that is not finished (its worker died, or it is queued)."""
+    with run_lock(run_id) as owned:
+        if not owned:
+            raise StepFailed(f"run {run_id} is being executed by a live worker; wait for it or stop it first")
+        run = MigrationRun.objects.select_related("tenant", "target_server").get(pk=run_id)
+        if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.FAILED):
+            raise StepFailed(f"run {run_id} is {run.status}: nothing to roll back")
+        if _past_point_of_no_return(run):
+            raise StepFailed(f"run {run_id} is past its cutover: the tenant writes to its new place; "
+                             "resume it to finish, or move the tenant back")
+        _rollback_steps(RunContext(run), known_secrets(run))
+        _finish(run, RunStatus.ROLLED_BACK if run.status != RunStatus.QUEUED else RunStatus.CANCELLED, reason)
+        return run
+
+
+def summary(run: MigrationRun) -> dict:
+    return {"steps": run.steps_report()}
