@@ -190,7 +190,8 @@ class Scenario:
             (holder.info.backend_pid, WORKER_APP, ENGINE_APP)).fetchall()
 
     def state(self) -> str:
-        return f"tenant (status, placement)={self.tenant_row()}; run={self.run()}; steps: {self.steps()}"
+        return (f"tenant (status, placement)={self.tenant_row()}, fenced in shared={self.fenced()}; "
+                f"run={self.run()}; steps: {self.steps()}")
 
     def wait_for(self, what: str, condition, timeout: float = WAIT):
         """Poll until `condition()` is truthy; fail with what the worker was doing if it exits or hangs."""
