@@ -23,7 +23,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from migration_jobs.exceptions import StepFailed
-from migration_jobs.models import MigrationRun, MigrationStep, RunStatus, StepStatus
+from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from migration_jobs.runs.context import RunContext
 from migration_jobs.runs.faults import NO_FAULTS, Faults
 from migration_jobs.runs.plans import steps_for
