@@ -12,7 +12,7 @@ from django.test import Client
 from psycopg import sql
 
 from api.models import ApiCall, ApiToken
-from migration_jobs.engine.archive import validate_archive
+from migration_jobs.engine.archive_read import validate_archive
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.models import MigrationRun

@@ -109,7 +109,7 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
                 if on_bytes is not None and unreported >= PROGRESS_EVERY:
                     on_bytes(unreported)
                     unreported = 0
-        rows = _copied_rows(dst_cur)
+        rows = copied_rows(dst_cur)
     if on_bytes is not None and unreported:
         on_bytes(unreported)
     return TableCopy(rows=rows, bytes=total, seconds=round(time.monotonic() - started, 6))
@@ -170,7 +170,7 @@ def _read_blocks(conn: psycopg.Connection, block_size: int) -> Iterator[bytearra
         yield block
 
 
-def _copied_rows(cur: psycopg.Cursor) -> int:
+def copied_rows(cur: psycopg.Cursor) -> int:
     """Rows written by the COPY FROM just finished, from its command status ("COPY n")."""
     status = cur.statusmessage or ""
     if status.startswith("COPY "):
@@ -180,7 +180,6 @@ def _copied_rows(cur: psycopg.Cursor) -> int:
     raise RuntimeError(f"no row count in the COPY command status {status!r}")
 
 
-copied_rows = _copied_rows  # public name (archive.py and bench.py use it)
 
 
 # --- Whole tenant ------------------------------------------------------------------------

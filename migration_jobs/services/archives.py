@@ -9,7 +9,8 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from migration_jobs.engine.archive import HashingWriter, summary, validate_archive, write_archive, write_archive_to
+from migration_jobs.engine.archive import HashingWriter, write_archive, write_archive_to
+from migration_jobs.engine.archive_read import summary, validate_archive
 from migration_jobs.engine.places import place_of
 from migration_jobs.engine.restore import restore_tenant
 from migration_jobs.engine.tables import tenant_tables

@@ -4,7 +4,8 @@ from __future__ import annotations
 from django.conf import settings
 
 from migration_jobs.engine import preflight
-from migration_jobs.engine.archive import read_manifest, write_archive
+from migration_jobs.engine.archive import write_archive
+from migration_jobs.engine.archive_read import read_manifest
 from migration_jobs.engine.collisions import find_collisions
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.target_server import check_target_server
