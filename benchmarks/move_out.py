@@ -5,7 +5,7 @@ shared tables (benchmarks.seeding's per-tenant generator: INSERT ... SELECT gene
 row crosses the wire), then, in this process and on the same rows, four ways of copying it
 are measured, each into a freshly provisioned dedicated target:
 
-  (a) the runbook's row-by-row script: per table in FK order, SELECT ... ORDER BY id LIMIT
+  (a) a row-by-row script (the naive way to move a tenant): per table in FK order, SELECT ... ORDER BY id LIMIT
       1000 OFFSET k, one parameterised INSERT per row, commit per batch; capped at
       `baseline_limit` rows (rows/s is over the rows it copied);
   (b) a bare binary COPY pipe: one connection pair, tables one after the other in FK order,
@@ -36,7 +36,7 @@ from migration_jobs import services
 from migration_jobs.engine import deferral
 from migration_jobs.engine.copy import copied_rows, copy_in_statement, copy_out_statement, copy_tenant
 from migration_jobs.engine.places import database_place, schema_place, shared_place
-from migration_jobs.engine.tables import tenant_tables
+from migration_jobs.engine.tables import row_counts, tenant_tables
 from migration_jobs.engine.verify import verify_tenant
 from migration_jobs.models import RunStatus
 from tenancy.servers import ensure_default_server
@@ -51,17 +51,11 @@ Say = Callable[[str], None]
 
 # --- Checks ----------------------------------------------------------------------------------
 
-def tenant_counts(place, tenant_id: int, tables) -> dict[str, int]:
+def tenant_counts(place, tenant_id: int | None, tables) -> dict[str, int]:
+    """Rows per table in the place: of one tenant, or (None) every row, whoever's: a
+    foreign or duplicated row counts too."""
     with place.connect(autocommit=True, application_name="bench count") as conn:
-        return {t.name: conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-            place.table(t.name)), (tenant_id,)).fetchone()[0] for t in tables}
-
-
-def all_counts(place, tables) -> dict[str, int]:
-    """Every row of the target's tables, whoever's: a foreign or duplicated row counts too."""
-    with place.connect(autocommit=True, application_name="bench count") as conn:
-        return {t.name: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(place.table(t.name))).fetchone()[0]
-                for t in tables}
+        return row_counts(conn, place, tables, tenant_id)
 
 
 def capped_plan(source_rows: dict[str, int], tables, limit: int | None) -> dict[str, int]:
@@ -75,7 +69,7 @@ def capped_plan(source_rows: dict[str, int], tables, limit: int | None) -> dict[
 
 def check_copy(target, tables, expected: dict[str, int], *, verify_source=None, tenant_id=None) -> tuple[bool, str]:
     """Row counts per table against `expected`; with `verify_source`, verify_tenant as well."""
-    got = all_counts(target, tables)
+    got = tenant_counts(target, None, tables)
     wrong = [f"{name}: {got[name]} rows, expected {expected[name]}" for name in expected if got[name] != expected[name]]
     if wrong:
         return False, "FAIL counts: " + "; ".join(wrong)
@@ -88,7 +82,7 @@ def check_copy(target, tables, expected: dict[str, int], *, verify_source=None, 
     return True, text
 
 
-# --- (a) the runbook's row-by-row script -----------------------------------------------------
+# --- (a) a row-by-row script ---------------------------------------------------------------
 
 def _jsonb_columns(conn, place, table) -> set[str]:
     rows = conn.execute("""SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
@@ -100,7 +94,7 @@ def _jsonb_columns(conn, place, table) -> set[str]:
 
 
 def copy_row_by_row(source, target, tenant_id: int, tables, limit: int | None) -> dict:
-    """The runbook's loop: SELECT ... ORDER BY id LIMIT 1000 OFFSET k; one INSERT per row;
+    """The naive loop: SELECT ... ORDER BY id LIMIT 1000 OFFSET k; one INSERT per row;
     target autocommit off, one commit per batch. Stops after `limit` rows. Returns per-table rows."""
     copied: dict[str, int] = {}
     left = limit if limit is not None else float("inf")

@@ -1,19 +1,10 @@
 """Verify a tenant where it lives now (no move involved): what `verify_tenant`, the admin's
-"Verify" action and the `migration_jobs.tasks.verify_tenant` task report.
-
-For every tenant table, in the tenant's place (engine.places.place_of):
-- the table exists in that place's own schema (names are always schema-qualified; for a
-  schema tenant a table missing from its schema is a problem, never looked up in public);
-- the tenant's row count and order-independent checksum (engine.verify.fingerprint);
-- rows of other tenants (engine.verify.foreign_rows): must be 0 in a dedicated place, not
-  counted for the shared tables (they hold every pooled tenant);
-- the primary-key sequence is at or past max(pk), so the next insert cannot collide.
-For a dedicated tenant, rows it left in the shared tables (legacy rows, kept after a move
-until retired) are counted for information only.
-
-Everything is measured from one REPEATABLE READ snapshot per place. The result is plain
-JSON-able data; connection details and error messages (which could quote them) never enter
-it, only the class of an error.
+"Verify" action and the verify task report. Per tenant table, from one REPEATABLE READ
+snapshot per place: the table exists in the place's own schema; the tenant's row count and
+checksum (engine.verify.fingerprint); other tenants' rows (must be 0 in a dedicated place);
+the pk sequence at or past max(pk). A dedicated tenant's legacy rows in the shared tables are
+counted for information. The result is plain JSON data: no connection detail, and of an
+error only its class.
 """
 from __future__ import annotations
 
@@ -23,8 +14,8 @@ from psycopg import sql
 from migration_jobs.engine.places import Place, place_of, shared_place
 from migration_jobs.engine.references import reference_problems
 from migration_jobs.engine.sequences import sequence_positions
-from migration_jobs.engine.tables import TableSpec, tenant_tables
-from migration_jobs.engine.verify import fingerprint, foreign_rows, tables_in_place
+from migration_jobs.engine.tables import TableSpec, row_counts, tables_in_place, tenant_tables
+from migration_jobs.engine.verify import fingerprint, foreign_rows
 
 
 def _snapshot(place: Place, name: str):
@@ -78,9 +69,7 @@ def _legacy_rows(tenant_id: int, tables: list[TableSpec]) -> dict[str, int]:
     shared = shared_place()
     conn = _snapshot(shared, "verify-legacy")
     try:
-        present = tables_in_place(conn, shared, [t.name for t in tables])
-        return {t.name: int(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(
-            shared.table(t.name)), (tenant_id,)).fetchone()[0]) for t in tables if t.name in present}
+        return row_counts(conn, shared, tables, tenant_id, missing_ok=True)
     finally:
         if not conn.closed:
             conn.execute("ROLLBACK")

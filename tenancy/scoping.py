@@ -24,18 +24,10 @@ class TenantScopedQuerySet(models.QuerySet):
         return super().delete()
 
     def bulk_create(self, objs, *args, **kwargs):
-        objs = list(objs)
-        route = current_route()
-        for obj in objs:
-            obj._claim_for(route)
-        return super().bulk_create(objs, *args, **kwargs)
+        return super().bulk_create(_claimed(objs), *args, **kwargs)
 
     def bulk_update(self, objs, *args, **kwargs):
-        objs = list(objs)
-        route = current_route()
-        for obj in objs:
-            obj._claim_for(route)
-        return super().bulk_update(objs, *args, **kwargs)
+        return super().bulk_update(_claimed(objs), *args, **kwargs)
 
 
 class TenantScopedManager(models.Manager.from_queryset(TenantScopedQuerySet)):
@@ -78,3 +70,12 @@ class TenantScopedModel(models.Model):
     def delete(self, *args, **kwargs):
         self._claim_for(current_route())
         return super().delete(*args, **kwargs)
+
+
+def _claimed(objs) -> list:
+    """The objects, each claimed for the current route (its tenant set, or a refusal)."""
+    objs = list(objs)
+    route = current_route()
+    for obj in objs:
+        obj._claim_for(route)
+    return objs

@@ -1,9 +1,8 @@
 """The demo app's tables as the seeder sees them: in the engine's foreign-key order."""
 from __future__ import annotations
 
-from psycopg import sql
-
-from migration_jobs.engine.tables import TableSpec, tenant_models, tenant_tables
+from migration_jobs.engine.places import shared_place
+from migration_jobs.engine.tables import TableSpec, row_counts, tenant_models, tenant_tables
 
 DEMO_APP = "shop"  # the tenant app whose rows generation.py knows how to make
 
@@ -33,19 +32,6 @@ def raw_connection(conn):
 
 
 def tenant_row_counts(connection, tenant_id: int) -> dict[str, int]:
-    """Rows per shop table (db_table -> count) of one tenant, in one query.
-
-    `connection` is a Django connection (its search_path applies) or a psycopg connection."""
-    parts = [sql.SQL("SELECT {name}, count(*) FROM {table} WHERE tenant_id = %(t)s").format(
-        name=sql.Literal(table), table=sql.Identifier(table)) for table in shop_tables()]
-    query = sql.SQL(" UNION ALL ").join(parts)
-    if hasattr(connection, "ensure_connection"):
-        with connection.cursor() as cursor:  # Django's cursor: sets the tenant's search_path
-            cursor.execute(query.as_string(raw_connection(connection)), {"t": tenant_id})
-            rows = cursor.fetchall()
-    else:
-        with connection.cursor() as cursor:
-            cursor.execute(query, {"t": tenant_id})
-            rows = cursor.fetchall()
-    return {table: count for table, count in rows}
-
+    """Rows per shop table (db_table -> count) of one tenant in the shared tables, in one
+    query (engine.tables.row_counts). `connection`: a Django or a psycopg connection."""
+    return row_counts(raw_connection(connection), shared_place(), shop_tables(), tenant_id)

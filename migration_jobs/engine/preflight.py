@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field
 from psycopg import sql
 
 from migration_jobs.engine.places import Place
-from migration_jobs.engine.tables import TableSpec
+from migration_jobs.engine.references import find_bad_references
+from migration_jobs.engine.tables import TableSpec, row_counts
 
 MIN_SERVER_VERSION = 140000
 
@@ -62,52 +63,22 @@ def _tenant_ids_missing(conn, place: Place, table: TableSpec) -> list[int]:
     return [r[0] for r in conn.execute(query).fetchall()]
 
 
-def _foreign_keys(conn, place: Place, table: TableSpec) -> list[tuple[str, str, str]]:
-    """(column, referenced table, referenced column) of FKs between tenant tables."""
-    rows = conn.execute("""
-        SELECT a.attname, rc.relname, ra.attname
-          FROM pg_constraint con
-          JOIN pg_class c ON c.oid = con.conrelid
-          JOIN pg_namespace n ON n.oid = c.relnamespace
-          JOIN pg_class rc ON rc.oid = con.confrelid
-          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = con.conkey[1]
-          JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[1]
-         WHERE con.contype = 'f' AND n.nspname = %s AND c.relname = %s AND array_length(con.conkey, 1) = 1
-    """, (place.schema, table.name)).fetchall()
-    return rows
-
-
 def check_source(conn, place: Place, tenant_id: int, tables: list[TableSpec], report: PreflightReport) -> None:
     """Integrity of the tenant's rows where they are now, and their size."""
     names = {t.name for t in tables}
     null_tenant, missing_tenants, cross, dangling = {}, {}, {}, {}
+    report.row_counts.update(row_counts(conn, place, tables, tenant_id))
     for table in tables:
-        tbl = place.table(table.name)
-        report.row_counts[table.name] = conn.execute(
-            sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(tbl), (tenant_id,)).fetchone()[0]
-        nulls = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id IS NULL").format(tbl)).fetchone()[0]
+        nulls = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE tenant_id IS NULL").format(
+            place.table(table.name))).fetchone()[0]
         if nulls:
             null_tenant[table.name] = nulls
         if place.kind == "shared":
             missing = _tenant_ids_missing(conn, place, table)
             if missing:
                 missing_tenants[table.name] = missing[:10]
-        for column, parent, parent_column in _foreign_keys(conn, place, table):
-            if parent not in names:
-                continue
-            c, p = sql.Identifier(column), sql.Identifier(parent_column)
-            count = conn.execute(sql.SQL(
-                "SELECT count(*) FROM {child} ch JOIN {parent} pa ON pa.{p} = ch.{c} "
-                "WHERE ch.tenant_id = %s AND pa.tenant_id IS DISTINCT FROM ch.tenant_id").format(
-                child=tbl, parent=place.table(parent), p=p, c=c), (tenant_id,)).fetchone()[0]
-            if count:
-                cross[f"{table.name}.{column}"] = count
-            count = conn.execute(sql.SQL(
-                "SELECT count(*) FROM {child} ch WHERE ch.tenant_id = %s AND ch.{c} IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM {parent} pa WHERE pa.{p} = ch.{c})").format(
-                child=tbl, parent=place.table(parent), p=p, c=c), (tenant_id,)).fetchone()[0]
-            if count:
-                dangling[f"{table.name}.{column}"] = count
+    for bad in find_bad_references(conn, place, tenant_id, tables):
+        (cross if bad.kind == "cross-tenant" else dangling)[f"{bad.table}.{bad.column}"] = bad.rows
     report.add("tenant rows", True, f"{sum(report.row_counts.values())} rows in {len(tables)} tables")
     report.add("rows without tenant", not null_tenant, f"{null_tenant or 'none'}",
                "give every row a tenant_id (or delete it) before moving any tenant")

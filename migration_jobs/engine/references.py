@@ -1,16 +1,7 @@
-"""References between a tenant's rows and rows that are not its own.
-
-Every foreign key between tenant tables must stay inside one tenant: a row of tenant 20 that
-points at a customer of tenant 5 is a cross-tenant reference (a leak the day the two tenants
-live apart); a row that points at a key no row holds is a dangling reference. PostgreSQL's
-own constraints catch the second only where they are enforced, and never the first (the
-customer exists, it is just someone else's).
-
-`find_bad_references` lists both kinds for one tenant in one place, each with its count and
-one example (the child's key, the key it points at and, for a cross-tenant reference, the
-other row's tenant), so a message can name the table, the column and a row to look at.
-It is what restore refuses before commit and what `verify_tenant` reports; the move's
-preflight (engine/preflight.py) makes the same two checks.
+"""Cross-tenant references (a row of tenant 20 pointing at a row of tenant 5: a leak the day
+they live apart; no FK catches it) and dangling ones (pointing at no row), per foreign key
+between tenant tables, each with its count and one example row. Used by the move's
+preflight, restore (refused before commit) and `verify_tenant`.
 """
 from __future__ import annotations
 
@@ -19,7 +10,7 @@ from dataclasses import dataclass
 from psycopg import sql
 
 from migration_jobs.engine.places import Place
-from migration_jobs.engine.tables import TableSpec
+from migration_jobs.engine.tables import TableSpec, tables_in_place, tenant_models
 
 
 @dataclass(frozen=True)
@@ -66,8 +57,6 @@ def foreign_keys(conn, place: Place, table: TableSpec | str) -> list[tuple[str, 
 
 def _declared_references(spec: TableSpec) -> list[tuple[str, str, str]]:
     """The same from the models, for a place whose tables carry no FK constraints."""
-    from migration_jobs.engine.tables import tenant_models
-
     for model in tenant_models():
         if model._meta.db_table == spec.name:
             return sorted((f.column, f.related_model._meta.db_table, f.target_field.column)
@@ -115,8 +104,6 @@ def reference_problems(place: Place, tenant_id: int, tables: list[TableSpec]) ->
     with place.connect(autocommit=True, application_name="tenant-move verify references") as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
-            from migration_jobs.engine.verify import tables_in_place
-
             present = tables_in_place(conn, place, [t.name for t in tables])
             return [bad.describe() for bad in find_bad_references(conn, place, tenant_id,
                                                                   [t for t in tables if t.name in present])]

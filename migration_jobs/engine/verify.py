@@ -1,20 +1,13 @@
-"""Prove that a copy lost nothing: per table, row counts and an order-independent checksum
-of every row's full content, source (filtered by tenant) against target, plus proof that no
-other tenant's row is in a dedicated target and that every table really is in the target's
-schema (a query never falls through to public via search_path: names are always qualified,
-and a missing table is reported, not looked up elsewhere).
+"""Prove that a copy lost nothing: per table, the row count and an order-independent
+checksum of every row's full content, source (filtered by tenant) against target; no other
+tenant's row in a dedicated target; every table present in the target's own schema (names
+are always qualified, a missing table is reported, never looked up in public).
 
-Checksum: one 64-bit hash per row, `hash_record_extended(ROW(<columns sorted by name>), 0)`
-(the hash functions PostgreSQL uses for hash joins and hash partitioning, in C, no text
-conversion: ~1M rows/s per core, 5x md5 of the row's text); the table's checksum is the exact
-sum (numeric) and the XOR of the row hashes. Both are order-independent; a changed, missing,
-extra or duplicated row changes both unless the differing rows' 64-bit hashes happen to have
-the same sum and the same XOR, about 2^-64 for data nobody crafted. Only types whose hash
-tells values apart as exactly as their text are hashed as they are (integers, text, dates and
-times, uuid, bytea, ...); numeric, jsonb, arrays, intervals, floats and every other type are
-hashed in their text form, so 1.0 -> 1.00 is a difference; every place's connection prints
-text canonically (see Place.connect()). Archives of format 1 carry the older checksum, md5 of
-`ROW(...)::text` per row (`LEGACY_MD5`), which stays available to check them.
+Checksum (HASH64): per row `hash_record_extended(ROW(<columns sorted by name>), 0)`; per
+table the exact sum and the XOR of those hashes (a difference goes unseen with probability
+~2^-64). Types whose hash does not tell values apart as exactly as their text (numeric,
+jsonb, arrays, floats, ...) are hashed as text, printed canonically by Place.connect().
+Format 1 archives carry LEGACY_MD5 (md5 of `ROW(...)::text` per row), still checkable.
 """
 from __future__ import annotations
 
@@ -26,7 +19,7 @@ from psycopg import sql
 
 from .copy import engine_session
 from .places import Place
-from .tables import TableSpec
+from .tables import TableSpec, tables_in_place
 
 
 @dataclass(frozen=True)
@@ -163,15 +156,6 @@ def foreign_rows(conn: psycopg.Connection, place: Place, table: TableSpec | str,
         place.table(name), sql.Identifier("tenant_id")), (tenant_id,)).fetchone()[0])
 
 
-def tables_in_place(conn: psycopg.Connection, place: Place, names) -> set[str]:
-    """Which of the tables exist in the place's own schema (pg_class / pg_namespace)."""
-    rows = conn.execute(
-        """SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')""",
-        (place.schema, list(names))).fetchall()
-    return {name for (name,) in rows}
-
-
 @dataclass
 class VerifyReport:
     tenant_id: int
@@ -257,4 +241,4 @@ def verify_tenant(source: Place, target: Place, tenant_id: int, tables: list[Tab
     return report
 
 
-__all__ = ["HASH64", "LEGACY_MD5", "Fingerprint", "VerifyReport", "fingerprint", "foreign_rows", "tables_in_place", "verify_tenant"]
+__all__ = ["HASH64", "LEGACY_MD5", "Fingerprint", "VerifyReport", "fingerprint", "foreign_rows", "verify_tenant"]
