@@ -5,6 +5,7 @@ from django.db import models
 from django_tenants.models import DomainMixin, TenantMixin
 
 from tenancy import crypto
+from tenancy.shared_db import shared_conninfo
 
 slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
                                 "lower-case letters, digits and _, starting with a letter, at most 40")
@@ -12,9 +13,9 @@ slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
 
 def default_server_values() -> dict:
     """Where the shared database's server is, as the settings say now."""
-    db = settings.DATABASES["default"]
-    return {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
-            "admin_user": db.get("USER") or "postgres", "maintenance_db": db.get("NAME")}
+    info = shared_conninfo()
+    return {"host": info["host"], "port": info["port"], "admin_user": info["user"] or "postgres",
+            "maintenance_db": info["dbname"]}
 
 
 def tenant_host(slug: str) -> str:
@@ -105,16 +106,11 @@ class DatabaseServer(models.Model):
     def conninfo(self, dbname: str | None = None) -> dict:
         """psycopg connection keywords as the admin user. Never log the result."""
         if self.is_default:
-            # The shared database's server: always as the settings say now (the embedded
-            # cluster's port can change between starts; tests use another database name).
-            live = default_server_values()
-            info = {"host": live["host"], "port": live["port"], "user": live["admin_user"],
-                    "dbname": dbname or live["maintenance_db"], "connect_timeout": 10}
-            password = settings.DATABASES["default"].get("PASSWORD") or ""
-        else:
-            info = {"host": self.host, "port": self.port, "user": self.admin_user,
-                    "dbname": dbname or self.maintenance_db, "connect_timeout": 10}
-            password = self.admin_password()
+            # The shared database's server: always as the settings say now.
+            return shared_conninfo(dbname)
+        info = {"host": self.host, "port": self.port, "user": self.admin_user,
+                "dbname": dbname or self.maintenance_db, "connect_timeout": 10}
+        password = self.admin_password()
         if password:
             info["password"] = password
         return info

@@ -40,6 +40,8 @@ from django.conf import settings
 from django.db import connection
 from psycopg import sql
 
+from tenancy.shared_db import shared_conninfo
+
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -133,12 +135,8 @@ class Scenario:
     # -- database access (plain SQL: the CLI and the tables are the contract) --
 
     def connect(self, dbname=None, autocommit=True) -> psycopg.Connection:
-        db = settings.DATABASES["default"]
-        info = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"],
-                "dbname": dbname or connection.settings_dict["NAME"], "application_name": "killtest-test"}
-        if db.get("PASSWORD"):
-            info["password"] = db["PASSWORD"]
-        conn = psycopg.connect(**info, autocommit=autocommit)
+        conn = psycopg.connect(**shared_conninfo(dbname or connection.settings_dict["NAME"], connect_timeout=None),
+                               application_name="killtest-test", autocommit=autocommit)
         self.conns.append(conn)
         return conn
 

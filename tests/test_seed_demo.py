@@ -20,6 +20,7 @@ from psycopg import sql
 from benchmarks import seeding
 from shop.models import Customer, Device, Repair
 from tenancy.models import Domain, Tenant, tenant_host
+from tenancy.shared_db import shared_conninfo
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,9 +91,7 @@ def test_sizes_follow_the_plan_and_match_the_database():
 
 def test_tenant_row_counts_takes_a_psycopg_connection_too():
     result = seeding.seed(tenants=2, largest=1000)
-    db = settings.DATABASES["default"]
-    with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db.get("PASSWORD") or None,
-                         dbname=connection.settings_dict["NAME"]) as conn:
+    with psycopg.connect(**shared_conninfo(connection.settings_dict["NAME"])) as conn:
         assert seeding.tenant_row_counts(conn, result.tenants[1].tenant_id) == result.tenants[1].rows
     assert set(seeding.tenant_row_counts(connection, 999999).values()) == {0}
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import psycopg
-from django.conf import settings
 from psycopg import sql
+
+from tenancy.shared_db import shared_conninfo
 
 # Session settings that make text output (and so checksums) the same on every server.
 CANONICAL_SESSION = {
@@ -61,22 +62,13 @@ class Place:
         return self.label or f"{self.kind}:{self.schema}"
 
 
-def _default_conninfo(dbname: str | None = None) -> dict:
-    db = settings.DATABASES["default"]
-    info = {"host": db.get("HOST") or "localhost", "port": int(db.get("PORT") or 5432),
-            "user": db.get("USER"), "dbname": dbname or db["NAME"], "connect_timeout": 10}
-    if db.get("PASSWORD"):
-        info["password"] = db["PASSWORD"]
-    return info
-
-
 def shared_place() -> Place:
-    info = _default_conninfo()
+    info = shared_conninfo()
     return Place("shared", "public", info, f"shared database {info['dbname']}")
 
 
 def schema_place(schema: str) -> Place:
-    info = _default_conninfo()
+    info = shared_conninfo()
     return Place("schema", schema, info, f"schema {schema} of {info['dbname']}")
 
 

@@ -18,7 +18,6 @@ import socket
 from contextlib import contextmanager
 
 import psycopg
-from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
@@ -29,6 +28,7 @@ from migration_jobs.runs.faults import NO_FAULTS, Faults
 from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Step
 from tenancy.routing import set_read_switch
+from tenancy.shared_db import shared_conninfo, shared_password
 
 log = logging.getLogger(__name__)
 RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
@@ -54,7 +54,7 @@ def known_secrets(run: MigrationRun) -> list[str]:
             found.append(server.admin_password())
         except Exception:  # noqa: BLE001
             pass
-    found.append(settings.DATABASES["default"].get("PASSWORD") or "")
+    found.append(shared_password())
     return found
 
 
@@ -63,11 +63,7 @@ def known_secrets(run: MigrationRun) -> list[str]:
 @contextmanager
 def run_lock(run_id: int):
     """Hold the run's advisory lock on a connection of its own; yields False if taken."""
-    db = settings.DATABASES["default"]
-    info = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "dbname": db["NAME"]}
-    if db.get("PASSWORD"):
-        info["password"] = db["PASSWORD"]
-    conn = psycopg.connect(**info, autocommit=True, application_name=f"tenant-move-run-{run_id}")
+    conn = psycopg.connect(**shared_conninfo(), autocommit=True, application_name=f"tenant-move-run-{run_id}")
     got = False
     try:
         got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id)).fetchone()[0]
