@@ -108,6 +108,40 @@ def test_no_import_cycle():
     assert cycles(graph()) == []
 
 
+# Imports inside a function body, allowed only where the module top cannot hold them:
+# (module, function) -> the reason. Everything else imports at the top of its module.
+FUNCTION_IMPORTS_ALLOWED = {
+    ("tenancy.apps", "ready"): "AppConfig.ready: signals and the default server need the models loaded",
+    ("benchmarks.writer", "writer_process"): "the entry of a spawned process: Django is set up there first",
+    ("benchmarks.writer", "_write"): "runs in the spawned writer process, which imports this module "
+                                     "before django.setup() (models and the tenant context need the apps)",
+    ("benchmarks.writer", "run"): "the same spawned writer process (see _write)",
+}
+
+
+def function_imports() -> list[tuple[str, str, int]]:
+    """(module, function, line) of every import statement inside a function body."""
+    found = []
+    for name, path in modules().items():
+        if ".migrations." in f".{name}.":
+            continue
+        for func in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.extend((name, func.name, node.lineno) for node in ast.walk(func)
+                             if isinstance(node, (ast.Import, ast.ImportFrom)))
+    return found
+
+
+def test_imports_sit_at_the_top_of_their_module():
+    """A function-level import hides a dependency (and often a cycle): only the listed ones."""
+    found = function_imports()
+    wrong = [f"{name}:{line} in {func}()" for name, func, line in found if (name, func) not in FUNCTION_IMPORTS_ALLOWED]
+    assert not wrong, "move these imports to the top of their module (or list them, with the reason):\n" + \
+        "\n".join(wrong)
+    stale = set(FUNCTION_IMPORTS_ALLOWED) - {(name, func) for name, func, _ in found}
+    assert not stale, f"allowed but no longer there: {sorted(stale)}"
+
+
 def test_migrate_is_the_command_of_migration_jobs():
     """Django runs the command of the first listed app that has one: not django-tenants'."""
     assert get_commands()["migrate"] == "migration_jobs"

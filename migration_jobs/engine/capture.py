@@ -1,22 +1,19 @@
-"""Change capture, catch-up and write fences, all with triggers in the *source* database
-(so they work for a schema target, a database target and a move back alike; logical
-replication could not feed `public.x` into `tenant_42.x`).
+"""Change capture, catch-up and write fences, with triggers in the *source* database (so they
+work for schema and database targets and move backs alike).
 
-Capture. Row triggers, one set per run and table, filtered in their WHEN clause to the moving
-tenant: other tenants' writes never even call the function. They log only (table, key) into
-`tenant_move_log_<run>`; catch-up then copies the row's *current* state. So applying a change
-twice is harmless, order inside a batch does not matter, and capture may start before the
-copy's snapshot (it must: GUIDE, "capture must start at or before the copy snapshot").
+Capture: per run and table, row triggers filtered (WHEN) to the moving tenant log only
+(table, key) into `tenant_move_log_<run>`; catch-up copies the row's *current* state, so
+applying a change twice is harmless and capture may (must) start before the copy's snapshot:
+a write between the snapshot and the first trigger would otherwise be lost.
 
-Catch-up. One round reads the log and the changed rows in ONE repeatable-read snapshot of the
-source, replaces those rows in the target (delete + COPY, one target transaction), commits
-the target, then marks exactly the log rows that snapshot saw as applied. The target then
-equals the source as of that snapshot, so deferred foreign keys and unique indexes hold at
-every commit. A crash between the two commits re-applies the same rows next time: harmless.
+Catch-up: one round reads the log and the changed rows in ONE repeatable-read snapshot,
+replaces those rows in the target (delete + COPY, one transaction), commits, then marks the
+log rows that snapshot saw as applied. A crash between the two commits re-applies the same
+rows: harmless. Deferred FKs and unique indexes hold at every commit.
 
-Fence. A frozen or moved-away tenant's rows refuse writes in the database itself, whatever a
-stale process believes: BEFORE row triggers (WHEN tenant_id = X) raise while a row for X is
-in `tenant_move_fence`. The engine's own sessions bypass it (`tenant_move.bypass`).
+Fence: while a row for tenant X is in `tenant_move_fence`, BEFORE row triggers (WHEN
+tenant_id = X) refuse writes in the database itself; the engine's own sessions bypass it
+(`tenant_move.bypass`).
 """
 from __future__ import annotations
 
@@ -26,8 +23,10 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from migration_jobs.engine.copy import copied_rows
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.tables import TableSpec
+from migration_jobs.engine.verify import fingerprint
 
 FENCE_TABLE = "tenant_move_fence"
 BYPASS = "SET LOCAL tenant_move.bypass = 'on'"
@@ -190,8 +189,6 @@ def apply_round(source: Place, target: Place, run_id: int, tenant_id: int, table
         with src, dst:
             return apply_round(source, target, run_id, tenant_id, tables, number, compare=compare,
                                connections=(src, dst))
-    from migration_jobs.engine.verify import fingerprint
-
     started = time.monotonic()
     log = sql.Identifier(source.schema, log_table(run_id))
     written = deleted = 0
@@ -248,8 +245,6 @@ def _apply_table(src, dst, source: Place, target: Place, log, table: TableSpec, 
 
 def _pipe(src, dst, out_query, in_query) -> int:
     """COPY from one connection into another; returns the rows written."""
-    from migration_jobs.engine.copy import copied_rows
-
     with src.cursor() as s, dst.cursor() as d:
         with s.copy(out_query) as out, d.copy(in_query) as into:
             for block in out:

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 
 import psycopg
 from django.core.management import call_command
+from django.core.management.commands.migrate import Command as DjangoMigrate
 from django.db import connection as default_connection
 from django.db import connections
 from psycopg import sql
@@ -161,8 +162,6 @@ def grant_existing(server, database: str, role: str) -> None:
 
 def migrate_database(server, database: str, verbosity: int = 0) -> None:
     """Apply the project's migrations to a dedicated database (tenant apps only, see the router)."""
-    from django.core.management.commands.migrate import Command as DjangoMigrate
-
     with django_alias(admin_alias_settings(server, database), f"tenant_admin_{database}") as alias:
         call_command(DjangoMigrate(), database=alias, interactive=False, verbosity=verbosity)
 

@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+from tqdm import tqdm
 
 from migration_jobs import services
 from migration_jobs.models import MigrationRun
@@ -43,8 +44,6 @@ class _Display:
         self.last_plain = 0.0
         self.samples: deque[tuple[float, int]] = deque(maxlen=40)  # (time, rows) for rate/ETA
         if tty:
-            from tqdm import tqdm
-
             total = None if run.dry_run else (run.rows_total or None)
             self.bar = tqdm(total=total, unit="rows", unit_scale=True, file=stream, desc=f"run {run.pk}",
                             dynamic_ncols=True, leave=True)

@@ -9,6 +9,8 @@ from one consistent snapshot. Exit status 0 on success, 2 for bad input (one lin
 """
 import sys
 
+from tqdm import tqdm
+
 from migration_jobs import services
 from migration_jobs.management.base import TenantCommand
 
@@ -28,8 +30,6 @@ class Command(TenantCommand):
         stream = getattr(self.stderr, "_out", self.stderr)
         bar = None
         if getattr(stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
             bar = tqdm(total=services.tenant_table_count(), unit="table", file=stream, desc=f"export {tenant.slug}")
 
         def on_table(name, rows):

@@ -12,6 +12,8 @@ migrations not ahead of this code) before anything is written; the rows are load
 transaction per target, verified (counts and checksums) before commit. Exit status 0 on
 success, 2 when the archive or the request is refused (one line on stderr, nothing changed).
 """
+from tqdm import tqdm
+
 from migration_jobs import services
 from migration_jobs.management.base import TenantCommand
 
@@ -38,8 +40,6 @@ class Command(TenantCommand):
         stream = getattr(self.stderr, "_out", self.stderr)
         bar = None
         if not check and getattr(stream, "isatty", lambda: False)():
-            from tqdm import tqdm
-
             bar = tqdm(total=sum(t["rows"] for t in manifest["tables"]), unit="rows", unit_scale=True, file=stream,
                        desc=f"restore {as_slug or manifest['tenant']['slug']}")
 
