@@ -1,13 +1,13 @@
 """What reusing the legacy rows saves a move back (see benchmarks/move_back.py)."""
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from benchmarks.bench_tenants import BenchError
+from benchmarks.management.base import BenchCommand
 from benchmarks.move_back import format_report, run_move_back_benchmark
 
 
-class Command(BaseCommand):
+class Command(BenchCommand):
     help = "Benchmark moves back: legacy rows reused against everything copied (after retirement)."
 
     def add_arguments(self, parser):
@@ -18,11 +18,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["rows"] < 1000 or options["changes"] < 0:
             raise CommandError("--rows must be >= 1000 and --changes >= 0", returncode=2)
-        try:
-            report = run_move_back_benchmark(options["rows"], changes=options["changes"],
-                                             say=lambda m: self.stderr.write(m))
-        except BenchError as exc:
-            raise CommandError(str(exc), returncode=2) from None
+        report = run_move_back_benchmark(options["rows"], changes=options["changes"],
+                                         say=lambda m: self.stderr.write(m))
         self.stdout.write(format_report(report))
         if options["json"]:
             self.stdout.write(json.dumps(report))

@@ -1,13 +1,13 @@
 """Freeze time of online moves under a steady write load (see benchmarks/online_move.py)."""
 import json
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import CommandError
 
-from benchmarks.bench_tenants import BenchError
+from benchmarks.management.base import BenchCommand
 from benchmarks.online_move import format_report, run_online_benchmark
 
 
-class Command(BaseCommand):
+class Command(BenchCommand):
     help = "Benchmark online moves: freeze time (median, max) under ~N writes/s, other tenants' throughput."
 
     def add_arguments(self, parser):
@@ -20,11 +20,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         if options["rows"] < 1000 or options["runs"] < 1 or options["rate"] <= 0:
             raise CommandError("--rows must be >= 1000, --runs >= 1 and --rate > 0", returncode=2)
-        try:
-            report = run_online_benchmark(options["rows"], runs=options["runs"], rate=options["rate"],
-                                          target=options["target"], say=lambda m: self.stderr.write(m))
-        except BenchError as exc:
-            raise CommandError(str(exc), returncode=2) from None
+        report = run_online_benchmark(options["rows"], runs=options["runs"], rate=options["rate"],
+                                      target=options["target"], say=lambda m: self.stderr.write(m))
         self.stdout.write(format_report(report))
         if options["json"]:
             self.stdout.write(json.dumps(report))

@@ -1,13 +1,13 @@
 """`manage.py seed_demo`: demo tenants of skewed sizes in the shared database (see benchmarks.seeding)."""
 import sys
 
-from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from benchmarks import seeding
+from benchmarks.management.base import BenchCommand
 
 
-class Command(BaseCommand):
+class Command(BenchCommand):
     help = ("Create demo tenants in the shared database with generated shop rows: a few large, many small, "
             "the same rows for the same --seed. Refuses when demo tenants exist, unless --reset.")
 
@@ -30,10 +30,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"{existing} demo tenants exist already: kept as they are "
                                   "(seed_demo --reset rebuilds them)")
                 return
-        try:
-            planned = seeding.plan(tenants, largest)
-        except seeding.SeedError as exc:
-            raise CommandError(str(exc)) from exc
+        planned = seeding.plan(tenants, largest)
         bar = None
         if not quiet and sys.stderr.isatty():
             bar = tqdm(total=sum(target for _, _, target in planned), unit="row", unit_scale=True,
@@ -49,8 +46,6 @@ class Command(BaseCommand):
         try:
             result = seeding.seed(tenants=tenants, largest=largest, seed=seed, reset=reset,
                                   progress=progress if bar is not None else None)
-        except seeding.SeedError as exc:
-            raise CommandError(str(exc)) from exc
         finally:
             if bar is not None:
                 bar.close()
