@@ -1,16 +1,22 @@
 """Shared fixtures. Every test talks to a real PostgreSQL server: the embedded cluster, or
 the server of DATABASE_URL."""
 import os
+import re
 
 import psycopg
 import pytest
 from django.conf import settings
+from django.db import connection
+from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg import sql
 
-
-from django.db.backends.base.base import BaseDatabaseWrapper
-from tenancy.models import tenant_host
-from tests.helpers import drop_places
+from benchmarks.seeding import seed
+from migration_jobs.engine import provision
+from migration_jobs.engine.places import shared_place
+from project.embedded_pg import ensure_running
+from tenancy.models import DatabaseCredential, DatabaseServer, Domain, Tenant, tenant_host
+from tenancy.servers import ensure_default_server
+from tests.helpers import drop_places, run_cmd, server_conninfo_of, snapshot
 
 
 @pytest.fixture(autouse=True)
@@ -34,14 +40,6 @@ def _allow_dedicated_aliases(request):
     BaseDatabaseWrapper.ensure_connection = guarded
 
 
-def _server_conninfo(dbname="postgres"):
-    db = settings.DATABASES["default"]
-    info = {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "dbname": dbname}
-    if db.get("PASSWORD"):
-        info["password"] = db["PASSWORD"]
-    return info
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -63,8 +61,6 @@ def _drop_databases_and_roles(conn, predicate):
 
 def _owner_pid(name: str):
     """The pytest process a test database or role belongs to (see project/test_settings.py)."""
-    import re
-
     match = re.match(r"^test_repairshop_(\d+)$", name) or re.match(r"^test(\d+)_", name)
     return int(match.group(1)) if match else None
 
@@ -72,18 +68,16 @@ def _owner_pid(name: str):
 @pytest.fixture(scope="session", autouse=True)
 def _clean_server():
     """Drop what dead test runs left behind, and, at the end, what this run made."""
-    with psycopg.connect(**_server_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(**server_conninfo_of(), autocommit=True) as conn:
         _drop_databases_and_roles(conn, lambda n: _owner_pid(n) is not None and not _pid_alive(_owner_pid(n)))
     yield
-    with psycopg.connect(**_server_conninfo(), autocommit=True) as conn:
+    with psycopg.connect(**server_conninfo_of(), autocommit=True) as conn:
         mine = settings.TENANT_DATABASE_PREFIX
         _drop_databases_and_roles(conn, lambda n: n.startswith(mine))
 
 
 @pytest.fixture
 def make_tenant(db):
-    from tenancy.models import Domain, Tenant
-
     def make(slug, placement="shared", status="active", name=None):
         tenant = Tenant(slug=slug, name=name or slug.replace("_", " ").title(), placement=placement, status=status)
         tenant.save()
@@ -99,11 +93,6 @@ def cleanup():
     (with its role) and backups are dropped, whatever the test left."""
     given = []
     yield given.append
-    from django.db import connection
-
-    from migration_jobs.engine import provision
-    from tenancy.servers import ensure_default_server
-
     connection.set_schema_to_public()
     server = ensure_default_server()
     for item in given:
@@ -117,16 +106,12 @@ def cleanup():
 
 @pytest.fixture
 def server_conninfo():
-    return _server_conninfo
+    return server_conninfo_of
 
 
 @pytest.fixture
 def place_tenant(db):
     """Give a tenant an empty dedicated schema or database (no rows moved) and route it there."""
-    from migration_jobs.engine import provision
-    from tenancy.models import DatabaseCredential
-    from tenancy.servers import ensure_default_server
-
     made = []
 
     def place(tenant, placement, server=None):
@@ -154,15 +139,11 @@ def place_tenant(db):
 @pytest.fixture(scope="session")
 def second_cluster():
     """A second PostgreSQL server (another embedded cluster) for moves across servers."""
-    from project.embedded_pg import ensure_running
-
     return ensure_running(settings.BASE_DIR / ".pgdata-second")
 
 
 @pytest.fixture
 def second_server(db, second_cluster):
-    from tenancy.models import DatabaseServer
-
     return DatabaseServer.objects.create(name="second", host=second_cluster.host, port=second_cluster.port,
                                          admin_user=second_cluster.user, maintenance_db="postgres")
 
@@ -170,8 +151,6 @@ def second_server(db, second_cluster):
 def drop_move_objects():
     """Fences, capture triggers and change logs that moves leave in the shared test
     database outlive the flush between tests (and tenant ids repeat): drop them."""
-    from migration_jobs.engine.places import shared_place
-
     with shared_place().connect() as conn:
         for table, trigger in conn.execute(
                 "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
@@ -193,3 +172,32 @@ def _clean_move_objects(request):
     yield
     if marker and marker.kwargs.get("transaction"):
         drop_move_objects()
+
+
+# --- Seeded tenants, their archive, the places moves made --------------------------------
+
+@pytest.fixture
+def seeded(request):
+    """Three seeded tenants of skewed sizes (benchmarks.seeding); returns the largest. A test
+    module sets the sizes with SEEDED = {"largest": rows, "seed": n} (default 3000 rows, seed 7)."""
+    result = seed(tenants=3, **getattr(request.module, "SEEDED", {"largest": 3000, "seed": 7}))
+    return Tenant.objects.get(slug=result.largest.slug)
+
+
+@pytest.fixture
+def exported(seeded, tmp_path):
+    """(tenant, archive path, every row of the tenant before): the seeded tenant exported."""
+    path = tmp_path / f"{seeded.slug}.tenant.tar"
+    code, out, err = run_cmd("export_tenant", seeded.slug, "-o", str(path))
+    assert code == 0, err
+    assert f"to {path}" in out
+    return seeded, path, snapshot(shared_place(), seeded.pk)
+
+
+@pytest.fixture
+def made_places():
+    """A list for what successful moves left (("schema", name) or ("database", server,
+    database, role)): dropped after the test (failed moves clean up after themselves)."""
+    made = []
+    yield made
+    drop_places(made)

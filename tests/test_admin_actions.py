@@ -10,8 +10,7 @@ from django.urls import reverse
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
-from tests.helpers import crash_move
-from tests.test_commands import fill, place_counts, shared_counts
+from tests.helpers import crash_move, fill, place_counts, shared_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,6 @@ value; every kind of bad archive or request refused with one line, exit status 2
 nothing changed."""
 import gzip
 import hashlib
-import io
 import json
 import tarfile
 
@@ -14,7 +13,8 @@ from django.utils import timezone
 from psycopg import sql
 
 from migration_jobs.engine import provision
-from migration_jobs.engine.archive import COPY_SIGNATURE, FORMAT_VERSION, validate_archive
+from migration_jobs.engine.archive import COPY_SIGNATURE, FORMAT_VERSION
+from migration_jobs.engine.archive_read import validate_archive
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.engine.verify import LEGACY_MD5, fingerprint
@@ -23,87 +23,13 @@ from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Domain, Tenant
 from tenancy.servers import ensure_default_server
 from tenancy.models import tenant_host
-from tests.helpers import delete_tenant, run_cmd
+from tests.helpers import delete_tenant, fingerprints, rewrite, run_cmd, schema_exists, shared_state, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-# --- helpers ------------------------------------------------------------------------------
+SEEDED = {"largest": 2000, "seed": 11}  # the conftest `seeded` tenant
 
-def rows_of(place, table, tenant_id, *, without_tenant=False):
-    """Every row of the tenant in that place, as Python values, in key order."""
-    cols = [c for c in table.columns if not (without_tenant and c == "tenant_id")]
-    with place.connect() as conn:
-        return conn.execute(sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s ORDER BY {}").format(
-            sql.SQL(", ").join(map(sql.Identifier, cols)), place.table(table.name), sql.Identifier(table.pk)),
-            (tenant_id,)).fetchall()
-
-
-def snapshot(place, tenant_id, **kwargs):
-    return {t.name: rows_of(place, t, tenant_id, **kwargs) for t in tenant_tables()}
-
-
-def fingerprints(place, tenant_id):
-    with place.connect() as conn:
-        return {t.name: fingerprint(conn, place, t, tenant_id) for t in tenant_tables()}
-
-
-def shared_state():
-    """Everything a refused restore must leave alone: all shop rows and the tenant rows."""
-    with shared_place().connect() as conn:
-        shop = {t.name: conn.execute(sql.SQL("SELECT count(*), coalesce(sum(hashtext(x::text)), 0) FROM {} x").format(
-            shared_place().table(t.name))).fetchone() for t in tenant_tables()}
-    return shop, sorted(Tenant.objects.values_list("pk", "slug", "placement", "status")), \
-        sorted(Domain.objects.values_list("domain", flat=True))
-
-
-def schema_exists(name):
-    with shared_place().connect() as conn:
-        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
-
-
-def rewrite(path, out_path, *, members=None, manifest=None, fix_digest=True):
-    """Copy an archive, changing member bytes (`members`: name -> fn(bytes)) and/or the
-    manifest (`manifest`: fn(dict)); the manifest digest is recomputed unless told not to."""
-    with tarfile.open(path) as tar:
-        items = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    data = dict((m.name, b) for m, b in items)
-    for name, change in (members or {}).items():
-        data[name] = change(data[name])
-    if manifest is not None:
-        doc = json.loads(data["manifest.json"])
-        manifest(doc)
-        data["manifest.json"] = json.dumps(doc).encode()
-    if fix_digest:
-        data["manifest.sha256"] = f"{hashlib.sha256(data['manifest.json']).hexdigest()}  manifest.json\n".encode()
-    with tarfile.open(out_path, "w") as tar:
-        for member, _ in items:
-            info = tarfile.TarInfo(member.name)
-            info.size = len(data[member.name])
-            tar.addfile(info, io.BytesIO(data[member.name]))
-    return out_path
-
-
-@pytest.fixture
-def seeded():
-    """Three seeded tenants of skewed sizes; returns the largest."""
-    from benchmarks.seeding import seed
-
-    result = seed(tenants=3, largest=2000, seed=11)
-    return Tenant.objects.get(slug=result.largest.slug)
-
-
-@pytest.fixture
-def exported(seeded, tmp_path):
-    """(tenant, archive path, every row of the tenant before)."""
-    path = tmp_path / f"{seeded.slug}.tenant.tar"
-    code, out, err = run_cmd("export_tenant", seeded.slug, "-o", str(path))
-    assert code == 0, err
-    assert f"to {path}" in out
-    return seeded, path, snapshot(shared_place(), seeded.pk)
-
-
-# --- the archive --------------------------------------------------------------------------
 
 def test_export_writes_a_complete_manifest_and_compressed_binary_copy_members(exported):
     tenant, path, before = exported

@@ -2,8 +2,6 @@
 dedicated schemas and databases (dropped in teardown), called through call_command."""
 import json
 import socket
-from datetime import date, timedelta
-from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -14,52 +12,21 @@ from migration_jobs.engine import provision
 from migration_jobs.models import MigrationRun, RunStatus
 from migration_jobs.runs.faults import Faults
 from migration_jobs.runs.steps.common import Verify
-from shop.models import Customer, Device, Employee, Repair, RepairPart, RepairStatusHistory, SparePart
+from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
-from tests.helpers import crash_move, run_cmd
+from tests.helpers import SHOP, crash_move, fill, place_counts, run_cmd, shared_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SHOP = [Employee, Customer, Device, SparePart, Repair, RepairStatusHistory, RepairPart]
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-def fill(tenant, n=4):
-    """A small tenant: a few rows in most shop tables, written through the ORM as the tenant."""
-    now = timezone.now()
-    with tenant_context(tenant):
-        boss = Employee.objects.create(full_name="Boss", email=f"boss@{tenant.slug}.test", role="owner",
-                                       hired_on=date(2020, 1, 2), hourly_rate=Decimal("42.50"), skills=["all"])
-        part = SparePart.objects.create(sku="SKU-1", name="Screen", unit_price=Decimal("99.90"), stock=3,
-                                        compatible_models=["X1", "X2"])
-        for i in range(n):
-            customer = Customer.objects.create(first_name=f"First{i}", last_name=f"Last{i}", email=f"c{i}@x.test",
-                                               tags=["vip"] if i % 2 else [], created_at=now - timedelta(days=i))
-            device = Device.objects.create(customer=customer, kind="phone", brand="Acme", model_name="X1",
-                                           serial_number=f"SN{i}")
-            repair = Repair.objects.create(device=device, customer=customer, assigned_to=boss, ticket_number=1000 + i,
-                                           problem="broken\nscreen 'quoted'", received_at=now,
-                                           metadata={"i": i, "nested": {"ok": True}})
-            RepairStatusHistory.objects.create(repair=repair, to_status="received", changed_at=now, changed_by=boss)
-            RepairPart.objects.create(repair=repair, part=part, quantity=1, unit_price=Decimal("99.90"))
-
-
-def shared_counts(tenant) -> dict:
-    return {m._meta.db_table: m.unscoped.filter(tenant_id=tenant.pk).count() for m in SHOP}
-
 
 def shared_rows(tenant) -> dict:
     """Every column of every shop row of the tenant in the shared tables."""
     return {m._meta.db_table: sorted(map(repr, m.unscoped.filter(tenant_id=tenant.pk).order_by("pk").values_list()))
             for m in SHOP}
-
-
-def place_counts(tenant) -> dict:
-    tenant = Tenant.objects.get(pk=tenant.pk)
-    with tenant_context(tenant):
-        return {m._meta.db_table: m.objects.count() for m in SHOP}
 
 
 def last_json(stdout: str):

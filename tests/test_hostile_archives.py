@@ -13,18 +13,20 @@ import pytest
 from django.utils import timezone
 from psycopg import sql
 
-from migration_jobs.engine.archive import (COPY_SIGNATURE, ArchiveError, open_archive, open_table_stream,
-                                           validate_archive, write_archive)
+from migration_jobs.engine.archive import COPY_SIGNATURE, write_archive
+from migration_jobs.engine.archive_read import open_archive, open_table_stream, validate_archive
+from migration_jobs.exceptions import ArchiveError
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.references import reference_problems
 from migration_jobs.engine.tables import tenant_tables
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant
-from tests.helpers import delete_tenant, run_cmd
-from tests.test_archive import exported, rewrite, seeded, shared_state, snapshot  # noqa: F401 (fixtures)
+from tests.helpers import delete_tenant, rewrite, run_cmd, shared_state, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+SEEDED = {"largest": 2000, "seed": 11}  # the conftest `seeded` tenant (as in test_archive)
 
 BIGINT_MAX = 2 ** 63 - 1
 

@@ -11,8 +11,6 @@ from psycopg import sql
 from migration_jobs import services
 from migration_jobs.engine import provision
 from migration_jobs.engine.places import place_of, shared_place
-from migration_jobs.engine.tables import tenant_tables
-from migration_jobs.engine.verify import fingerprint
 from migration_jobs.models import RunStatus
 from migration_jobs.runs import executor
 from migration_jobs.runs.faults import Faults, WorkerKilled
@@ -21,34 +19,14 @@ from migration_jobs.runs.steps.common import Verify
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import DatabaseCredential, Tenant
-from tests.helpers import drop_places
+from tests.helpers import fingerprints, schema_exists, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+SEEDED = {"largest": 3000, "seed": 7}  # the conftest `seeded` tenant
+
 
 # --- helpers ------------------------------------------------------------------------------
-
-def rows_of(place, table, tenant_id):
-    """Every row of the tenant in that place, as Python values, in key order."""
-    cols = sql.SQL(", ").join(map(sql.Identifier, table.columns))
-    with place.connect() as conn:
-        return conn.execute(sql.SQL("SELECT {} FROM {} WHERE tenant_id = %s ORDER BY {}").format(
-            cols, place.table(table.name), sql.Identifier(table.pk)), (tenant_id,)).fetchall()
-
-
-def snapshot(place, tenant_id):
-    return {t.name: rows_of(place, t, tenant_id) for t in tenant_tables()}
-
-
-def fingerprints(place, tenant_id):
-    with place.connect() as conn:
-        return {t.name: fingerprint(conn, place, t, tenant_id) for t in tenant_tables()}
-
-
-def schema_exists(name):
-    with shared_place().connect() as conn:
-        return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
-
 
 def database_exists(server, name):
     return provision.database_exists(server, name)
@@ -57,23 +35,6 @@ def database_exists(server, name):
 def role_exists(server, role):
     with provision.admin_connection(server) as conn:
         return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is not None
-
-
-@pytest.fixture
-def seeded():
-    """Three seeded tenants of skewed sizes; returns the largest (the one we move)."""
-    from benchmarks.seeding import seed
-
-    result = seed(tenants=3, largest=3000, seed=7)
-    return Tenant.objects.get(slug=result.largest.slug)
-
-
-@pytest.fixture
-def cleanup():
-    """Drop what successful moves left (failed ones clean up after themselves)."""
-    made = []
-    yield made
-    drop_places(made)
 
 
 def move(tenant, target, faults=None, **kwargs):
@@ -104,14 +65,14 @@ def assert_clean_rollback(tenant, run, before):
 # --- moves --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target", ["schema", "database"])
-def test_move_copies_every_row_and_routes_the_tenant(seeded, cleanup, target):
+def test_move_copies_every_row_and_routes_the_tenant(seeded, made_places, target):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
     assert sum(map(len, before.values())) > 1000
     run = move(tenant, target)
     assert run.status == RunStatus.SUCCEEDED, run.error
     tenant.refresh_from_db()
-    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+    made_places.append(("schema", tenant.schema_name) if target == "schema" else
                    ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     assert tenant.placement == target and tenant.status == "active"
     assert snapshot(place_of(tenant), tenant.pk) == before  # every row of every table, value for value
@@ -130,12 +91,12 @@ def test_move_copies_every_row_and_routes_the_tenant(seeded, cleanup, target):
         conn.execute("UPDATE shop_customer SET loyalty_points = 0 WHERE tenant_id = %s", (tenant.pk,))
 
 
-def test_move_to_a_database_on_a_second_server(seeded, cleanup, second_server):
+def test_move_to_a_database_on_a_second_server(seeded, made_places, second_server):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
     run = move(tenant, "database", server_name=second_server.name)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("database", second_server, run.target_database, provision.role_name(run.target_database)))
+    made_places.append(("database", second_server, run.target_database, provision.role_name(run.target_database)))
     tenant.refresh_from_db()
     assert tenant.credential.server == second_server
     assert snapshot(place_of(tenant), tenant.pk) == before
@@ -146,7 +107,7 @@ def test_move_to_a_database_on_a_second_server(seeded, cleanup, second_server):
         assert Customer.objects.count() == len(before["shop_customer"])
 
 
-def test_move_while_other_tenants_keep_writing(seeded, cleanup):
+def test_move_while_other_tenants_keep_writing(seeded, made_places):
     tenant = seeded
     other = Tenant.objects.exclude(pk=tenant.pk).first()
     stop, written, errors = threading.Event(), [], []
@@ -171,17 +132,17 @@ def test_move_while_other_tenants_keep_writing(seeded, cleanup):
     finally:
         stop.set()
         thread.join(10)
-    cleanup.append(("schema", tenant.schema_name))
+    made_places.append(("schema", tenant.schema_name))
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert not errors and len(written) > 0
     assert Customer.unscoped.filter(pk__in=written, tenant=other).count() == len(written)
 
 
-def test_move_back_to_shared_restores_every_row(seeded, cleanup):
+def test_move_back_to_shared_restores_every_row(seeded, made_places):
     tenant = seeded
     run = move(tenant, "database")
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    made_places.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     tenant.refresh_from_db()
     with tenant_context(tenant):  # the tenant keeps working in its new place
         Customer.objects.create(first_name="Written", last_name="Dedicated", created_at=timezone.now())
@@ -205,13 +166,13 @@ def test_move_back_to_shared_restores_every_row(seeded, cleanup):
 
 
 @pytest.mark.parametrize("target,online", [("schema", False), ("database", False), ("database", True)])
-def test_out_back_and_out_again(seeded, cleanup, target, online):
+def test_out_back_and_out_again(seeded, made_places, target, online):
     """A tenant moved back can move out again: its old place, with rows from before the move
     back and a legacy fence, is emptied and reused, and the tenant is writable there."""
     tenant = seeded
     run = move(tenant, target, online=online)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+    made_places.append(("schema", tenant.schema_name) if target == "schema" else
                    ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     back = executor.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk), online=online).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
@@ -229,11 +190,11 @@ def test_out_back_and_out_again(seeded, cleanup, target, online):
 
 
 @pytest.mark.parametrize("target", ["schema", "database"])
-def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, cleanup, settings, target):
+def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, made_places, settings, target):
     tenant = seeded
     run = move(tenant, target)
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("schema", tenant.schema_name) if target == "schema" else
+    made_places.append(("schema", tenant.schema_name) if target == "schema" else
                    ("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     back = executor.execute(services.request_move_back(Tenant.objects.get(pk=tenant.pk)).pk)
     assert back.status == RunStatus.SUCCEEDED, back.error
@@ -250,7 +211,7 @@ def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, clean
         assert not database_exists(run.target_server, run.target_database)
         assert not role_exists(run.target_server, provision.role_name(run.target_database))
         assert not DatabaseCredential.objects.filter(tenant=tenant).exists()
-    from migration_jobs.engine.archive import read_manifest
+    from migration_jobs.engine.archive_read import read_manifest
 
     manifest = read_manifest(retire.steps.get(name="backup").details["path"])  # the dropped rows, archived
     assert {t["name"]: t["rows"] for t in manifest["tables"]} == {n: fp.rows for n, fp in shared.items()}
@@ -263,7 +224,7 @@ def test_the_place_a_move_back_left_retires_after_the_grace_period(seeded, clean
         services.request_retire(tenant)
 
 
-def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch):
+def test_copy_back_that_loses_a_row_commits_nothing(seeded, made_places, monkeypatch):
     """The comparison of the replaced buckets catches a copy back that went wrong, and the
     shared tables stay exactly as they were."""
     from migration_jobs.engine import copy_back as copy_back_module
@@ -271,7 +232,7 @@ def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch
     tenant = seeded
     run = move(tenant, "schema")
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("schema", tenant.schema_name))
+    made_places.append(("schema", tenant.schema_name))
     tenant.refresh_from_db()
     with tenant_context(tenant):
         Customer.objects.create(first_name="Only", last_name="Dedicated", created_at=timezone.now())
@@ -294,11 +255,11 @@ def test_copy_back_that_loses_a_row_commits_nothing(seeded, cleanup, monkeypatch
     assert tenant.placement == "schema" and tenant.status == "active"
 
 
-def test_move_back_detects_key_collisions_before_writing(seeded, cleanup):
+def test_move_back_detects_key_collisions_before_writing(seeded, made_places):
     tenant = seeded
     run = move(tenant, "schema")
     assert run.status == RunStatus.SUCCEEDED
-    cleanup.append(("schema", tenant.schema_name))
+    made_places.append(("schema", tenant.schema_name))
     tenant.refresh_from_db()
     other = Tenant.objects.exclude(pk=tenant.pk).first()
     with tenant_context(tenant):
@@ -363,7 +324,7 @@ def test_verification_mismatch_fails_the_run_and_rolls_back(seeded):
 
 
 @pytest.mark.parametrize("where", ["after:backup", "copy:shop_device", "after:copy", "after:switch"])
-def test_killed_worker_then_resume_finishes_the_move(seeded, cleanup, where):
+def test_killed_worker_then_resume_finishes_the_move(seeded, made_places, where):
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
     run = services.request_move(tenant, "database")
@@ -375,7 +336,7 @@ def test_killed_worker_then_resume_finishes_the_move(seeded, cleanup, where):
     assert executor.execute(run.pk).status == RunStatus.RUNNING
     resumed = services.execute(services.resumable_run(tenant), resume=True)
     assert resumed.status == RunStatus.SUCCEEDED, resumed.error
-    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    made_places.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     tenant.refresh_from_db()
     assert tenant.placement == "database" and tenant.status == "active"
     assert snapshot(place_of(tenant), tenant.pk) == before
@@ -404,10 +365,10 @@ def test_a_second_run_for_the_same_tenant_is_refused_by_the_database(seeded):
         MigrationRun.objects.create(tenant=tenant, source_placement="shared", target_placement="schema")
 
 
-def test_passwords_never_reach_run_records(seeded, cleanup):
+def test_passwords_never_reach_run_records(seeded, made_places):
     tenant = seeded
     run = move(tenant, "database")
-    cleanup.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
+    made_places.append(("database", run.target_server, run.target_database, provision.role_name(run.target_database)))
     tenant.refresh_from_db()
     password = tenant.credential.password()
     import json
@@ -418,12 +379,12 @@ def test_passwords_never_reach_run_records(seeded, cleanup):
     assert password not in tenant.credential.password_encrypted
 
 
-def test_legacy_rows_retire_after_the_grace_period_only(seeded, cleanup, settings):
+def test_legacy_rows_retire_after_the_grace_period_only(seeded, made_places, settings):
     tenant = seeded
     other = Tenant.objects.exclude(pk=tenant.pk).first()
     run = move(tenant, "schema")
     assert run.status == RunStatus.SUCCEEDED, run.error
-    cleanup.append(("schema", tenant.schema_name))
+    made_places.append(("schema", tenant.schema_name))
     tenant.refresh_from_db()
     with pytest.raises(services.Refused, match="may be retired from"):
         services.request_retire(tenant)
@@ -442,7 +403,7 @@ def test_legacy_rows_retire_after_the_grace_period_only(seeded, cleanup, setting
     assert fence_triggers(shared_place(), tenant.pk) == 0
     deleted = retire.steps.get(name="retire_delete").details["deleted"]
     assert deleted == {name: fp.rows for name, fp in legacy.items() if fp.rows}
-    from migration_jobs.engine.archive import read_manifest
+    from migration_jobs.engine.archive_read import read_manifest
 
     manifest = read_manifest(retire.steps.get(name="backup").details["path"])
     assert {t["name"]: t["rows"] for t in manifest["tables"]} == {n: fp.rows for n, fp in legacy.items()}

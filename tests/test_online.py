@@ -19,10 +19,11 @@ from migration_jobs.runs.faults import Faults
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
-from tests.helpers import crash_move
-from tests.test_moves import fingerprints, snapshot
+from tests.helpers import crash_move, fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
+
+SEEDED = {"largest": 3000, "seed": 11}  # the conftest `seeded` tenant
 
 
 class Writer(threading.Thread):
@@ -93,14 +94,6 @@ class Writer(threading.Thread):
             rows = dict(Customer.objects.filter(pk__in=list(self.expected) + list(self.deleted))
                         .values_list("pk", "loyalty_points"))
         assert rows == self.expected, "acknowledged writes lost or changed"
-
-
-@pytest.fixture
-def seeded():
-    from benchmarks.seeding import seed
-
-    result = seed(tenants=3, largest=3000, seed=11)
-    yield Tenant.objects.get(slug=result.largest.slug)
 
 
 def leftover_capture(place):

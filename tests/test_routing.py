@@ -13,7 +13,7 @@ from tenancy.context import current_route, tenant_context
 from tenancy.exceptions import CrossTenantAccess
 from tenancy.models import ReadSwitch
 from tenancy.routing import RouteCache, routes, set_read_switch
-from tests.conftest import _server_conninfo
+from tests.helpers import server_conninfo_of
 
 
 def add_customers(tenant, n, prefix="c"):
@@ -142,7 +142,7 @@ def test_other_processes_invalidate_the_route_cache(settings, make_tenant):
     try:
         assert cache.by_id(t.pk).status == "active"
         assert cache.listener.connected.wait(5)
-        with psycopg.connect(**_server_conninfo(settings.DATABASES["default"]["NAME"])) as other:
+        with psycopg.connect(**server_conninfo_of(settings.DATABASES["default"]["NAME"])) as other:
             other.execute("UPDATE tenancy_tenant SET status = 'suspended' WHERE id = %s", (t.pk,))
             other.execute("SELECT pg_notify('tenant_routes', %s)", (str(t.pk),))
         deadline = time.monotonic() + 5
