@@ -12,7 +12,7 @@ from typing import Callable
 from django.conf import settings
 
 LABELS = {
-    "a": "(a) runbook row-by-row INSERT",
+    "a": "(a) row-by-row INSERT",
     "b": "(b) bare binary COPY pipe",
     "c": "(c) engine copy step",
     "d": "(d) engine full run",
