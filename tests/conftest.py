@@ -163,8 +163,11 @@ def second_cluster():
 def second_server(db, second_cluster):
     from tenancy.models import DatabaseServer
 
-    return DatabaseServer.objects.create(name="second", host=second_cluster.host, port=second_cluster.port,
-                                         admin_user=second_cluster.user, maintenance_db="postgres")
+    server = DatabaseServer(name="second", host=second_cluster.host, port=second_cluster.port,
+                            admin_user=second_cluster.user, maintenance_db="postgres")
+    server.set_admin_password(second_cluster.password)  # the cluster authenticates (scram)
+    server.save()
+    return server
 
 
 def drop_move_objects():
