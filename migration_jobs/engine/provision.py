@@ -113,13 +113,19 @@ def _is_superuser(cursor) -> bool:
     return bool(cursor.fetchone()[0])
 
 
-def hide_catalogs(execute, catalogs=HIDDEN_CATALOGS) -> None:
+def hide_catalogs(execute, granted, catalogs=HIDDEN_CATALOGS) -> None:
     """REVOKE SELECT on the listing catalogs from PUBLIC in the current database (a superuser's
-    connection: `execute` runs one composed statement)."""
+    connection: `execute` runs one composed statement, `granted(query, args)` says whether a
+    privilege check query is true). Only what is still granted: concurrent callers (two moves
+    starting together) rarely update the same catalog row."""
     for name in catalogs:
-        execute(sql.SQL("REVOKE SELECT ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", name)))
+        qualified = f"pg_catalog.{name}"
+        if granted("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege('public', %s, 'SELECT')",
+                   (qualified, qualified)):
+            execute(sql.SQL("REVOKE SELECT ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", name)))
     for signature in HIDDEN_FUNCTIONS:
-        execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
+        if granted("SELECT has_function_privilege('public', %s, 'EXECUTE')", (f"pg_catalog.{signature}",)):
+            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
 
 
 def lock_down_shared_database() -> None:
@@ -130,6 +136,11 @@ def lock_down_shared_database() -> None:
     its own privileges, so the app is never locked out. Idempotent."""
     with default_connection.cursor() as cursor:
         run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
+
+        def granted(query, args):
+            cursor.execute(query, list(args))
+            return bool(cursor.fetchone()[0])
+
         superuser = _is_superuser(cursor)
         cursor.execute("SELECT current_database(), pg_get_userbyid(datdba) = current_user FROM pg_database "
                        "WHERE datname = current_database()")
@@ -140,10 +151,13 @@ def lock_down_shared_database() -> None:
         if superuser and getattr(settings, "USING_EMBEDDED_PG", False):
             databases += ["postgres", "template1"]
         for name in databases:
-            run(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
-        run(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+            if granted("SELECT has_database_privilege('public', %s, 'CONNECT') "
+                       "OR has_database_privilege('public', %s, 'TEMPORARY')", (name, name)):
+                run(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+        if granted("SELECT has_schema_privilege('public', 'public', 'CREATE')", ()):
+            run(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
         if superuser:
-            hide_catalogs(run, HIDDEN_SHARED_CATALOGS)
+            hide_catalogs(run, granted, HIDDEN_SHARED_CATALOGS)
 
 
 # --- Schema placement ----------------------------------------------------------------------
@@ -246,7 +260,7 @@ def lock_down_database(server, database: str, role: str) -> None:
         conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
         conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(rl))
         if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            hide_catalogs(conn.execute)
+            hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
 
 
 def ensure_database(server, database: str, role: str) -> None:
