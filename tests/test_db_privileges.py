@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.utils import ProgrammingError
+from django.db.utils import DatabaseError, ProgrammingError
 from psycopg import errors, sql
 
 from project import embedded_pg
@@ -202,3 +202,18 @@ def test_migrations_of_a_schema_run_as_the_owner(make_tenant, place_tenant, clea
     call_command("migrate_schemas", tenant=True, schema_name=tenant.schema_name, interactive=False, verbosity=0)
     connection.set_schema_to_public()
     assert _current_user() == settings.DATABASES["default"]["USER"]
+
+
+@pytest.mark.django_db
+def test_a_schema_tenant_made_before_roles_gets_its_role(make_tenant, place_tenant, cleanup):
+    from migration_jobs.engine import provision
+
+    tenant = place_tenant(make_tenant("priv_old"), "schema")
+    cleanup(tenant)
+    provision.drop_schema_role(tenant.schema_name)  # as an older version left it
+    with pytest.raises(DatabaseError, match="does not exist"), transaction.atomic(), tenant_context(tenant):
+        Customer.objects.count()  # refused, never run as the login role
+    provision.ensure_schema_roles([tenant.schema_name, "tenant_no_such_schema"])
+    with tenant_context(tenant):
+        assert _current_user() == schema_role(tenant.schema_name)
+        assert Customer.objects.count() == 0

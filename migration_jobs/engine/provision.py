@@ -200,6 +200,14 @@ def ensure_schema_role(schema: str) -> str:
     return role
 
 
+def ensure_schema_roles(schemas) -> None:
+    """The roles of schema tenants made before they had one (for `manage.py migrate`)."""
+    default_connection.set_schema_to_public()
+    for schema in schemas:
+        if schema_exists(schema):
+            ensure_schema_role(schema)
+
+
 def drop_schema_role(schema: str) -> None:
     role = schema_role(schema)
     with default_connection.cursor() as cursor:

@@ -53,6 +53,7 @@ class DatabaseWrapper(TenantsDatabaseWrapper):
             sql.SQL("SET ROLE {}").format(sql.Identifier(role)) if role else sql.SQL("RESET ROLE"))
         self._setting_search_path = True
         target = self.connection.cursor() if cursor is None else cursor
+        aborted = self.connection.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
         try:
             target.execute(statement.as_string(self.connection))
         except (django.db.utils.DatabaseError, psycopg.Error):
@@ -60,7 +61,7 @@ class DatabaseWrapper(TenantsDatabaseWrapper):
             # In a failed transaction nothing runs anyway (a rollback must still get its
             # cursor). Otherwise a tenant role that could not be taken must stop the query:
             # it would run as the login role.
-            if role and self.connection.info.transaction_status != psycopg.pq.TransactionStatus.INERROR:
+            if role and not aborted:
                 raise
         else:
             self.search_path_set_schemas = search_paths
