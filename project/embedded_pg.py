@@ -15,15 +15,15 @@ the app's database: a role reaches only the databases granted to it.
 from __future__ import annotations
 
 import fcntl
-import re
-import tempfile
 import importlib.util
 import os
 import pwd
+import re
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
