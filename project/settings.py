@@ -26,12 +26,14 @@ else:
         # One line, no traceback: settings only read where the server is, never start it.
         raise SystemExit(f"error: the embedded PostgreSQL server ({EMBEDDED_PG_DIR}) is not running; "
                          "start it with `make db` (or set DATABASE_URL)")
-    DATABASES = {"default": {"NAME": APP_DATABASE_NAME, "USER": _cluster.user, "PASSWORD": "",
+    # The superuser password comes from EMBEDDED_PG_PASSWORD (environment or .env).
+    DATABASES = {"default": {"NAME": APP_DATABASE_NAME, "USER": _cluster.user, "PASSWORD": _cluster.password,
                              "HOST": _cluster.host, "PORT": str(_cluster.port)}}
     USING_EMBEDDED_PG = True
 
-# django-tenants wraps the PostgreSQL backend to manage search_path for schema placement.
-DATABASES["default"]["ENGINE"] = "django_tenants.postgresql_backend"
+# django-tenants' backend (search_path for schema placement), plus SET ROLE to the schema
+# tenant's own role while a connection serves that tenant (tenancy/backend).
+DATABASES["default"]["ENGINE"] = "tenancy.backend"
 DATABASES["default"].setdefault("TEST", {})
 DATABASE_ROUTERS = (
     # Must come first: TenantSyncRouter answers False for every alias but default.

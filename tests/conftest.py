@@ -144,8 +144,11 @@ def second_cluster():
 
 @pytest.fixture
 def second_server(db, second_cluster):
-    return DatabaseServer.objects.create(name="second", host=second_cluster.host, port=second_cluster.port,
-                                         admin_user=second_cluster.user, maintenance_db="postgres")
+    server = DatabaseServer(name="second", host=second_cluster.host, port=second_cluster.port,
+                            admin_user=second_cluster.user, maintenance_db="postgres")
+    server.set_admin_password(second_cluster.password)  # the cluster authenticates (scram)
+    server.save()
+    return server
 
 
 def drop_move_objects():

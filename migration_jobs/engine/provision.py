@@ -1,11 +1,19 @@
 """Create and drop the places a tenant can move to.
 
 - A *schema* in the shared database, with the tenant apps' tables made by django-tenants'
-  migrate_schemas (so later `migrate` runs keep working there).
+  migrate_schemas (so later `migrate` runs keep working there), and a NOLOGIN role of its
+  own (tenancy.backend.roles.schema_role) with DML on that schema's tables only: the
+  tenant's queries run under it (SET ROLE, tenancy.backend), so they cannot read the shared
+  tables nor another tenant's schema.
 - A *database* on a DatabaseServer, owned by the server's admin user, with a per-tenant
-  LOGIN role that can connect to that database only and do DML only. Tables are made by
+  LOGIN role that can connect to that database only and do DML only (no TEMP, no CREATE,
+  the catalogs that list databases, roles and sessions hidden). Tables are made by
   Django's own migrate on that database; default privileges grant the role access to
   whatever later migrations create.
+
+PUBLIC has no CONNECT and no TEMP on any database the project makes, nor on the shared
+database when the app's role owns it (or is a superuser), nor on `postgres`/`template1` of
+the embedded cluster: a role reaches only what is granted to it.
 
 Every function is idempotent: a step retried after a crash finds its own work and goes on.
 Identifiers are always composed with psycopg.sql; a password is sent to the server only as
@@ -24,9 +32,24 @@ from django.core.management import call_command
 from django.core.management.commands.migrate import Command as DjangoMigrate
 from django.db import connection as default_connection
 from django.db import connections
+from django.conf import settings
 from psycopg import sql
 
+from tenancy.backend.roles import schema_role
+
 TENANT_ROLE_SUFFIX = "_rw"
+
+# Catalogs and views that list every database, role or session of the server (tenant names):
+# hidden from PUBLIC in tenant databases and in the shared database (superusers only can).
+HIDDEN_CATALOGS = (
+    "pg_database", "pg_roles", "pg_user", "pg_group", "pg_auth_members", "pg_db_role_setting",
+    "pg_shdescription", "pg_stat_activity", "pg_stat_database", "pg_stat_database_conflicts",
+    "pg_stat_replication", "pg_replication_slots", "pg_stat_progress_vacuum", "pg_stat_progress_analyze",
+    "pg_stat_progress_create_index", "pg_stat_progress_cluster", "pg_stat_progress_copy",
+)
+# ... and in the shared database, where schema tenants live, the schema names as well.
+HIDDEN_SHARED_CATALOGS = HIDDEN_CATALOGS + ("pg_namespace",)
+HIDDEN_FUNCTIONS = ("pg_stat_get_activity(integer)",)
 
 
 # --- Secrets -----------------------------------------------------------------------------
@@ -84,6 +107,60 @@ def admin_alias_settings(server, database: str) -> dict:
     return base
 
 
+# --- Privileges ----------------------------------------------------------------------------
+
+def _is_superuser(cursor) -> bool:
+    cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    return bool(cursor.fetchone()[0])
+
+
+def hide_catalogs(execute, granted, catalogs=HIDDEN_CATALOGS) -> None:
+    """REVOKE SELECT on the listing catalogs from PUBLIC in the current database (a superuser's
+    connection: `execute` runs one composed statement, `granted(query, args)` says whether a
+    privilege check query is true). Only what is still granted: concurrent callers (two moves
+    starting together) rarely update the same catalog row."""
+    for name in catalogs:
+        qualified = f"pg_catalog.{name}"
+        if granted("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege('public', %s, 'SELECT')",
+                   (qualified, qualified)):
+            execute(sql.SQL("REVOKE SELECT ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", name)))
+    for signature in HIDDEN_FUNCTIONS:
+        if granted("SELECT has_function_privilege('public', %s, 'EXECUTE')", (f"pg_catalog.{signature}",)):
+            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
+
+
+def lock_down_shared_database() -> None:
+    """No CONNECT/TEMP for PUBLIC on the shared database (and `postgres`/`template1` of the
+    embedded cluster), no CREATE in its public schema, the listing catalogs hidden.
+
+    Only when the app's role is a superuser or owns the shared database: the owner keeps
+    its own privileges, so the app is never locked out. Idempotent."""
+    with default_connection.cursor() as cursor:
+        run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
+
+        def granted(query, args):
+            cursor.execute(query, list(args))
+            return bool(cursor.fetchone()[0])
+
+        superuser = _is_superuser(cursor)
+        cursor.execute("SELECT current_database(), pg_get_userbyid(datdba) = current_user FROM pg_database "
+                       "WHERE datname = current_database()")
+        database, owner = cursor.fetchone()
+        if not (superuser or owner):
+            return
+        databases = [database]
+        if superuser and getattr(settings, "USING_EMBEDDED_PG", False):
+            databases += ["postgres", "template1"]
+        for name in databases:
+            if granted("SELECT has_database_privilege('public', %s, 'CONNECT') "
+                       "OR has_database_privilege('public', %s, 'TEMPORARY')", (name, name)):
+                run(sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name)))
+        if granted("SELECT has_schema_privilege('public', 'public', 'CREATE')", ()):
+            run(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
+        if superuser:
+            hide_catalogs(run, granted, HIDDEN_SHARED_CATALOGS)
+
+
 # --- Schema placement ----------------------------------------------------------------------
 
 def schema_exists(schema: str) -> bool:
@@ -99,11 +176,57 @@ def create_schema(schema: str) -> None:
             default_connection.connection))
 
 
+def ensure_schema_role(schema: str) -> str:
+    """The schema tenant's NOLOGIN role: USAGE on its schema and DML on its tables and
+    sequences (those there now and those later migrations make), nothing else. The app's
+    role can SET ROLE to it. Idempotent; returns its name."""
+    role = schema_role(schema)
+    rl, sc = sql.Identifier(role), sql.Identifier(schema)
+    with default_connection.cursor() as cursor:
+        run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone() is None:
+            run(sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                        "NOREPLICATION NOBYPASSRLS").format(rl))
+        if not _is_superuser(cursor):
+            run(sql.SQL("GRANT {} TO CURRENT_USER").format(rl))  # for SET ROLE
+        run(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sc, rl))
+        run(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
+                    ).format(sc, rl))
+        run(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}"
+                    ).format(sc, rl))
+        run(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(sc, rl))
+        run(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(sc, rl))
+    lock_down_shared_database()
+    return role
+
+
+def ensure_schema_roles(schemas) -> None:
+    """The roles of schema tenants made before they had one (for `manage.py migrate`)."""
+    default_connection.set_schema_to_public()
+    for schema in schemas:
+        if schema_exists(schema):
+            ensure_schema_role(schema)
+
+
+def drop_schema_role(schema: str) -> None:
+    role = schema_role(schema)
+    with default_connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if cursor.fetchone() is not None:
+            for statement in ("DROP OWNED BY {}", "DROP ROLE {}"):  # its grants, then itself
+                cursor.execute(sql.SQL(statement).format(sql.Identifier(role)).as_string(
+                    default_connection.connection))
+
+
 def ensure_schema(schema: str, verbosity: int = 0) -> None:
-    """The schema with every tenant-app table, exactly as the migrations say."""
+    """The schema with every tenant-app table, exactly as the migrations say, and its role."""
     create_schema(schema)
+    default_connection.set_schema_to_public()
+    ensure_schema_role(schema)  # default privileges first: the tables below get the grants
     call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
     default_connection.set_schema_to_public()
+    ensure_schema_role(schema)  # tables a crashed earlier attempt made before the defaults
 
 
 def drop_schema(schema: str) -> None:
@@ -112,6 +235,7 @@ def drop_schema(schema: str) -> None:
     with default_connection.cursor() as cursor:
         cursor.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)).as_string(
             default_connection.connection))
+    drop_schema_role(schema)
 
 
 # --- Database placement --------------------------------------------------------------------
@@ -131,20 +255,35 @@ def ensure_role(server, role: str, password: str) -> None:
         conn.execute(sql.SQL(statement).format(sql.Identifier(role), verifier))
 
 
+def lock_down_database(server, database: str, role: str) -> None:
+    """`role` may connect to `database` (no TEMP, no CREATE) and use its public schema;
+    PUBLIC nothing; the listing catalogs hidden when the admin is a superuser. Idempotent,
+    also for databases made before (see grant_existing)."""
+    with admin_connection(server) as conn:
+        db, rl = sql.Identifier(database), sql.Identifier(role)
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, rl))
+        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, rl))
+    with admin_connection(server, database) as conn:
+        rl = sql.Identifier(role)
+        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(rl))
+        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+            hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
+
+
 def ensure_database(server, database: str, role: str) -> None:
     """The database, reachable by `role` only (besides the admin), with no tables yet."""
     with admin_connection(server) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
                 sql.Identifier(database)))
-        db, rl = sql.Identifier(database), sql.Identifier(role)
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(db, rl))
+    lock_down_database(server, database, role)
+    if server.is_default:
+        lock_down_shared_database()  # tenant roles log in to this server: no way into the shared DB
     with admin_connection(server, database) as conn:
         admin = sql.Identifier(server.conninfo()["user"])
         rl = sql.Identifier(role)
-        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(rl))
         # Whatever the admin creates later (migrations) is usable by the tenant role too.
         conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
                              "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(admin, rl))
@@ -153,7 +292,10 @@ def ensure_database(server, database: str, role: str) -> None:
 
 
 def grant_existing(server, database: str, role: str) -> None:
-    """Grant DML on tables that exist already (made before the default privileges were set)."""
+    """Grant DML on tables that exist already (made before the default privileges were set),
+    and lock the database down as ensure_database does (databases made by older versions
+    gave their role TEMP and PUBLIC CONNECT)."""
+    lock_down_database(server, database, role)
     with admin_connection(server, database) as conn:
         rl = sql.Identifier(role)
         conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(rl))

@@ -9,7 +9,7 @@ from django_tenants.management.commands.migrate_schemas import MigrateSchemasCom
 from django_tenants.migration_executors import get_executor
 from django_tenants.utils import get_public_schema_name
 
-from migration_jobs.engine.provision import grant_existing, migrate_database
+from migration_jobs.engine.provision import ensure_schema_roles, grant_existing, migrate_database
 from tenancy.models import Placement, Tenant
 
 
@@ -33,6 +33,7 @@ class Command(MigrateSchemasCommand):
         schemas = list(schema_tenants.values_list("schema_name", flat=True))
         if schemas:
             executor.run_migrations(tenants=schemas)
+            ensure_schema_roles(schemas)  # schema tenants made before roles existed
         self._migrate_databases(database_tenants, options)
 
     def _migrate_databases(self, tenants, options):

@@ -1,0 +1,1 @@
+"""The database backend of the shared database (settings ENGINE "tenancy.backend")."""
