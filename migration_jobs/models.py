@@ -48,7 +48,10 @@ class MigrationRun(models.Model):
     rows_copied = models.BigIntegerField(default=0)
     bytes_copied = models.BigIntegerField(default=0)
     rows_per_second = models.FloatField(null=True, blank=True)
-    freeze_seconds = models.FloatField(null=True, blank=True, help_text="Time the tenant refused writes.")
+    freeze_seconds = models.FloatField(null=True, blank=True, help_text="Length of an online move's cutover freeze.")
+    writes_refused_seconds = models.FloatField(
+        null=True, blank=True, help_text="How long the tenant's writes were refused: offline, from suspend to "
+                                         "reactivate; online, the cutover's freeze. The one downtime figure.")
     freeze_started_at = models.DateTimeField(null=True, blank=True)
     freeze_ended_at = models.DateTimeField(null=True, blank=True)
     # Online moves: the catch-up lag, live, and the staff's controls over the cutover.
@@ -57,6 +60,8 @@ class MigrationRun(models.Model):
     hold_cutover = models.BooleanField(default=False, help_text="Keep the target in sync; cut over when cleared.")
     read_percent = models.PositiveSmallIntegerField(
         default=0, help_text="Share of the tenant's read-only requests served from the target while in sync.")
+    cancel_requested = models.BooleanField(
+        default=False, help_text="Staff asked to cancel: the worker rolls back at its next safe point.")
     previous_status = models.CharField(max_length=10, blank=True, default="",
                                        help_text="Tenant status before the run, restored at the end or on rollback.")
     error = models.TextField(blank=True, default="")

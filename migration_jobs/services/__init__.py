@@ -15,7 +15,7 @@ from migration_jobs.exceptions import BadRequest, NotFound, Refused, StepFailed
 from migration_jobs.services.archives import (archive_filename, archive_summary, export_tenant, export_to_spool,
                                               restore, restore_options, tenant_table_count,
                                               validate_archive)
-from migration_jobs.services.moves import (active_run, enqueue, enqueue_rollback, execute, interrupted_runs,
+from migration_jobs.services.moves import (active_run, cancel, enqueue, enqueue_rollback, execute, interrupted_runs,
                                            release_cutover, request_move, request_move_back, request_placement,
                                            request_retire, resumable_run, roll_back, rollback_unfinished,
                                            set_read_share, set_status, undo_move,
@@ -31,7 +31,7 @@ __all__ = [
     "BadRequest", "NotFound", "Refused", "StepFailed",
     "archive_filename", "archive_summary", "export_tenant", "export_to_spool", "restore", "restore_options",
     "tenant_table_count", "validate_archive",
-    "active_run", "enqueue", "enqueue_rollback", "execute", "interrupted_runs", "release_cutover", "request_move",
+    "active_run", "cancel", "enqueue", "enqueue_rollback", "execute", "interrupted_runs", "release_cutover", "request_move",
     "request_move_back", "request_placement", "request_retire", "resumable_run", "roll_back",
     "rollback_unfinished", "set_read_share", "set_status", "undo_move", "worker_connections",
     "FULL", "REF", "ROW", "human_duration", "leftovers", "one_line", "run_dict", "run_history", "run_report",

@@ -163,6 +163,38 @@ def roll_back(run: MigrationRun | int, reason: str = "rolled back on request") -
         return executor.rollback(getattr(run, "pk", run), reason=reason)
 
 
+def cancel(run: MigrationRun | int, reason: str = "cancelled on request") -> MigrationRun:
+    """Cancel a run. Queued: `cancelled` at once (its queued task then finds nothing to do).
+    Running or held: the owning worker is asked to stop at its next safe point (between steps,
+    after a copied table or a catch-up round) and roll back; with no live worker (it died),
+    the run is rolled back here. Refused once the cutover has begun, or when the run is over."""
+    run_id = getattr(run, "pk", run)
+    with transaction.atomic():
+        locked = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=run_id)
+        if locked.status not in ACTIVE_STATUSES:
+            raise Refused(f"run {run_id} is {locked.get_status_display().lower()}: nothing to cancel")
+        if locked.cancel_requested:
+            raise Refused(f"run {run_id}: cancel already requested; its worker stops at the next safe point")
+        if locked.status == RunStatus.QUEUED:
+            # Under the row lock: the executor's claim waits for this commit and then sees it.
+            locked.status, locked.finished_at, locked.error = RunStatus.CANCELLED, timezone.now(), reason
+            locked.cancel_requested = True
+            locked.save(update_fields=["status", "finished_at", "error", "cancel_requested"])
+            return locked
+        if locked.current_step == "cutover" or executor._past_point_of_no_return(locked):
+            raise Refused(f"run {run_id} is past its point of no return (cutover): too late to cancel; "
+                          f"let it finish, then move the tenant back")
+        locked.cancel_requested = True
+        locked.save(update_fields=["cancel_requested"])
+    if executor.lock_is_free(run_id):  # nobody is executing it: roll it back now
+        with executor.closing_connections():
+            try:
+                return executor.rollback(run_id, reason=reason, cancel=True)
+            except StepFailed:
+                pass  # a worker took it meanwhile: it sees the flag
+    return MigrationRun.objects.select_related("tenant").get(pk=run_id)
+
+
 def worker_connections():
     """For a task: start and end with healthy ORM connections (workers reuse processes)."""
     return executor.closing_connections()
