@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from tenancy import refusal
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued"
@@ -135,3 +137,31 @@ class MigrationStep(models.Model):
         if not self.started_at:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
+
+
+# --- The expected remaining refusal of a migrating tenant (its requests' Retry-After) --------
+
+AFTER_COPY_STEPS = ("sequences", "verify", "switch", "reactivate")
+
+
+def expected_refusal_seconds(tenant_id: int) -> float | None:
+    """Seconds the tenant's writes are still expected to be refused by its running move, or
+    None when that cannot be told. Online: only the cutover's freeze refuses writes (well
+    under a second). Offline: the copy left at its rate so far, then about half a copy's time
+    for verifying; before the copy has a rate, None (the configured Retry-After)."""
+    run = (MigrationRun.objects.filter(tenant_id=tenant_id, status=RunStatus.RUNNING)
+           .only("online", "current_step", "rows_total", "rows_copied", "rows_per_second").first())
+    if run is None:
+        return None
+    if run.online:
+        return 1.0
+    rate, total = run.rows_per_second or 0.0, run.rows_total or 0
+    if rate <= 0 or total <= 0:
+        return None
+    verify = 0.5 * total / rate
+    if run.current_step in AFTER_COPY_STEPS:
+        return verify + 1.0
+    return max(total - run.rows_copied, 0) / rate + verify + 1.0
+
+
+refusal.register(expected_refusal_seconds)

@@ -139,3 +139,64 @@ def test_cancel_after_the_cutover_is_refused(make_tenant, cleanup):
     with pytest.raises(services.Refused, match="point of no return"):
         services.cancel(run)
     MigrationRun.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED)
+
+
+# --- One downtime figure ----------------------------------------------------------------
+
+def test_offline_move_records_how_long_writes_were_refused(make_tenant, cleanup, client, django_user_model):
+    tenant = make_tenant("offl")
+    cleanup(tenant)
+    fill(tenant, 3)
+    code, out, err = run_cmd("migrate_tenant", "offl", "--to", "schema")
+    assert code == 0, err
+    run = MigrationRun.objects.get(tenant=tenant)
+    suspend, reactivate = run.steps.get(name="suspend"), run.steps.get(name="reactivate")
+    expected = (reactivate.finished_at - suspend.started_at).total_seconds()
+    assert run.writes_refused_seconds == pytest.approx(expected, abs=0.002) and run.writes_refused_seconds > 0
+    shown = services.human_refusal(run.writes_refused_seconds)
+    assert f"writes frozen {shown}" in out  # the command
+    assert services.run_report(run)["writes_refused_seconds"] == round(run.writes_refused_seconds, 3)  # JSON
+    staff = django_user_model.objects.create_superuser("boss", "boss@example.com", "pw-Admin-81")
+    client.force_login(staff)
+    listing = client.get("/admin/migration_jobs/migrationrun/").content.decode()
+    page = client.get(f"/admin/migration_jobs/migrationrun/{run.pk}/change/").content.decode()
+    assert shown in listing and shown in page  # the list and the page, the same way
+
+
+def test_online_move_refuses_writes_only_for_its_freeze(make_tenant, cleanup):
+    tenant = make_tenant("onl")
+    cleanup(tenant)
+    fill(tenant, 3)
+    run = services.execute(services.request_move(tenant, "schema", online=True))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert run.writes_refused_seconds == run.freeze_seconds and run.freeze_seconds < 5
+    assert services.human_refusal(0.046) == "46 ms" and services.human_refusal(6.14) == "6.1s"
+
+
+def _refused_retry_after(client, tenant) -> str:
+    from tenancy import refusal
+    from tenancy.models import tenant_host
+
+    refusal.forget()
+    response = client.post("/shop/customers/", data='{"first_name": "A", "last_name": "B"}',
+                           content_type="application/json", HTTP_HOST=tenant_host(tenant.slug))
+    assert response.status_code == 503
+    return response["Retry-After"]
+
+
+def test_retry_after_follows_the_expected_remaining_refusal(make_tenant, client, settings):
+    settings.TENANT_RETRY_AFTER = 30
+    tenant = make_tenant("retry")
+    tenant.status = Status.MIGRATING
+    tenant.save()
+    assert _refused_retry_after(client, tenant) == "30"  # no run tells more: the setting
+    run = MigrationRun.objects.create(tenant=tenant, source_placement="shared", target_placement="schema",
+                                      online=True, status=RunStatus.RUNNING, current_step="cutover")
+    assert _refused_retry_after(client, tenant) == "1"  # an online move's freeze
+    # Offline, copying 1000 rows at 100 rows/s, half done: 5 s of copy + 5 s of verify + 1.
+    MigrationRun.objects.filter(pk=run.pk).update(online=False, current_step="copy", rows_total=1000,
+                                                  rows_copied=500, rows_per_second=100.0)
+    assert _refused_retry_after(client, tenant) == "11"
+    MigrationRun.objects.filter(pk=run.pk).update(rows_total=100_000)  # long: capped by the setting
+    assert _refused_retry_after(client, tenant) == "30"
+    MigrationRun.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)

@@ -48,21 +48,21 @@ class MigrationStepInline(StaffViewOnly, admin.TabularInline):
 
 @admin.register(MigrationRun)
 class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
-    list_display = ["id", "tenant", "kind", "move", "status", "progress", "run_duration", "rows_copied",
-                    "rate", "created_at"]
+    list_display = ["id", "tenant", "kind", "move", "state", "progress", "run_duration", "writes_frozen",
+                    "rows_copied", "rate", "created_at"]
     list_display_links = ["id"]
     list_filter = ["status", "kind", "target_placement", "online", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["tenant__slug"]
     list_select_related = ["tenant"]
     inlines = [MigrationStepInline]
-    actions = ["resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50", "read_share_100",
+    actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50", "read_share_100",
                "cut_over_now"]
     fieldsets = [
         (None, {"fields": ["tenant", "kind", "move", "status", "current_step", "dry_run", "online", "error"]}),
         ("Target", {"fields": ["target_server", "target_database", "target_schema"]}),
         ("Progress", {"fields": ["progress", "rows_total", "rows_copied", "bytes_copied", "rate"]}),
-        ("Freeze and catch-up", {"fields": ["freeze_seconds", "freeze_started_at", "freeze_ended_at", "lag_changes",
+        ("Freeze and catch-up", {"fields": ["writes_frozen", "freeze_ms", "freeze_started_at", "freeze_ended_at", "lag_changes",
                                             "lag_seconds", "hold_cutover", "read_percent"]}),
         ("Timing", {"fields": ["created_at", "started_at", "finished_at", "run_duration", "heartbeat_at",
                                "worker"]}),
@@ -94,6 +94,18 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             if run.read_percent:
                 text += f", {run.read_percent}% reads on target"
         return f"{text} ({run.current_step})" if run.current_step else text
+
+    @admin.display(description="writes frozen", ordering="writes_refused_seconds")
+    def writes_frozen(self, run):
+        return services.human_refusal(services.writes_refused(run), "—")
+
+    @admin.display(description="cutover freeze")
+    def freeze_ms(self, run):
+        return "—" if run.freeze_seconds is None else f"{run.freeze_seconds * 1000:.0f} ms"
+
+    @admin.display(description="state", ordering="status")
+    def state(self, run):
+        return services.run_state(run)
 
     @admin.display(description="duration")
     def run_duration(self, run):
@@ -140,6 +152,53 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             report_run(self, request, run.tenant, run)
         return None
 
+    # --- cancel ---
+
+    @staticmethod
+    def _cancellable(queryset):
+        """(runs that can be cancelled now, [(run, why not)])."""
+        ok, skipped = [], []
+        for run in queryset.select_related("tenant"):
+            why = services.why_not_cancel(run)
+            (skipped.append((run, why)) if why else ok.append(run))
+        return ok, skipped
+
+    def _cancel(self, request, run) -> None:
+        try:
+            run = services.cancel(run)
+        except services.Refused as exc:
+            self.message_user(request, format_html("{}: not cancelled: {}", run_link(run), str(exc)),
+                              messages.ERROR)
+            return
+        if run.is_active:
+            self.message_user(request, format_html(
+                "{}: cancel requested; its worker rolls it back at the next safe point (now at {}).",
+                run_link(run), run.current_step or "start"), messages.INFO)
+        else:
+            self.message_user(request, format_html("{}: {} ({} stays in {}).", run_link(run),
+                                                   run.get_status_display().lower(), run.tenant.slug,
+                                                   run.tenant.placement),
+                              messages.SUCCESS if run.status == RunStatus.CANCELLED else messages.ERROR)
+
+    @admin.action(description="Cancel runs (queued, running or held)", permissions=["move"])
+    def cancel_runs(self, request, queryset):
+        if not confirmed(request):
+            ok, skipped = self._cancellable(queryset)
+            items = [(run, f"{run.tenant.slug}: {run.source_placement} → {run.target_placement}, "
+                           f"{self.state(run)}") for run in ok]
+            items += [(run, f"{run.tenant.slug}: cannot be cancelled: {why}") for run, why in skipped]
+            return confirmation_page(
+                self, request, queryset, action="cancel_runs", title="Cancel runs",
+                intro="Cancel the selected runs?", items=items, submit="Yes, cancel",
+                consequences=["A queued run is cancelled at once; it will not start.",
+                              "A running or held run stops at its next safe point (between steps, after a "
+                              "copied table or a catch-up round) and is rolled back: the tenant stays where it "
+                              "was, writable, and the target is dropped.",
+                              "A run that has begun its cutover cannot be cancelled."])
+        for run in queryset.select_related("tenant"):
+            self._cancel(request, run)
+        return None
+
     @admin.action(description="Roll back interrupted runs", permissions=["move"])
     def roll_back_runs(self, request, queryset):
         if not confirmed(request):
@@ -155,6 +214,9 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             self.message_user(request, format_html("{}: not rolled back, {}.", run_link(run), why),
                               messages.WARNING)
         for run in ok:
+            if run.status == RunStatus.QUEUED:  # at once, before its queued task can start it
+                self._cancel(request, run)
+                continue
             try:
                 services.enqueue_rollback(run)
             except Exception as exc:  # noqa: BLE001 - sync mode raises the task's error here

@@ -163,6 +163,17 @@ def roll_back(run: MigrationRun | int, reason: str = "rolled back on request") -
         return executor.rollback(getattr(run, "pk", run), reason=reason)
 
 
+def why_not_cancel(run: MigrationRun) -> str | None:
+    """Why this run cannot be cancelled now (for a confirmation page), or None."""
+    if run.status not in ACTIVE_STATUSES:
+        return f"it is {run.get_status_display().lower()}"
+    if run.cancel_requested:
+        return "cancel already requested"
+    if run.status == RunStatus.RUNNING and (run.current_step == "cutover" or executor._past_point_of_no_return(run)):
+        return "past its point of no return (cutover)"
+    return None
+
+
 def cancel(run: MigrationRun | int, reason: str = "cancelled on request") -> MigrationRun:
     """Cancel a run. Queued: `cancelled` at once (its queued task then finds nothing to do).
     Running or held: the owning worker is asked to stop at its next safe point (between steps,

@@ -45,6 +45,6 @@ class Command(TenantCommand):
                               f"the next safe point (now at {run.current_step or 'start'})")
         else:
             self.stdout.write(f"run {run.pk} of {run.tenant.slug}: {run.get_status_display().lower()}; "
-                              f"writes refused {services.human_duration(run.writes_refused_seconds, '0s')}")
+                              f"writes frozen {services.human_refusal(services.writes_refused(run))}")
         if run.status == RunStatus.FAILED:
             raise CommandError(f"run {run.pk} failed while rolling back: {one_line(run.error)}", returncode=1)
