@@ -4,10 +4,14 @@ hands the run it creates to django-q2 (through the services)."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import JSONObject
+from django.utils.html import format_html
 
 from migration_jobs import services
 from migration_jobs.admin.common import (confirmation_page, confirmed, hold_requested, online_requested, report_refused,
-                                         request_runs)
+                                         request_runs, run_url)
+from migration_jobs.models import ACTIVE_STATUSES, MigrationRun
 from tenancy.admin import TenantAdmin
 from tenancy.models import DatabaseServer, Placement, Status
 from tenancy.servers import ensure_default_server
@@ -156,3 +160,36 @@ TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, retire_
                   reactivate]
 # tenancy.admin leaves TenantAdmin.actions empty for the apps that act on tenants.
 TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a not in TenantAdmin.actions]]
+
+
+# --- The tenant list: the run that owns a tenant now ----------------------------------------
+
+RUN_FIELDS = ("status", "current_step", "online", "hold_cutover", "cancel_requested")
+
+
+def active_run_json():
+    """An expression: the tenant's queued or running run as a small JSON object, or NULL."""
+    active = MigrationRun.objects.filter(tenant_id=OuterRef("pk"), status__in=ACTIVE_STATUSES).order_by()
+    return Subquery(active.values(run=JSONObject(id="pk", **{f: f for f in RUN_FIELDS}))[:1])
+
+
+@admin.display(description="current run")
+def current_run(tenant):
+    data = getattr(tenant, "active_run", None)
+    if not data:
+        return "—"
+    run = MigrationRun(pk=data["id"], **{f: data[f] for f in RUN_FIELDS})
+    return format_html('<a href="{}">run {}</a>: {}', run_url(run), run.pk, services.run_state(run))
+
+
+def status_owner(tenant) -> str | None:
+    run = services.active_run(tenant)
+    return f"run {run.pk} is moving the tenant and manages its status" if run else None
+
+
+TenantAdmin.list_annotations = {**TenantAdmin.list_annotations, "active_run": active_run_json}
+if current_run not in TenantAdmin.list_display:
+    at = TenantAdmin.list_display.index("status") + 1 if "status" in TenantAdmin.list_display else None
+    TenantAdmin.list_display = [*TenantAdmin.list_display[:at], current_run, *TenantAdmin.list_display[at:]] \
+        if at else [*TenantAdmin.list_display, current_run]
+TenantAdmin.status_owner = status_owner

@@ -1,0 +1,121 @@
+"""The admin as a workflow, through real requests (Django test client, logged-in staff):
+the tenant list (every sortable column, search by domain, the current run and its state),
+Status not editable while a run owns the tenant, the cancel action and the run page."""
+import re
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.messages import get_messages
+from django.urls import reverse
+
+from migration_jobs import services
+from migration_jobs.models import MigrationRun, RunStatus
+from tenancy.models import Domain, Status, Tenant
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TENANTS = reverse("admin:tenancy_tenant_changelist")
+RUNS = reverse("admin:migration_jobs_migrationrun_changelist")
+
+
+@pytest.fixture
+def staff(client):
+    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-Admin-81")
+    client.force_login(user)
+    client.user = user
+    return client
+
+
+def texts(response) -> list[str]:
+    return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
+
+
+def row_slugs(html) -> list[str]:
+    return re.findall(r'<th class="field-slug"><a href="[^"]*">([^<]+)</a>', html)
+
+
+def sort_links(html) -> dict[str, str]:
+    """{column: its sort link} of the list's sortable headers."""
+    return dict(re.findall(r'<th scope="col" class="sortable[^"]*column-([\w_]+)[^"]*">\s*'
+                           r'(?:<div class="sortoptions">.*?</div>\s*)?<div class="text"><a href="([^"]+)"',
+                           html, re.S))
+
+
+# --- The tenant list ------------------------------------------------------------------------
+
+def test_every_sortable_column_of_the_tenant_list_works(staff, make_tenant):
+    for slug in ("bravo", "alpha", "charlie"):
+        make_tenant(slug)
+    Domain.objects.filter(tenant__slug="alpha").update(domain="zzz.example.test")
+    links = sort_links(staff.get(TENANTS).content.decode())
+    assert {"slug", "name", "placement", "status", "domain", "created_at"} <= set(links), links
+    for column, link in links.items():
+        for url in (TENANTS + link, TENANTS + link.replace("o=", "o=-")):
+            response = staff.get(url)
+            assert response.status_code == 200, (column, url)
+            assert len(row_slugs(response.content.decode())) == 3, (column, url)
+    by_domain = row_slugs(staff.get(TENANTS + links["domain"]).content.decode())
+    assert by_domain[-1] == "alpha" or by_domain[0] == "alpha"  # zzz sorts at one end
+
+
+def test_search_the_tenant_list_by_domain(staff, make_tenant):
+    make_tenant("alpha")
+    make_tenant("bravo")
+    Domain.objects.create(tenant=Tenant.objects.get(slug="bravo"), domain="shop.bravo-repairs.test")
+    response = staff.get(TENANTS, {"q": "bravo-repairs"})
+    assert response.status_code == 200 and row_slugs(response.content.decode()) == ["bravo"]
+
+
+def test_the_tenant_list_shows_the_current_run_linked_with_its_state(staff, make_tenant, cleanup):
+    alpha, bravo = make_tenant("alpha"), make_tenant("bravo")
+    cleanup(alpha)
+    run = services.request_move(alpha, "schema", online=True, hold_cutover=True)
+    html = staff.get(TENANTS).content.decode()
+    url = reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])
+    assert f'<a href="{url}">run {run.pk}</a>: queued' in html
+    MigrationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, current_step="catch_up")
+    html = staff.get(TENANTS).content.decode()
+    assert f'<a href="{url}">run {run.pk}</a>: held in sync: waiting for you to cut over' in html
+    assert html.count("run ") >= 1 and bravo.slug in html
+    MigrationRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
+
+
+def test_status_cannot_be_edited_while_a_run_owns_the_tenant(staff, make_tenant, cleanup):
+    tenant = make_tenant("alpha")
+    cleanup(tenant)
+    change = reverse("admin:tenancy_tenant_change", args=[tenant.pk])
+    assert 'name="status"' in staff.get(change).content.decode()  # no run: editable
+    run = services.request_move(tenant, "schema")
+    page = staff.get(change).content.decode()
+    assert 'name="status"' not in page  # shown, read-only
+    # A form opened before the run took the tenant still cannot change it.
+    response = staff.post(change, {"slug": "alpha", "name": "Alpha", "status": Status.SUSPENDED, "settings": "{}",
+                                   "domains-TOTAL_FORMS": "0", "domains-INITIAL_FORMS": "0"})
+    tenant.refresh_from_db()
+    assert tenant.status == Status.ACTIVE
+    with pytest.raises(services.Refused, match=f"being moved by run {run.pk}"):
+        services.set_status(tenant, Status.SUSPENDED)  # the service refuses it too
+    services.cancel(run)
+    assert 'name="status"' in staff.get(change).content.decode()
+    assert response.status_code == 302, response.content.decode()[-3000:]
+
+
+# --- Cancel from the admin ------------------------------------------------------------------
+
+def test_cancel_action_lists_what_cannot_be_cancelled_then_cancels(staff, make_tenant, cleanup):
+    alpha, bravo = make_tenant("alpha"), make_tenant("bravo")
+    cleanup(alpha)
+    cleanup(bravo)
+    queued = services.request_move(alpha, "schema")
+    done = services.request_move(bravo, "schema")
+    MigrationRun.objects.filter(pk=done.pk).update(status=RunStatus.SUCCEEDED)
+    data = {"action": "cancel_runs", "_selected_action": [queued.pk, done.pk]}
+    page = staff.post(RUNS, data).content.decode()
+    assert "bravo: cannot be cancelled: it is succeeded" in page and "alpha: shared → schema, queued" in page
+    response = staff.post(RUNS, {**data, "confirm": "yes"})
+    assert response.status_code == 302
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.CANCELLED
+    assert any("cancelled" in t for t in texts(response)) and any("not cancelled" in t for t in texts(response))
+    listing = staff.get(RUNS).content.decode()
+    assert "cancelled" in listing
