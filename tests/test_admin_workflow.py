@@ -119,3 +119,47 @@ def test_cancel_action_lists_what_cannot_be_cancelled_then_cancels(staff, make_t
     assert any("cancelled" in t for t in texts(response)) and any("not cancelled" in t for t in texts(response))
     listing = staff.get(RUNS).content.decode()
     assert "cancelled" in listing
+
+
+# --- Confirmation pages check each tenant ---------------------------------------------------
+
+def refused_items(html) -> list[str]:
+    block = re.search(r'<ul class="refused-objects errorlist">(.*?)</ul>', html, re.S)
+    return [re.sub(r"<[^>]+>", "", li).strip() for li in re.findall(r"<li>(.*?)</li>", block.group(1), re.S)] \
+        if block else []
+
+
+def test_move_page_lists_the_tenants_that_cannot_move_and_defaults_to_online(staff, make_tenant, place_tenant):
+    ready, suspended = make_tenant("ready"), make_tenant("napping", status=Status.SUSPENDED)
+    placed = place_tenant(make_tenant("placed"), "database")
+    html = staff.post(TENANTS, {"action": "move_to_schema",
+                                "_selected_action": [ready.pk, suspended.pk, placed.pk]}).content.decode()
+    assert sorted(refused_items(html)) == [
+        "napping: tenant napping is suspended; reactivate it first",
+        "placed: tenant placed is already in database placement; move it back first"]
+    assert "ready</strong>: Shared database, active → schema tenant_ready" in html
+    assert re.search(r'name="online" value="yes" id="id_online" checked', html)
+    assert not MigrationRun.objects.exists()
+
+
+def test_move_back_page_defaults_to_online_and_says_what_online_means(staff, make_tenant, place_tenant):
+    shared = make_tenant("stay")
+    placed = place_tenant(make_tenant("home"), "schema")
+    html = staff.post(TENANTS, {"action": "move_back_to_shared",
+                                "_selected_action": [shared.pk, placed.pk]}).content.decode()
+    assert refused_items(html) == ["stay: tenant stay is already in shared placement"]
+    assert "read-only during the move" not in html and "writes pause only for a short cutover" in html
+    assert re.search(r'name="online" value="yes" id="id_online" checked', html)
+
+
+def test_retire_page_says_where_each_tenants_legacy_is(staff, make_tenant, place_tenant):
+    never = make_tenant("never")
+    moved = place_tenant(make_tenant("moved"), "schema")
+    MigrationRun.objects.create(tenant=moved, kind="move", source_placement="shared", target_placement="schema",
+                                target_schema=moved.schema_name, status=RunStatus.SUCCEEDED,
+                                finished_at="2020-01-01T00:00:00Z")
+    html = staff.post(TENANTS, {"action": "retire_legacy",
+                                "_selected_action": [never.pk, moved.pk]}).content.decode()
+    assert refused_items(html) == ["never: tenant never lives in the shared tables and no dedicated place of it "
+                                   "is left: it has no legacy rows"]
+    assert "moved</strong>: Dedicated schema: its old rows in the shared tables (deleted in batches)" in html

@@ -56,8 +56,8 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
     search_fields = ["tenant__slug"]
     list_select_related = ["tenant"]
     inlines = [MigrationStepInline]
-    actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50", "read_share_100",
-               "cut_over_now"]
+    actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50",
+               "read_share_100", "cut_over_now"]
     fieldsets = [
         (None, {"fields": ["tenant", "kind", "move", "status", "current_step", "dry_run", "online", "error"]}),
         ("Target", {"fields": ["target_server", "target_database", "target_schema"]}),

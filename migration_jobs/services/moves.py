@@ -42,10 +42,16 @@ def _create_run(tenant: Tenant, **fields) -> MigrationRun:
     return run
 
 
-def request_move(tenant: Tenant, target: str, *, server_name: str | None = None, online: bool = False,
-                 hold_cutover: bool = False, dry_run: bool = False, requested_by=None,
-                 via: str = "command") -> MigrationRun:
-    """Create (not start) a run that moves a pooled tenant to a dedicated schema or database."""
+def _check_no_active_run(tenant: Tenant) -> None:
+    existing = active_run(tenant)
+    if existing:
+        raise Refused(f"tenant {tenant.slug} already has an active run (run {existing.pk}, {existing.status})")
+
+
+def check_move(tenant: Tenant, target: str, *, online: bool = False, hold_cutover: bool = False,
+               active: bool = True) -> None:
+    """Refused if this tenant cannot be moved to `target` as asked (no server is contacted:
+    a confirmation page calls it for every selected tenant). `active`: check for a run too."""
     if target not in TARGETS:
         raise Refused(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     if tenant.placement != Placement.SHARED:
@@ -56,6 +62,29 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
     if hold_cutover and not online:
         raise Refused("holding the cutover (for a gradual read switch) needs an online move")
+    if target == Placement.SCHEMA and not IDENTIFIER.match(tenant.schema_name):
+        raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
+    if active:
+        _check_no_active_run(tenant)
+
+
+def check_move_back(tenant: Tenant, *, online: bool = False, active: bool = True) -> None:
+    """Refused if this dedicated tenant cannot be moved back as asked (no server contacted)."""
+    if tenant.placement == Placement.SHARED:
+        raise Refused(f"tenant {tenant.slug} is already in shared placement")
+    if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
+    if online and tenant.status != Status.ACTIVE:
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
+    if active:
+        _check_no_active_run(tenant)
+
+
+def request_move(tenant: Tenant, target: str, *, server_name: str | None = None, online: bool = False,
+                 hold_cutover: bool = False, dry_run: bool = False, requested_by=None,
+                 via: str = "command") -> MigrationRun:
+    """Create (not start) a run that moves a pooled tenant to a dedicated schema or database."""
+    check_move(tenant, target, online=online, hold_cutover=hold_cutover, active=False)
     fields = {"kind": RunKind.MOVE, "source_placement": Placement.SHARED, "target_placement": target,
               "online": online, "hold_cutover": hold_cutover, "dry_run": dry_run, "requested_by": requested_by,
               "requested_via": via}
@@ -63,8 +92,6 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         if server_name:
             raise Refused("--server applies to database targets only: a schema lives in the shared database")
         fields["target_schema"] = tenant.schema_name
-        if not IDENTIFIER.match(tenant.schema_name):
-            raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
     else:
         server = reachable_server(server_name)
         fields["target_server"] = server
@@ -75,12 +102,7 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
 def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = False, requested_by=None,
                       via: str = "command") -> MigrationRun:
     """Create a run that moves a dedicated tenant back into the shared tables."""
-    if tenant.placement == Placement.SHARED:
-        raise Refused(f"tenant {tenant.slug} is already in shared placement")
-    if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
-        raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
-    if online and tenant.status != Status.ACTIVE:
-        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
+    check_move_back(tenant, online=online, active=False)
     fields = {"kind": RunKind.MOVE_BACK, "source_placement": tenant.placement,
               "target_placement": Placement.SHARED, "online": online, "dry_run": dry_run,
               "requested_by": requested_by, "requested_via": via}
@@ -251,6 +273,28 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
     (TENANT_LEGACY_GRACE_DAYS) since the move that left them: a dedicated tenant's rows in the
     shared tables (archived, deleted in batches), or, for a tenant that moved back, the
     dedicated schema or database it left (archived, dropped)."""
+    moved = check_retire(tenant, ignore_grace=ignore_grace, active=False)
+    # source_placement: where the legacy rows are; target_placement: where the tenant lives.
+    legacy_in = moved.source_placement if moved.kind == RunKind.MOVE_BACK else Placement.SHARED
+    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=legacy_in,
+                       target_placement=tenant.placement, target_schema=moved.target_schema,
+                       target_database=moved.target_database, target_server=moved.target_server,
+                       requested_by=requested_by, requested_via=via)
+
+
+def legacy_of(run: MigrationRun) -> str:
+    """Where the legacy rows of the move `run` are, in words."""
+    if run.kind == RunKind.MOVE_BACK:
+        place = f"schema {run.target_schema}" if run.source_placement == Placement.SCHEMA else \
+            f"database {run.target_database}"
+        return f"the dedicated {place} it left when it moved back (dropped whole)"
+    return "its old rows in the shared tables (deleted in batches)"
+
+
+def check_retire(tenant: Tenant, *, ignore_grace: bool = False, active: bool = True) -> MigrationRun:
+    """The move whose legacy rows a retirement would remove, or Refused."""
+    if active:
+        _check_no_active_run(tenant)
     if tenant.placement == Placement.SHARED:
         moved = tenant.migration_runs.filter(kind=RunKind.MOVE_BACK, status=RunStatus.SUCCEEDED).order_by(
             "-finished_at").first()
@@ -267,12 +311,7 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
         raise Refused(f"tenant {tenant.slug} moved at {moved.finished_at:%Y-%m-%d %H:%M}; its legacy rows may be "
                       f"retired from {ready_at:%Y-%m-%d %H:%M} (TENANT_LEGACY_GRACE_DAYS="
                       f"{settings.TENANT_LEGACY_GRACE_DAYS:g})")
-    # source_placement: where the legacy rows are; target_placement: where the tenant lives.
-    legacy_in = moved.source_placement if moved.kind == RunKind.MOVE_BACK else Placement.SHARED
-    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=legacy_in,
-                       target_placement=tenant.placement, target_schema=moved.target_schema,
-                       target_database=moved.target_database, target_server=moved.target_server,
-                       requested_by=requested_by, requested_via=via)
+    return moved
 
 
 def _dedicated_place_exists(run: MigrationRun) -> bool:
