@@ -163,3 +163,40 @@ def test_retire_page_says_where_each_tenants_legacy_is(staff, make_tenant, place
     assert refused_items(html) == ["never: tenant never lives in the shared tables and no dedicated place of it "
                                    "is left: it has no legacy rows"]
     assert "moved</strong>: Dedicated schema: its old rows in the shared tables (deleted in batches)" in html
+
+
+# --- The run page ---------------------------------------------------------------------------
+
+def test_run_page_header_buttons_live_json_and_folded_report(staff, make_tenant, cleanup):
+    tenant = make_tenant("alpha")
+    cleanup(tenant)
+    run = services.request_move(tenant, "schema", online=True, hold_cutover=True)
+    MigrationRun.objects.filter(pk=run.pk).update(status=RunStatus.RUNNING, current_step="catch_up", rows_total=200,
+                                                  rows_copied=100, lag_changes=3, lag_seconds=0.5,
+                                                  report={"preflight": {"ok": True}})
+    page_url = reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])
+    html = staff.get(page_url).content.decode()
+    assert 'id="run-state">held in sync: waiting for you to cut over<' in html
+    assert "alpha: shared → schema (online)" in html and 'value="50.000000"' in html
+    assert "3 changes, 0.5s" in html
+    for op in ("cancel", "read_share_0", "read_share_10", "read_share_50", "read_share_100", "cut_over"):
+        assert f'name="op" value="{op}"' in html, op
+    assert html.index("<h2>Steps</h2>") < html.index('<details class="run-report">')
+    live = staff.get(reverse("admin:migration_jobs_migrationrun_live", args=[run.pk])).json()
+    assert live["live"] is True and live["progress_percent"] == 50.0 and live["state"].startswith("held")
+    # The buttons work: cut over releases the hold, cancel asks the worker (none: rolled back here).
+    control = reverse("admin:migration_jobs_migrationrun_control", args=[run.pk])
+    assert staff.post(control, {"op": "cut_over"}).status_code == 302
+    run.refresh_from_db()
+    assert run.hold_cutover is False
+    response = staff.post(control, {"op": "cancel"})
+    assert response.status_code == 302
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED, run.error
+    html = staff.get(page_url).content.decode()
+    assert 'id="run-state">cancelled<' in html and 'name="op" value="cancel"' not in html
+    assert staff.get(reverse("admin:migration_jobs_migrationrun_live", args=[run.pk])).json()["live"] is False
+
+
+def test_admin_pages_have_a_favicon(staff):
+    assert '<link rel="icon" href="data:,">' in staff.get(TENANTS).content.decode()
