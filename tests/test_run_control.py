@@ -170,6 +170,9 @@ def test_online_move_refuses_writes_only_for_its_freeze(make_tenant, cleanup):
     run = services.execute(services.request_move(tenant, "schema", online=True))
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.writes_refused_seconds == run.freeze_seconds and run.freeze_seconds < 5
+    copy = run.steps.get(name="copy")  # the rate is the copy's, not the whole run's
+    assert run.rows_per_second == pytest.approx(run.rows_copied / (copy.finished_at - copy.started_at).total_seconds())
+    assert run.lag_changes is None and run.lag_seconds is None  # no stale lag on a finished run
     assert services.human_refusal(0.046) == "46 ms" and services.human_refusal(6.14) == "6.1s"
 
 

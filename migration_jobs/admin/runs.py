@@ -58,7 +58,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
     date_hierarchy = "created_at"
     search_fields = ["tenant__slug"]
     list_select_related = ["tenant"]
-    inlines = []  # the steps are a timeline on the run page (change_form.html)
+    inlines = [MigrationStepInline]  # the steps in order, with durations and messages
     change_form_template = "admin/migration_jobs/migrationrun/change_form.html"
     actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50",
                "read_share_100", "cut_over_now"]

@@ -175,8 +175,13 @@ def _finish(run: MigrationRun, status: str, error: str = "") -> None:
     if error:
         run.error = error[:4000]
     if run.started_at and run.rows_copied:
-        seconds = max((run.finished_at - run.started_at).total_seconds(), 1e-6)
-        run.rows_per_second = run.rows_copied / seconds
+        # The copy's own rate: a held online move's hours in sync are not copy time.
+        copy = run.steps.filter(name__in=["copy", "copy_back"], started_at__isnull=False,
+                                finished_at__isnull=False).first()
+        end, start = (copy.finished_at, copy.started_at) if copy else (run.finished_at, run.started_at)
+        run.rows_per_second = run.rows_copied / max((end - start).total_seconds(), 1e-6)
+    if run.online:
+        run.lag_changes = run.lag_seconds = None  # a lag is only meaningful while catching up
     if run.started_at:
         run.writes_refused_seconds = writes_refused_seconds(run)
     run.save()
