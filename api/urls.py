@@ -14,5 +14,6 @@ urlpatterns = [
     path("admin/tenants/<str:tenant_id>/reactivate", views.tenant_reactivate, name="tenant-reactivate"),
     path("admin/tenants/<str:tenant_id>/migrations", views.tenant_migrations, name="tenant-migrations"),
     path("admin/migrations/<int:run_id>", views.migration_run, name="migration-run"),
+    path("admin/migrations/<int:run_id>/cancel", views.migration_cancel, name="migration-cancel"),
     re_path(r"^(?P<rest>.*)$", views.not_found),
 ]

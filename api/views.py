@@ -150,6 +150,19 @@ def migration_run(request, run_id):
     return JsonResponse(report)
 
 
+@api_view("POST")
+def migration_cancel(request, run_id):
+    """Cancel a run: queued -> cancelled now; running or held -> its worker rolls it back."""
+    run = services.get_run(run_id)
+    request.api_call.update(run_id=run.pk, tenant_id=run.tenant_id)
+    run = services.cancel(run)
+    request.api_call["detail"] = "cancelled" if not run.is_active else "cancel requested"
+    report = services.run_report(run)
+    report["status_url"] = _status_url(run)
+    report["finished"] = not run.is_active
+    return JsonResponse(report, status=200 if not run.is_active else 202)
+
+
 # --- restore --------------------------------------------------------------------------------
 
 @api_view("POST")

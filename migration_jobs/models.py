@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from tenancy import refusal
+
 
 class RunStatus(models.TextChoices):
     QUEUED = "queued"
@@ -48,7 +50,10 @@ class MigrationRun(models.Model):
     rows_copied = models.BigIntegerField(default=0)
     bytes_copied = models.BigIntegerField(default=0)
     rows_per_second = models.FloatField(null=True, blank=True)
-    freeze_seconds = models.FloatField(null=True, blank=True, help_text="Time the tenant refused writes.")
+    freeze_seconds = models.FloatField(null=True, blank=True, help_text="Length of an online move's cutover freeze.")
+    writes_refused_seconds = models.FloatField(
+        null=True, blank=True, help_text="How long the tenant's writes were refused: offline, from suspend to "
+                                         "reactivate; online, the cutover's freeze. The one downtime figure.")
     freeze_started_at = models.DateTimeField(null=True, blank=True)
     freeze_ended_at = models.DateTimeField(null=True, blank=True)
     # Online moves: the catch-up lag, live, and the staff's controls over the cutover.
@@ -57,6 +62,8 @@ class MigrationRun(models.Model):
     hold_cutover = models.BooleanField(default=False, help_text="Keep the target in sync; cut over when cleared.")
     read_percent = models.PositiveSmallIntegerField(
         default=0, help_text="Share of the tenant's read-only requests served from the target while in sync.")
+    cancel_requested = models.BooleanField(
+        default=False, help_text="Staff asked to cancel: the worker rolls back at its next safe point.")
     previous_status = models.CharField(max_length=10, blank=True, default="",
                                        help_text="Tenant status before the run, restored at the end or on rollback.")
     error = models.TextField(blank=True, default="")
@@ -130,3 +137,31 @@ class MigrationStep(models.Model):
         if not self.started_at:
             return None
         return (self.finished_at or timezone.now()) - self.started_at
+
+
+# --- The expected remaining refusal of a migrating tenant (its requests' Retry-After) --------
+
+AFTER_COPY_STEPS = ("sequences", "verify", "switch", "reactivate")
+
+
+def expected_refusal_seconds(tenant_id: int) -> float | None:
+    """Seconds the tenant's writes are still expected to be refused by its running move, or
+    None when that cannot be told. Online: only the cutover's freeze refuses writes (well
+    under a second). Offline: the copy left at its rate so far, then about half a copy's time
+    for verifying; before the copy has a rate, None (the configured Retry-After)."""
+    run = (MigrationRun.objects.filter(tenant_id=tenant_id, status=RunStatus.RUNNING)
+           .only("online", "current_step", "rows_total", "rows_copied", "rows_per_second").first())
+    if run is None:
+        return None
+    if run.online:
+        return 1.0
+    rate, total = run.rows_per_second or 0.0, run.rows_total or 0
+    if rate <= 0 or total <= 0:
+        return None
+    verify = 0.5 * total / rate
+    if run.current_step in AFTER_COPY_STEPS:
+        return verify + 1.0
+    return max(total - run.rows_copied, 0) / rate + verify + 1.0
+
+
+refusal.register(expected_refusal_seconds)

@@ -4,7 +4,7 @@ Secrets are never shown: a server's password is write-only (tenancy.forms) and d
 as "set (key <id>)"; a credential's password is not editable here at all.
 """
 from django.apps import apps
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db import DatabaseError, connection, models, transaction
 from django.db.models.functions import Coalesce
@@ -66,14 +66,21 @@ def rows_in_schemas(schema_names) -> dict[str, int]:
         return {}
 
 
+def primary_domain():
+    """An expression: the tenant's primary domain (else its first one, alphabetically)."""
+    first_domain = Domain.objects.filter(tenant_id=models.OuterRef("pk")).order_by("-is_primary", "domain")
+    return models.Subquery(first_domain.values("domain")[:1])
+
+
 class TenantChangeList(ChangeList):
-    """Adds row counts and the domain to the list page only (not to the change form)."""
+    """Adds row counts (and what other apps annotate) to the list page only (not to the
+    change form). The domain is annotated on the admin's queryset itself: the list sorts by
+    it, and Django orders the root queryset before this method could annotate it."""
 
     def get_queryset(self, request, exclude_parameters=None):
-        first_domain = Domain.objects.filter(tenant_id=models.OuterRef("pk")).order_by("-is_primary", "domain")
         return super().get_queryset(request, exclude_parameters).annotate(
             shared_rows=rows_in_shared_tables(),
-            primary_domain=models.Subquery(first_domain.values("domain")[:1]))
+            **{name: make() for name, make in self.model_admin.list_annotations.items()})
 
     def get_results(self, request):
         super().get_results(request)
@@ -94,13 +101,25 @@ class DomainInline(admin.TabularInline):
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "placement", "status", "row_count", "domain", "created_at"]
     list_filter = ["placement", "status"]
-    search_fields = ["slug", "name"]
+    search_fields = ["slug", "name", "domains__domain"]
     inlines = [DomainInline]
     # Other apps append their actions here (e.g. migration_jobs: "move to schema/database").
     actions = []
+    # And for the list page, {name: () -> expression} annotations their columns read.
+    list_annotations = {}
+    # Set by the app that moves tenants: tenant -> why its status is not staff's to edit now
+    # (e.g. "run 5 is moving it"), or None.
+    status_owner = None
 
     def get_changelist(self, request, **kwargs):
         return TenantChangeList
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(primary_domain=primary_domain())
+
+    def _status_owned(self, tenant) -> str | None:
+        owner = type(self).status_owner
+        return owner(tenant) if owner is not None and tenant is not None else None
 
     def get_fields(self, request, obj=None):
         if obj is None:
@@ -113,7 +132,17 @@ class TenantAdmin(admin.ModelAdmin):
         # Placement (and where it points) changes only through a migration run; the slug
         # names the tenant's schema and database. Status belongs to a running move.
         readonly = ["slug", "placement", "schema_name", "created_at", "updated_at"]
-        return readonly + ["status"] if obj.status == Status.MIGRATING else readonly
+        if obj.status == Status.MIGRATING or self._status_owned(obj):
+            return readonly + ["status"]
+        return readonly
+
+    def save_model(self, request, obj, form, change):
+        # The form may have been opened before a run took the tenant: its status stays the run's.
+        owner = self._status_owned(obj) if change and "status" in form.changed_data else None
+        if owner:
+            obj.status = form.initial["status"]
+            self.message_user(request, f"{obj.slug}: status not changed: {owner}", messages.ERROR)
+        super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request, obj=None):
         # Deleting the row would orphan the tenant's data and drop its database credential.

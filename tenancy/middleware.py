@@ -7,6 +7,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from tenancy.context import no_tenant, tenant_context
+from tenancy.refusal import retry_after
 from tenancy.routing import routes
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -14,7 +15,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def refusal(route, method: str):
     """The response that a request to this tenant gets instead of being served, or None."""
-    retry = str(settings.TENANT_RETRY_AFTER)
+    retry = str(retry_after(route))  # the expected remaining refusal (tenancy.refusal)
     if route.status == "suspended":
         response = JsonResponse({"error": f"tenant {route.slug} is suspended", "tenant": route.slug}, status=503)
         response["Retry-After"] = retry

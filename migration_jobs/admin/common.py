@@ -44,14 +44,31 @@ def hold_requested(request) -> bool:
     return request.POST.get("hold_cutover") == "yes"
 
 
+def split_by_check(objects, check, describe):
+    """([(obj, describe(obj))] for those `check(obj)` accepts, [(obj, why not)] for the others):
+    what a confirmation page lists before anyone clicks "Yes"."""
+    ok, refused = [], []
+    for obj in objects:
+        try:
+            check(obj)
+        except services.Refused as exc:
+            refused.append((obj, str(exc)))
+            continue
+        ok.append((obj, describe(obj)))
+    return ok, refused
+
+
 def confirmation_page(modeladmin, request, queryset, *, action: str, title: str, intro: str, items,
                       consequences=(), servers=None, offer_online: bool = False, offer_hold: bool = False,
-                      submit: str = "Yes, go ahead"):
-    """An intermediate page that posts the same action and selection back with confirm=yes."""
+                      submit: str = "Yes, go ahead", refused=(), online_default: bool = False):
+    """An intermediate page that posts the same action and selection back with confirm=yes.
+    `refused`: [(obj, why)] of the selected objects that cannot take the action (listed apart,
+    skipped on "Yes"); `online_default`: the "online" box starts ticked."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
-        "title": title, "intro": intro, "consequences": consequences, "items": items,
+        "title": title, "intro": intro, "consequences": consequences, "items": items, "refused": refused,
+        "online_default": online_default,
         "queryset": queryset, "action": action, "servers": servers, "offer_online": offer_online, "offer_hold": offer_hold,
         "submit": submit,
         "opts": opts, "app_label": opts.app_label, "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,

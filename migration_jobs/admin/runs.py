@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect, JsonResponse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from migration_jobs import services
@@ -48,26 +51,26 @@ class MigrationStepInline(StaffViewOnly, admin.TabularInline):
 
 @admin.register(MigrationRun)
 class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
-    list_display = ["id", "tenant", "kind", "move", "status", "progress", "run_duration", "rows_copied",
-                    "rate", "created_at"]
+    list_display = ["id", "tenant", "kind", "move", "state", "progress", "run_duration", "writes_frozen",
+                    "rows_copied", "rate", "created_at"]
     list_display_links = ["id"]
     list_filter = ["status", "kind", "target_placement", "online", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["tenant__slug"]
     list_select_related = ["tenant"]
-    inlines = [MigrationStepInline]
-    actions = ["resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50", "read_share_100",
-               "cut_over_now"]
+    inlines = [MigrationStepInline]  # the steps in order, with durations and messages
+    change_form_template = "admin/migration_jobs/migrationrun/change_form.html"
+    actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50",
+               "read_share_100", "cut_over_now"]
     fieldsets = [
         (None, {"fields": ["tenant", "kind", "move", "status", "current_step", "dry_run", "online", "error"]}),
         ("Target", {"fields": ["target_server", "target_database", "target_schema"]}),
         ("Progress", {"fields": ["progress", "rows_total", "rows_copied", "bytes_copied", "rate"]}),
-        ("Freeze and catch-up", {"fields": ["freeze_seconds", "freeze_started_at", "freeze_ended_at", "lag_changes",
+        ("Freeze and catch-up", {"fields": ["writes_frozen", "freeze_ms", "freeze_started_at", "freeze_ended_at", "lag_changes",
                                             "lag_seconds", "hold_cutover", "read_percent"]}),
         ("Timing", {"fields": ["created_at", "started_at", "finished_at", "run_duration", "heartbeat_at",
                                "worker"]}),
-        ("Request", {"fields": ["requested_by", "requested_via", "previous_status"]}),
-        ("Report", {"fields": ["pretty_report"]}),
+        ("Request", {"fields": ["requested_by", "requested_via", "previous_status", "cancel_requested"]}),
     ]
     readonly_fields = [name for _, section in fieldsets for name in section["fields"]]
 
@@ -79,6 +82,64 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("tenant", "target_server", "requested_by")
+
+    # --- the run page: a live header, the controls that apply now, the steps, the report ---
+
+    def get_urls(self):
+        info = self.opts.app_label, self.opts.model_name
+        return [
+            path("<int:run_id>/live/", self.admin_site.admin_view(self.live_view), name="%s_%s_live" % info),
+            path("<int:run_id>/control/", self.admin_site.admin_view(self.control_view),
+                 name="%s_%s_control" % info),
+            *super().get_urls(),
+        ]
+
+    def live_view(self, request, run_id):
+        """The run's header figures as JSON: what the run page polls while the run is live."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        run = MigrationRun.objects.select_related("tenant").filter(pk=run_id).first()
+        if run is None:
+            raise Http404
+        return JsonResponse(live_figures(run))
+
+    def control_view(self, request, run_id):
+        """The run page's buttons: cancel, cut over, read share, resume, roll back."""
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:migration_jobs_migrationrun_change", args=[run_id]))
+        if not self.has_move_permission(request):
+            raise PermissionDenied
+        queryset = MigrationRun.objects.filter(pk=run_id)
+        run = queryset.select_related("tenant").first()
+        if run is None:
+            raise Http404
+        op = request.POST.get("op", "")
+        if op == "cancel":
+            self._cancel(request, run)
+        elif op == "cut_over":
+            self.cut_over_now(request, queryset)
+        elif op.startswith("read_share_") and op[len("read_share_"):].isdigit():
+            self._read_share(request, queryset, int(op[len("read_share_"):]))
+        elif op in ("resume", "roll_back"):
+            ok, skipped = self._interrupted(request, queryset, allow_queued=op == "roll_back")
+            for skipped_run, why in skipped:
+                self.message_user(request, format_html("{}: not done, {}.", run_link(skipped_run), why),
+                                  messages.WARNING)
+            if ok:
+                post = request.POST.copy()
+                post["confirm"] = "yes"
+                request.POST = post
+                (self.resume_runs if op == "resume" else self.roll_back_runs)(request, queryset)
+        else:
+            self.message_user(request, f"unknown action {op!r}", messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:migration_jobs_migrationrun_change", args=[run_id]))
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        run = MigrationRun.objects.select_related("tenant").filter(pk=object_id).first() \
+            if str(object_id).isdigit() else None
+        if run is not None:
+            extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request))}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="move")
     def move(self, run):
@@ -94,6 +155,18 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             if run.read_percent:
                 text += f", {run.read_percent}% reads on target"
         return f"{text} ({run.current_step})" if run.current_step else text
+
+    @admin.display(description="writes frozen", ordering="writes_refused_seconds")
+    def writes_frozen(self, run):
+        return services.human_refusal(services.writes_refused(run), "—")
+
+    @admin.display(description="cutover freeze")
+    def freeze_ms(self, run):
+        return "—" if run.freeze_seconds is None else f"{run.freeze_seconds * 1000:.0f} ms"
+
+    @admin.display(description="state", ordering="status")
+    def state(self, run):
+        return services.run_state(run)
 
     @admin.display(description="duration")
     def run_duration(self, run):
@@ -140,6 +213,53 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             report_run(self, request, run.tenant, run)
         return None
 
+    # --- cancel ---
+
+    @staticmethod
+    def _cancellable(queryset):
+        """(runs that can be cancelled now, [(run, why not)])."""
+        ok, skipped = [], []
+        for run in queryset.select_related("tenant"):
+            why = services.why_not_cancel(run)
+            (skipped.append((run, why)) if why else ok.append(run))
+        return ok, skipped
+
+    def _cancel(self, request, run) -> None:
+        try:
+            run = services.cancel(run)
+        except services.Refused as exc:
+            self.message_user(request, format_html("{}: not cancelled: {}", run_link(run), str(exc)),
+                              messages.ERROR)
+            return
+        if run.is_active:
+            self.message_user(request, format_html(
+                "{}: cancel requested; its worker rolls it back at the next safe point (now at {}).",
+                run_link(run), run.current_step or "start"), messages.INFO)
+        else:
+            self.message_user(request, format_html("{}: {} ({} stays in {}).", run_link(run),
+                                                   run.get_status_display().lower(), run.tenant.slug,
+                                                   run.tenant.placement),
+                              messages.SUCCESS if run.status == RunStatus.CANCELLED else messages.ERROR)
+
+    @admin.action(description="Cancel runs (queued, running or held)", permissions=["move"])
+    def cancel_runs(self, request, queryset):
+        if not confirmed(request):
+            ok, skipped = self._cancellable(queryset)
+            items = [(run, f"{run.tenant.slug}: {run.source_placement} → {run.target_placement}, "
+                           f"{self.state(run)}") for run in ok]
+            items += [(run, f"{run.tenant.slug}: cannot be cancelled: {why}") for run, why in skipped]
+            return confirmation_page(
+                self, request, queryset, action="cancel_runs", title="Cancel runs",
+                intro="Cancel the selected runs?", items=items, submit="Yes, cancel",
+                consequences=["A queued run is cancelled at once; it will not start.",
+                              "A running or held run stops at its next safe point (between steps, after a "
+                              "copied table or a catch-up round) and is rolled back: the tenant stays where it "
+                              "was, writable, and the target is dropped.",
+                              "A run that has begun its cutover cannot be cancelled."])
+        for run in queryset.select_related("tenant"):
+            self._cancel(request, run)
+        return None
+
     @admin.action(description="Roll back interrupted runs", permissions=["move"])
     def roll_back_runs(self, request, queryset):
         if not confirmed(request):
@@ -155,6 +275,9 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             self.message_user(request, format_html("{}: not rolled back, {}.", run_link(run), why),
                               messages.WARNING)
         for run in ok:
+            if run.status == RunStatus.QUEUED:  # at once, before its queued task can start it
+                self._cancel(request, run)
+                continue
             try:
                 services.enqueue_rollback(run)
             except Exception as exc:  # noqa: BLE001 - sync mode raises the task's error here
@@ -194,3 +317,47 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
                 continue
             self.message_user(request, format_html("{}: cutover released; it happens at the next catch-up round.",
                                                    run_link(run)), messages.SUCCESS)
+
+
+# --- The run page's figures ---------------------------------------------------------------
+
+def live_figures(run: MigrationRun) -> dict:
+    """What the run page's header shows, as plain data (also its JSON for the live refresh)."""
+    percent = run.progress_percent
+    refused = services.writes_refused(run)
+    return {
+        "id": run.pk, "status": run.status, "state": services.run_state(run), "live": run.is_active,
+        "current_step": run.current_step or None,
+        "progress_percent": None if percent is None or run.dry_run else round(percent, 1),
+        "rows_copied": run.rows_copied, "rows_total": run.rows_total,
+        "rate": f"{run.rows_per_second:,.0f} rows/s" if run.rows_per_second else "—",
+        "lag": (f"{run.lag_changes} changes, {run.lag_seconds or 0:.1f}s"
+                if run.online and run.is_active and run.lag_changes is not None else "—"),
+        "freeze": "—" if run.freeze_seconds is None else f"{run.freeze_seconds * 1000:.0f} ms",
+        "writes_frozen": services.human_refusal(refused, "—"),
+        "read_percent": run.read_percent,
+        "duration": human_duration(run.duration),
+        "steps": [{"name": s["name"], "status": s["status"], "message": s["message"],
+                   "duration": human_duration(s["seconds"])} for s in run.steps_report()],
+    }
+
+
+def run_page_context(run: MigrationRun, can_move: bool) -> dict:
+    """The header, the buttons that apply to the run now, the steps and the folded report."""
+    actions = []
+    if can_move:
+        if services.why_not_cancel(run) is None:
+            actions.append(("cancel", "Cancel"))
+        if run.online and run.kind == "move" and run.is_active:
+            actions += [(f"read_share_{p}", f"Reads {p} %") for p in services.READ_SHARES]
+        if run.online and run.is_active and run.hold_cutover:
+            actions.append(("cut_over", "Cut over now"))
+        if run.status == RunStatus.RUNNING:
+            ok, _ = services.interrupted_runs([run], allow_queued=False)
+            if ok:  # its worker is gone
+                actions += [("resume", "Resume"), ("roll_back", "Roll back")]
+        elif run.status == RunStatus.FAILED:
+            actions.append(("roll_back", "Roll back"))
+    actions = [(op, label, op == f"read_share_{run.read_percent}") for op, label in actions]
+    return {"run_page": live_figures(run), "run_actions": actions, "run_obj": run,
+            "run_report_json": json.dumps(run.report, indent=2, sort_keys=True, default=str) if run.report else ""}

@@ -4,10 +4,14 @@ hands the run it creates to django-q2 (through the services)."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import JSONObject
+from django.utils.html import format_html
 
 from migration_jobs import services
 from migration_jobs.admin.common import (confirmation_page, confirmed, hold_requested, online_requested, report_refused,
-                                         request_runs)
+                                         request_runs, run_url, split_by_check)
+from migration_jobs.models import ACTIVE_STATUSES, MigrationRun
 from tenancy.admin import TenantAdmin
 from tenancy.models import DatabaseServer, Placement, Status
 from tenancy.servers import ensure_default_server
@@ -21,6 +25,11 @@ MOVE_STEPS_TEXT = ("Each tenant is checked first (preflight); then it is frozen 
                    "and leaves the tenant where it is.")
 
 
+def _online_note(tenant) -> str:
+    return "" if tenant.status == Status.ACTIVE else \
+        f" (online not possible: it is {tenant.get_status_display().lower()}; untick Online to move it offline)"
+
+
 def _move(modeladmin, request, queryset, target: str):
     action = f"move_to_{target}"
     if confirmed(request):
@@ -31,23 +40,24 @@ def _move(modeladmin, request, queryset, target: str):
         return None
     servers = None
     if target == Placement.SCHEMA:
-        items = [(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → schema {t.schema_name}")
-                 for t in queryset]
         where = "its own schema (tenant_<slug>) in the shared database"
+        place = lambda t: f"schema {t.schema_name}"  # noqa: E731
     else:
         default = ensure_default_server()
         servers = [(s.name, f"{s.name} ({s.host}:{s.port})", s.pk == default.pk)
                    for s in DatabaseServer.objects.order_by("-is_default", "name")]
-        items = [(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → database "
-                     f"{t.database_name}") for t in queryset]
         where = "its own database, with its own login role, on the server chosen below"
+        place = lambda t: f"database {t.database_name}"  # noqa: E731
+    items, refused = split_by_check(
+        queryset, lambda t: services.check_move(t, target),
+        lambda t: f"{t.get_placement_display()}, {t.get_status_display().lower()} → {place(t)}{_online_note(t)}")
     return confirmation_page(
         modeladmin, request, queryset, action=action, title=f"Move tenants to a dedicated {target}",
         intro=f"Move the selected tenants out of the shared database into {where}?",
-        items=items, servers=servers, offer_online=True, offer_hold=True, submit=f"Yes, move to a dedicated {target}",
+        items=items, refused=refused, servers=servers, offer_online=True, offer_hold=True, online_default=True,
+        submit=f"Yes, move to a dedicated {target}",
         consequences=[MOVE_STEPS_TEXT,
-                      "The copied rows stay in the shared tables (legacy rows) until they are retired.",
-                      "Tenants already in a dedicated place, suspended or being moved are refused."])
+                      "The copied rows stay in the shared tables (legacy rows) until they are retired."])
 
 
 @admin.action(description="Move to dedicated schema", permissions=["change"])
@@ -66,18 +76,19 @@ def move_back_to_shared(modeladmin, request, queryset):
         request_runs(modeladmin, request, queryset, lambda tenant: services.request_move_back(
             tenant, online=online_requested(request), requested_by=request.user, via="admin"))
         return None
+    items, refused = split_by_check(
+        queryset, services.check_move_back,
+        lambda t: f"{t.get_placement_display()}, {t.get_status_display().lower()} → shared tables{_online_note(t)}")
     return confirmation_page(
         modeladmin, request, queryset, action="move_back_to_shared", title="Move tenants back to shared",
         intro="Move the selected tenants from their dedicated schema or database back into the shared tables?",
-        items=[(t, f"{t.get_placement_display()}, {t.get_status_display().lower()} → shared database")
-               for t in queryset],
-        submit="Yes, move back to shared", offer_online=True,
+        items=items, refused=refused, submit="Yes, move back to shared", offer_online=True, online_default=True,
         consequences=["Preflight refuses the move if any of the tenant's keys is used by another tenant's row "
                       "in the shared tables (nothing is written then).",
-                      "The tenant is read-only during the move; its legacy rows in the shared tables are "
-                      "replaced and every row is copied back in one transaction, verified before commit.",
-                      "The dedicated schema or database is kept (not dropped).",
-                      "Tenants already in shared placement are refused."])
+                      "Online (the default), the tenant keeps working while its rows are copied back; its "
+                      "writes pause only for a short cutover. Offline, its writes are refused for the whole "
+                      "move. Either way every row is copied back in one transaction, verified before commit.",
+                      "The dedicated schema or database is kept (not dropped) until it is retired."])
 
 
 @admin.action(description="Retire legacy rows", permissions=["change"])
@@ -86,16 +97,21 @@ def retire_legacy(modeladmin, request, queryset):
         request_runs(modeladmin, request, queryset,
                       lambda tenant: services.request_retire(tenant, requested_by=request.user, via="admin"))
         return None
+    checked = {}
+    items, refused = split_by_check(
+        queryset, lambda t: checked.__setitem__(t.pk, services.check_retire(t)),
+        lambda t: f"{t.get_placement_display()}: {services.legacy_of(checked[t.pk])}, left by run "
+                  f"{checked[t.pk].pk}")
     return confirmation_page(
         modeladmin, request, queryset, action="retire_legacy", title="Retire legacy rows",
-        intro="Delete the selected tenants' old rows from the shared tables?",
-        items=[(t, f"{t.get_placement_display()}: legacy rows in the shared tables") for t in queryset],
-        submit="Yes, retire the legacy rows",
-        consequences=["The dedicated copy is verified first; then the legacy rows are archived to a file and "
-                      "deleted in small batches (other tenants are not locked out).",
-                      "Refused before TENANT_LEGACY_GRACE_DAYS have passed since the move, and for tenants "
-                      "in shared placement.",
-                      "Afterwards a move back copies every row again from the dedicated place."])
+        intro="Remove what the selected tenants' past moves left behind?",
+        items=items, refused=refused, submit="Yes, retire the legacy rows",
+        consequences=["The tenant's live copy is verified first; the legacy rows are archived to a file, then "
+                      "deleted in small batches (other tenants are not locked out), or the dedicated place a "
+                      "move back left is dropped whole.",
+                      "Not before TENANT_LEGACY_GRACE_DAYS have passed since the move.",
+                      "Afterwards a move back (or out again) copies every row again from where the tenant "
+                      "lives."])
 
 
 @admin.action(description="Verify", permissions=["view"])
@@ -156,3 +172,36 @@ TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, retire_
                   reactivate]
 # tenancy.admin leaves TenantAdmin.actions empty for the apps that act on tenants.
 TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a not in TenantAdmin.actions]]
+
+
+# --- The tenant list: the run that owns a tenant now ----------------------------------------
+
+RUN_FIELDS = ("status", "current_step", "online", "hold_cutover", "cancel_requested")
+
+
+def active_run_json():
+    """An expression: the tenant's queued or running run as a small JSON object, or NULL."""
+    active = MigrationRun.objects.filter(tenant_id=OuterRef("pk"), status__in=ACTIVE_STATUSES).order_by()
+    return Subquery(active.values(run=JSONObject(id="pk", **{f: f for f in RUN_FIELDS}))[:1])
+
+
+@admin.display(description="current run")
+def current_run(tenant):
+    data = getattr(tenant, "active_run", None)
+    if not data:
+        return "—"
+    run = MigrationRun(pk=data["id"], **{f: data[f] for f in RUN_FIELDS})
+    return format_html('<a href="{}">run {}</a>: {}', run_url(run), run.pk, services.run_state(run))
+
+
+def status_owner(tenant) -> str | None:
+    run = services.active_run(tenant)
+    return f"run {run.pk} is moving the tenant and manages its status" if run else None
+
+
+TenantAdmin.list_annotations = {**TenantAdmin.list_annotations, "active_run": active_run_json}
+if current_run not in TenantAdmin.list_display:
+    at = TenantAdmin.list_display.index("status") + 1 if "status" in TenantAdmin.list_display else None
+    TenantAdmin.list_display = [*TenantAdmin.list_display[:at], current_run, *TenantAdmin.list_display[at:]] \
+        if at else [*TenantAdmin.list_display, current_run]
+TenantAdmin.status_owner = status_owner

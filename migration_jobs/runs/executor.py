@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from contextlib import contextmanager
 
 import psycopg
@@ -100,6 +101,66 @@ def closing_connections():
         close_old_connections()
 
 
+# --- Cancellation -------------------------------------------------------------------------
+
+CANCELLED_MESSAGE = "cancelled on request"
+# Fault-hook names where a run may stop and roll back: after a table is copied (or copied back),
+# after a catch-up round. Never inside the cutover's freeze, never while retiring rows.
+SAFE_POINTS = ("copy:", "copy_back:", "catch_up:round")
+
+
+class RunCancelled(StepFailed):
+    """Raised at a safe point of a run whose cancel was requested: the run rolls back."""
+
+
+def cancel_requested(run_id: int) -> bool:
+    requested = MigrationRun.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first()
+    if threading.current_thread() is not threading.main_thread():
+        connection.close()  # a copy worker thread's own ORM connection
+    return bool(requested)
+
+
+class CancelWatch(Faults):
+    """The run's checkpoint hook: the test faults first, then, at a safe point, the cancel flag."""
+
+    def __init__(self, run_id: int, faults: Faults):
+        super().__init__()
+        self.run_id, self.inner = run_id, faults
+
+    def checkpoint(self, name: str) -> None:
+        self.inner.checkpoint(name)
+        if name.startswith(SAFE_POINTS) and cancel_requested(self.run_id):
+            raise RunCancelled(CANCELLED_MESSAGE)
+
+
+def _cancel_before_step(run: MigrationRun, step_name: str) -> bool:
+    """Between steps: True if a cancel is pending; otherwise the next step is recorded under the
+    run's row lock, so a cancel asked at the same time sees it (services.cancel locks it too)."""
+    with transaction.atomic():
+        locked = MigrationRun.objects.select_for_update().only("pk", "cancel_requested").get(pk=run.pk)
+        if locked.cancel_requested:
+            return True
+        MigrationRun.objects.filter(pk=run.pk).update(current_step=step_name)
+        run.current_step = step_name
+    return False
+
+
+def writes_refused_seconds(run: MigrationRun) -> float | None:
+    """How long the tenant's writes were refused: online, the cutover's freeze; offline, from
+    the suspend to the reactivation (or to the end of a rollback that reopened it)."""
+    if run.online:
+        return run.freeze_seconds if run.freeze_seconds is not None else 0.0
+    steps = {s.name: s for s in run.steps.filter(name__in=["suspend", "reactivate"])}
+    suspend, reactivate = steps.get("suspend"), steps.get("reactivate")
+    if suspend is None or suspend.started_at is None:
+        return 0.0
+    if reactivate is not None and reactivate.status == StepStatus.SUCCEEDED and reactivate.finished_at:
+        end = reactivate.finished_at
+    else:
+        end = run.finished_at or timezone.now()
+    return round(max((end - suspend.started_at).total_seconds(), 0.0), 3)
+
+
 # --- Execution ----------------------------------------------------------------------------
 
 def _finish(run: MigrationRun, status: str, error: str = "") -> None:
@@ -110,8 +171,15 @@ def _finish(run: MigrationRun, status: str, error: str = "") -> None:
     if error:
         run.error = error[:4000]
     if run.started_at and run.rows_copied:
-        seconds = max((run.finished_at - run.started_at).total_seconds(), 1e-6)
-        run.rows_per_second = run.rows_copied / seconds
+        # The copy's own rate: a held online move's hours in sync are not copy time.
+        copy = run.steps.filter(name__in=["copy", "copy_back"], started_at__isnull=False,
+                                finished_at__isnull=False).first()
+        end, start = (copy.finished_at, copy.started_at) if copy else (run.finished_at, run.started_at)
+        run.rows_per_second = run.rows_copied / max((end - start).total_seconds(), 1e-6)
+    if run.online:
+        run.lag_changes = run.lag_seconds = None  # a lag is only meaningful while catching up
+    if run.started_at:
+        run.writes_refused_seconds = writes_refused_seconds(run)
     run.save()
 
 
@@ -140,12 +208,19 @@ def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) 
         run = _claim(run_id, resume)
         if run is None:
             return MigrationRun.objects.get(pk=run_id)
-        ctx = RunContext(run, faults=faults or NO_FAULTS)
+        ctx = RunContext(run, faults=CancelWatch(run.pk, faults or NO_FAULTS))
         secrets = known_secrets(run)
         for definition in steps_for(run):
             step = run.steps.filter(name=definition.name).first()
             if step is None or step.status == StepStatus.SUCCEEDED:
                 continue
+            if not _past_point_of_no_return(run) and _cancel_before_step(run, definition.name):
+                log.info("run %s cancelled before %s; rolling back", run.pk, definition.name)
+                _rollback_steps(ctx, secrets)
+                run.refresh_from_db()
+                failed_rollback = run.steps.filter(status=StepStatus.FAILED).exists()
+                _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.CANCELLED, CANCELLED_MESSAGE)
+                return run
             try:
                 _run_step(ctx, definition, step)
             except Exception as exc:  # noqa: BLE001 - every failure ends in a rollback
@@ -162,7 +237,12 @@ def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) 
                 _rollback_steps(ctx, secrets)
                 run.refresh_from_db()
                 failed_rollback = run.steps.filter(status=StepStatus.FAILED).exclude(pk=step.pk).exists()
-                _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.ROLLED_BACK, message)
+                cancelled = isinstance(exc, RunCancelled)
+                if cancelled:
+                    step.message = CANCELLED_MESSAGE
+                    step.save(update_fields=["message"])
+                ended = RunStatus.CANCELLED if cancelled else RunStatus.ROLLED_BACK
+                _finish(run, RunStatus.FAILED if failed_rollback else ended, message)
                 return run
         run.report = {**run.report, "summary": summary(run)}
         _finish(run, RunStatus.SUCCEEDED)
@@ -213,8 +293,9 @@ def _rollback_steps(ctx: RunContext, secrets: list[str]) -> None:
         step.save()
 
 
-def rollback(run_id: int, reason: str = "rolled back on request") -> MigrationRun:
-    """Undo a run that is not finished (its worker died, or it is queued)."""
+def rollback(run_id: int, reason: str = "rolled back on request", *, cancel: bool = False) -> MigrationRun:
+    """Undo a run that is not finished (its worker died, or it is queued). `cancel`: the run
+    ends `cancelled` (staff cancelled it) rather than `rolled_back`."""
     with run_lock(run_id) as owned:
         if not owned:
             raise StepFailed(f"run {run_id} is being executed by a live worker; wait for it or stop it first")
@@ -225,7 +306,8 @@ def rollback(run_id: int, reason: str = "rolled back on request") -> MigrationRu
             raise StepFailed(f"run {run_id} is past its cutover: the tenant writes to its new place; "
                              "resume it to finish, or move the tenant back")
         _rollback_steps(RunContext(run), known_secrets(run))
-        _finish(run, RunStatus.ROLLED_BACK if run.status != RunStatus.QUEUED else RunStatus.CANCELLED, reason)
+        ended = RunStatus.CANCELLED if cancel or run.status == RunStatus.QUEUED else RunStatus.ROLLED_BACK
+        _finish(run, ended, reason)
         return run
 
 

@@ -15,13 +15,15 @@ from migration_jobs.exceptions import BadRequest, NotFound, Refused, StepFailed
 from migration_jobs.services.archives import (archive_filename, archive_summary, export_tenant, export_to_spool,
                                               restore, restore_options, tenant_table_count,
                                               validate_archive)
-from migration_jobs.services.moves import (active_run, enqueue, enqueue_rollback, execute, interrupted_runs,
+from migration_jobs.services.moves import (active_run, cancel, check_move, check_move_back, check_retire,
+                                           enqueue, enqueue_rollback, execute, interrupted_runs, legacy_of,
                                            release_cutover, request_move, request_move_back, request_placement,
                                            request_retire, resumable_run, roll_back, rollback_unfinished,
-                                           set_read_share, set_status, undo_move,
+                                           set_read_share, set_status, undo_move, why_not_cancel,
                                            worker_connections)
-from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, leftovers, one_line, run_dict,
-                                             run_history, run_report, verify, verify_via_cluster)
+from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, human_refusal, leftovers, one_line,
+                                             run_dict, run_history, run_report, run_state, verify,
+                                             verify_via_cluster, writes_refused)
 from migration_jobs.services.tenants import change_tenant, check_tenant_change
 from migration_jobs.services.validation import (PLACEMENT_ALIASES, READ_SHARES, TARGETS, boolean, check_reachable,
                                                 get_run, get_server, get_tenant, known_fields, placement,
@@ -31,11 +33,13 @@ __all__ = [
     "BadRequest", "NotFound", "Refused", "StepFailed",
     "archive_filename", "archive_summary", "export_tenant", "export_to_spool", "restore", "restore_options",
     "tenant_table_count", "validate_archive",
-    "active_run", "enqueue", "enqueue_rollback", "execute", "interrupted_runs", "release_cutover", "request_move",
+    "active_run", "cancel", "check_move", "check_move_back", "check_retire", "enqueue", "enqueue_rollback",
+    "execute", "interrupted_runs", "legacy_of", "release_cutover", "request_move",
     "request_move_back", "request_placement", "request_retire", "resumable_run", "roll_back",
-    "rollback_unfinished", "set_read_share", "set_status", "undo_move", "worker_connections",
-    "FULL", "REF", "ROW", "human_duration", "leftovers", "one_line", "run_dict", "run_history", "run_report",
-    "verify", "verify_via_cluster",
+    "rollback_unfinished", "set_read_share", "set_status", "undo_move", "why_not_cancel", "worker_connections",
+    "FULL", "REF", "ROW", "human_duration", "human_refusal", "leftovers", "one_line", "run_dict", "run_state",
+    "run_history", "run_report",
+    "verify", "verify_via_cluster", "writes_refused",
     "PLACEMENT_ALIASES", "READ_SHARES", "TARGETS", "boolean", "check_reachable", "get_run", "get_server",
     "get_tenant", "known_fields", "placement", "server_name", "tenant_by_id", "tenant_id",
     "change_tenant", "check_tenant_change",

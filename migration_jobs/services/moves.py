@@ -42,10 +42,16 @@ def _create_run(tenant: Tenant, **fields) -> MigrationRun:
     return run
 
 
-def request_move(tenant: Tenant, target: str, *, server_name: str | None = None, online: bool = False,
-                 hold_cutover: bool = False, dry_run: bool = False, requested_by=None,
-                 via: str = "command") -> MigrationRun:
-    """Create (not start) a run that moves a pooled tenant to a dedicated schema or database."""
+def _check_no_active_run(tenant: Tenant) -> None:
+    existing = active_run(tenant)
+    if existing:
+        raise Refused(f"tenant {tenant.slug} already has an active run (run {existing.pk}, {existing.status})")
+
+
+def check_move(tenant: Tenant, target: str, *, online: bool = False, hold_cutover: bool = False,
+               active: bool = True) -> None:
+    """Refused if this tenant cannot be moved to `target` as asked (no server is contacted:
+    a confirmation page calls it for every selected tenant). `active`: check for a run too."""
     if target not in TARGETS:
         raise Refused(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
     if tenant.placement != Placement.SHARED:
@@ -56,6 +62,29 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
     if hold_cutover and not online:
         raise Refused("holding the cutover (for a gradual read switch) needs an online move")
+    if target == Placement.SCHEMA and not IDENTIFIER.match(tenant.schema_name):
+        raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
+    if active:
+        _check_no_active_run(tenant)
+
+
+def check_move_back(tenant: Tenant, *, online: bool = False, active: bool = True) -> None:
+    """Refused if this dedicated tenant cannot be moved back as asked (no server contacted)."""
+    if tenant.placement == Placement.SHARED:
+        raise Refused(f"tenant {tenant.slug} is already in shared placement")
+    if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
+    if online and tenant.status != Status.ACTIVE:
+        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
+    if active:
+        _check_no_active_run(tenant)
+
+
+def request_move(tenant: Tenant, target: str, *, server_name: str | None = None, online: bool = False,
+                 hold_cutover: bool = False, dry_run: bool = False, requested_by=None,
+                 via: str = "command") -> MigrationRun:
+    """Create (not start) a run that moves a pooled tenant to a dedicated schema or database."""
+    check_move(tenant, target, online=online, hold_cutover=hold_cutover, active=False)
     fields = {"kind": RunKind.MOVE, "source_placement": Placement.SHARED, "target_placement": target,
               "online": online, "hold_cutover": hold_cutover, "dry_run": dry_run, "requested_by": requested_by,
               "requested_via": via}
@@ -63,8 +92,6 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
         if server_name:
             raise Refused("--server applies to database targets only: a schema lives in the shared database")
         fields["target_schema"] = tenant.schema_name
-        if not IDENTIFIER.match(tenant.schema_name):
-            raise Refused(f"schema name {tenant.schema_name!r} is not a plain lower-case identifier")
     else:
         server = reachable_server(server_name)
         fields["target_server"] = server
@@ -75,12 +102,7 @@ def request_move(tenant: Tenant, target: str, *, server_name: str | None = None,
 def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = False, requested_by=None,
                       via: str = "command") -> MigrationRun:
     """Create a run that moves a dedicated tenant back into the shared tables."""
-    if tenant.placement == Placement.SHARED:
-        raise Refused(f"tenant {tenant.slug} is already in shared placement")
-    if tenant.status in (Status.SUSPENDED, Status.MIGRATING):
-        raise Refused(f"tenant {tenant.slug} is {tenant.status}; reactivate it first")
-    if online and tenant.status != Status.ACTIVE:
-        raise Refused(f"tenant {tenant.slug} is {tenant.status}: an online move needs an active tenant")
+    check_move_back(tenant, online=online, active=False)
     fields = {"kind": RunKind.MOVE_BACK, "source_placement": tenant.placement,
               "target_placement": Placement.SHARED, "online": online, "dry_run": dry_run,
               "requested_by": requested_by, "requested_via": via}
@@ -163,6 +185,49 @@ def roll_back(run: MigrationRun | int, reason: str = "rolled back on request") -
         return executor.rollback(getattr(run, "pk", run), reason=reason)
 
 
+def why_not_cancel(run: MigrationRun) -> str | None:
+    """Why this run cannot be cancelled now (for a confirmation page), or None."""
+    if run.status not in ACTIVE_STATUSES:
+        return f"it is {run.get_status_display().lower()}"
+    if run.cancel_requested:
+        return "cancel already requested"
+    if run.status == RunStatus.RUNNING and (run.current_step == "cutover" or executor._past_point_of_no_return(run)):
+        return "past its point of no return (cutover)"
+    return None
+
+
+def cancel(run: MigrationRun | int, reason: str = "cancelled on request") -> MigrationRun:
+    """Cancel a run. Queued: `cancelled` at once (its queued task then finds nothing to do).
+    Running or held: the owning worker is asked to stop at its next safe point (between steps,
+    after a copied table or a catch-up round) and roll back; with no live worker (it died),
+    the run is rolled back here. Refused once the cutover has begun, or when the run is over."""
+    run_id = getattr(run, "pk", run)
+    with transaction.atomic():
+        locked = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant").get(pk=run_id)
+        if locked.status not in ACTIVE_STATUSES:
+            raise Refused(f"run {run_id} is {locked.get_status_display().lower()}: nothing to cancel")
+        if locked.cancel_requested:
+            raise Refused(f"run {run_id}: cancel already requested; its worker stops at the next safe point")
+        if locked.status == RunStatus.QUEUED:
+            # Under the row lock: the executor's claim waits for this commit and then sees it.
+            locked.status, locked.finished_at, locked.error = RunStatus.CANCELLED, timezone.now(), reason
+            locked.cancel_requested = True
+            locked.save(update_fields=["status", "finished_at", "error", "cancel_requested"])
+            return locked
+        if locked.current_step == "cutover" or executor._past_point_of_no_return(locked):
+            raise Refused(f"run {run_id} is past its point of no return (cutover): too late to cancel; "
+                          f"let it finish, then move the tenant back")
+        locked.cancel_requested = True
+        locked.save(update_fields=["cancel_requested"])
+    if executor.lock_is_free(run_id):  # nobody is executing it: roll it back now
+        with executor.closing_connections():
+            try:
+                return executor.rollback(run_id, reason=reason, cancel=True)
+            except StepFailed:
+                pass  # a worker took it meanwhile: it sees the flag
+    return MigrationRun.objects.select_related("tenant").get(pk=run_id)
+
+
 def worker_connections():
     """For a task: start and end with healthy ORM connections (workers reuse processes)."""
     return executor.closing_connections()
@@ -208,6 +273,28 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
     (TENANT_LEGACY_GRACE_DAYS) since the move that left them: a dedicated tenant's rows in the
     shared tables (archived, deleted in batches), or, for a tenant that moved back, the
     dedicated schema or database it left (archived, dropped)."""
+    moved = check_retire(tenant, ignore_grace=ignore_grace, active=False)
+    # source_placement: where the legacy rows are; target_placement: where the tenant lives.
+    legacy_in = moved.source_placement if moved.kind == RunKind.MOVE_BACK else Placement.SHARED
+    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=legacy_in,
+                       target_placement=tenant.placement, target_schema=moved.target_schema,
+                       target_database=moved.target_database, target_server=moved.target_server,
+                       requested_by=requested_by, requested_via=via)
+
+
+def legacy_of(run: MigrationRun) -> str:
+    """Where the legacy rows of the move `run` are, in words."""
+    if run.kind == RunKind.MOVE_BACK:
+        place = f"schema {run.target_schema}" if run.source_placement == Placement.SCHEMA else \
+            f"database {run.target_database}"
+        return f"the dedicated {place} it left when it moved back (dropped whole)"
+    return "its old rows in the shared tables (deleted in batches)"
+
+
+def check_retire(tenant: Tenant, *, ignore_grace: bool = False, active: bool = True) -> MigrationRun:
+    """The move whose legacy rows a retirement would remove, or Refused."""
+    if active:
+        _check_no_active_run(tenant)
     if tenant.placement == Placement.SHARED:
         moved = tenant.migration_runs.filter(kind=RunKind.MOVE_BACK, status=RunStatus.SUCCEEDED).order_by(
             "-finished_at").first()
@@ -224,12 +311,7 @@ def request_retire(tenant: Tenant, *, ignore_grace: bool = False, requested_by=N
         raise Refused(f"tenant {tenant.slug} moved at {moved.finished_at:%Y-%m-%d %H:%M}; its legacy rows may be "
                       f"retired from {ready_at:%Y-%m-%d %H:%M} (TENANT_LEGACY_GRACE_DAYS="
                       f"{settings.TENANT_LEGACY_GRACE_DAYS:g})")
-    # source_placement: where the legacy rows are; target_placement: where the tenant lives.
-    legacy_in = moved.source_placement if moved.kind == RunKind.MOVE_BACK else Placement.SHARED
-    return _create_run(tenant, kind=RunKind.RETIRE, source_placement=legacy_in,
-                       target_placement=tenant.placement, target_schema=moved.target_schema,
-                       target_database=moved.target_database, target_server=moved.target_server,
-                       requested_by=requested_by, requested_via=via)
+    return moved
 
 
 def _dedicated_place_exists(run: MigrationRun) -> bool:

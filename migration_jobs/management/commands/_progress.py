@@ -190,7 +190,8 @@ def print_preflight(cmd: BaseCommand, preflight: dict | None) -> None:
 
 def print_run(cmd: BaseCommand, run: MigrationRun) -> None:
     rate = f", {run.rows_per_second:,.0f} rows/s" if run.rows_per_second else ""
-    freeze = f", writes frozen {run.freeze_seconds:.3f}s" if run.freeze_seconds is not None else ""
+    refused = services.writes_refused(run)
+    freeze = f", writes frozen {services.human_refusal(refused)}" if refused is not None else ""
     cmd.stdout.write(f"run {run.pk} {run.get_status_display().lower()}: {describe(run)}"
                      f"{' [dry run]' if run.dry_run else ''}{' [online]' if run.online else ''} in "
                      f"{human_duration(run.duration)}, {run.rows_copied:,} rows copied{rate}{freeze}")
