@@ -24,7 +24,7 @@ def main() -> int:
     cluster = subprocess.Popen([python, "manage.py", "qcluster"], cwd=BASE)
     web = subprocess.Popen([python, "-m", "gunicorn", "project.wsgi:application", "--bind", f"{args.host}:{args.port}",
                             "--workers", args.workers, "--worker-class", "gthread", "--threads", "4",
-                            "--timeout", "300", "--access-logfile", "-"], cwd=BASE)
+                            "--timeout", "300", "--access-logfile", "-", "--no-control-socket"], cwd=BASE)
     children = [cluster, web]
 
     def stop(*_):
