@@ -23,10 +23,12 @@ import logging
 import re
 import threading
 import time
+from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
 from django.conf import settings
 from django.http import HttpResponseBadRequest, JsonResponse
+from django.views import defaults
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,15 @@ def _read_stored(connection) -> set[str]:
     found = set()
     with connection.cursor() as cursor:
         cursor.execute("SELECT password_encrypted FROM tenancy_databasecredential")
-        for (token,) in cursor.fetchall():
-            found.add(crypto.decrypt(token, context=crypto.CREDENTIAL_CONTEXT))
+        credentials = [(token, crypto.CREDENTIAL_CONTEXT) for (token,) in cursor.fetchall()]
         cursor.execute("SELECT admin_password_encrypted FROM tenancy_databaseserver "
                        "WHERE admin_password_encrypted <> ''")
-        for (token,) in cursor.fetchall():
-            found.add(crypto.decrypt(token, context=crypto.SERVER_CONTEXT))
+        credentials += [(token, crypto.SERVER_CONTEXT) for (token,) in cursor.fetchall()]
+    for token, context in credentials:
+        try:
+            found.add(crypto.decrypt(token, context=context))
+        except Exception:  # noqa: BLE001 - one unreadable token (an old key gone) hides no other
+            continue
     return found
 
 
@@ -108,9 +113,9 @@ def forget_cached_secrets() -> None:
 
 
 def known_secrets(query: bool = True) -> list[str]:
-    """Every secret value this process knows, longest first (a secret inside another)."""
+    """Every secret value this process knows (sorted: the same set gives the same list)."""
     values = _settings_secrets() | set(_stored_secrets(query))
-    return sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True)
+    return sorted(v for v in values if len(v) >= MIN_SECRET_LENGTH)
 
 
 def _forms(secret: str) -> set[str]:
@@ -119,13 +124,36 @@ def _forms(secret: str) -> set[str]:
     return forms | {html.escape(form) for form in forms} | {html.escape(form, quote=False) for form in forms}
 
 
+@lru_cache(maxsize=4)
+def _matcher(secrets: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """Every written form of the secrets, by its first MIN_SECRET_LENGTH characters (longest
+    first): one pass over a text finds them all, however many tenants there are."""
+    by_prefix: dict[str, set[str]] = {}
+    for secret in secrets:
+        for form in _forms(secret):
+            if len(form) >= MIN_SECRET_LENGTH:
+                by_prefix.setdefault(form[:MIN_SECRET_LENGTH], set()).add(form)
+    return {prefix: tuple(sorted(forms, key=len, reverse=True)) for prefix, forms in by_prefix.items()}
+
+
 def redact(text: str, secrets: list[str] | None = None) -> str:
+    """`text` with every form of every secret (and anything shaped like an API token) replaced."""
     if not isinstance(text, str) or not text:
         return text
-    for secret in known_secrets() if secrets is None else secrets:
-        for form in sorted(_forms(secret), key=len, reverse=True):
-            if form and form in text:
-                text = text.replace(form, REDACTED)
+    by_prefix = _matcher(tuple(known_secrets() if secrets is None else secrets))
+    if by_prefix:
+        out, start, i, end = [], 0, 0, len(text) - MIN_SECRET_LENGTH + 1
+        while i < end:
+            forms = by_prefix.get(text[i:i + MIN_SECRET_LENGTH])
+            found = next((form for form in forms if text.startswith(form, i)), None) if forms else None
+            if found is None:
+                i += 1
+                continue
+            out.append(text[start:i])
+            out.append(REDACTED)
+            i = start = i + len(found)
+        out.append(text[start:])
+        text = "".join(out)
     return API_TOKEN.sub(REDACTED, text)
 
 
@@ -163,10 +191,6 @@ class SecretRedactingFilter(SafeExceptionReporterFilter):
 
     def cleanse_setting(self, key, value):
         return self._clean(key, super().cleanse_setting(key, value), known_secrets())
-
-    def get_safe_settings(self):
-        secrets = known_secrets()
-        return {k: self._clean(k, v, secrets) for k, v in super().get_safe_settings().items()}
 
     def get_post_parameters(self, request):
         params = super().get_post_parameters(request)
@@ -218,3 +242,10 @@ def bad_request(request, exception=None):
     if _is_api(request):
         return JsonResponse({"error": "bad request"}, status=400)
     return HttpResponseBadRequest("Bad Request (400)\n", content_type="text/plain; charset=utf-8")
+
+
+def server_error(request):
+    """handler500: JSON under /api/, Django's plain page elsewhere; never any detail."""
+    if _is_api(request):
+        return JsonResponse({"error": "internal server error"}, status=500)
+    return defaults.server_error(request)
