@@ -82,13 +82,15 @@ def _stored_secrets(query: bool) -> frozenset[str]:
         return _stored
     _busy.on = True
     try:
-        from django.db import connections
+        from django.db import connections, transaction
 
         current = connections["default"]
         found = None
         if current.connection is not None and not current.needs_rollback:
-            try:  # the request's own connection sees its uncommitted credentials (and tests')
-                found = _read_stored(current)
+            try:  # the request's own connection sees its uncommitted credentials (and tests');
+                # in a savepoint, so a failure here leaves the caller's transaction as it was
+                with transaction.atomic(using=current.alias):
+                    found = _read_stored(current)
             except Exception:  # noqa: BLE001 - any failure: try a connection of our own
                 found = None
         if found is None:

@@ -55,6 +55,7 @@ class RouteCache:
         # added yet: every clear() forgets those, and a Domain's save clears). LRU-bounded by
         # TENANT_HOST_CACHE_SIZE, so hostile Host headers cannot grow the process.
         self._by_host: OrderedDict[str, int | None] = OrderedDict()
+        self._host_generation = 0  # bumped by clear(): a lookup begun before it is not cached
         self.listener: RouteListener | None = None
 
     def trusted(self) -> bool:
@@ -67,6 +68,7 @@ class RouteCache:
 
     def clear(self, tenant_id: int | None = None) -> None:
         with self._lock:
+            self._host_generation += 1
             if tenant_id is None:
                 self._by_id.clear()
                 self._by_host.clear()
@@ -93,17 +95,16 @@ class RouteCache:
             if cached:
                 self._by_host.move_to_end(host)
                 tenant_id = self._by_host[host]
+            generation = self._host_generation
         if not cached:
             tenant_id = Domain.objects.filter(domain=host).values_list("tenant_id", flat=True).first()
             with self._lock:
-                self._by_host[host] = tenant_id
-                self._by_host.move_to_end(host)
-                while len(self._by_host) > max(1, settings.TENANT_HOST_CACHE_SIZE):
-                    self._by_host.popitem(last=False)
+                if generation == self._host_generation:  # else maybe stale already: not kept
+                    self._by_host[host] = tenant_id
+                    self._by_host.move_to_end(host)
+                    while len(self._by_host) > max(1, settings.TENANT_HOST_CACHE_SIZE):
+                        self._by_host.popitem(last=False)
         return None if tenant_id is None else self.by_id(tenant_id)
-
-    def host_count(self) -> int:
-        return len(self._by_host)
 
 
 class RouteListener(threading.Thread):
