@@ -28,6 +28,7 @@ demo: db
 	$(PY) manage.py seed_demo --if-empty --tenants $(SEED_TENANTS) --largest $(SEED_LARGEST)
 	$(PY) manage.py demo_move
 	$(PY) manage.py ensure_demo_admin
+	$(PY) manage.py collectstatic --noinput --verbosity 0
 	@echo "Admin: http://127.0.0.1:$(PORT)/admin/  (the login is printed above)"
 	$(PY) scripts/serve.py --port $(PORT)
 

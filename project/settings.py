@@ -8,10 +8,18 @@ from pathlib import Path
 from project import embedded_pg
 from project.env import BASE_DIR, app_database_name, embedded_pg_dir, env
 
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
-# Dev default only: `make demo` writes a random one into .env. Production must set it.
-SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me")
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["*"])
+# Off unless DJANGO_DEBUG=1. Even on, error pages and reports redact every known secret
+# (tenancy/error_reporting.py), but they still show code and data: never on in production.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+# `make` writes a random one into .env (scripts/ensure_env.py); none at all is refused.
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="")
+if not SECRET_KEY:
+    raise SystemExit("error: DJANGO_SECRET_KEY is not set; `make env` writes one into .env "
+                     "(or set it in the environment)")
+# The admin's host names and every tenant host (<slug>.TENANT_BASE_DOMAIN, hence `.localhost`).
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", ".localhost"])
+# Origins (scheme://host[:port]) allowed to POST forms over HTTPS behind a proxy, e.g. the admin.
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- Database -----------------------------------------------------------------------------
 EMBEDDED_PG_DIR = embedded_pg_dir()
@@ -80,8 +88,11 @@ TENANT_APPS = ["shop"]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS] + ["benchmarks"]
 
 MIDDLEWARE = [
-    "tenancy.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (the admin's) straight from STATIC_ROOT, before any tenant lookup.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # First to read the Host header: a disallowed one gets a short 400 here, never a debug page.
+    "tenancy.middleware.TenantMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -116,7 +127,16 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+STATIC_ROOT = BASE_DIR / "staticfiles"  # filled by `collectstatic` (make demo), served by WhiteNoise
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Errors -------------------------------------------------------------------------------
+# Error pages (DEBUG), 500 e-mails and logged tracebacks never show a password or key.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "tenancy.error_reporting.SecretRedactingFilter"
+DEFAULT_EXCEPTION_REPORTER = "tenancy.error_reporting.SecretRedactingReporter"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Work folders -------------------------------------------------------------------------
@@ -145,7 +165,8 @@ Q_CLUSTER = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "formatters": {"plain": {"()": "tenancy.error_reporting.RedactingFormatter",
+                             "format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
@@ -153,6 +174,11 @@ LOGGING = {
 
 # Clear cached tenant routes in every process when another commits a change (LISTEN/NOTIFY).
 TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
+# Host names whose tenant (or absence of one) each process remembers, least recently used out.
+TENANT_HOST_CACHE_SIZE = env.int("TENANT_HOST_CACHE_SIZE", default=10000)
+# Staff paths: never tenant-gated (no tenant lookup, no suspension 503), whatever the host.
+TENANT_UNGATED_PATHS = env.list("TENANT_UNGATED_PATHS", default=["/admin", "/api", "/" + STATIC_URL.strip("/"),
+                                                                  "/metrics"])
 
 # --- Moves --------------------------------------------------------------------------------
 # Parallel table copies (each uses a source and a target connection).

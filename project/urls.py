@@ -9,3 +9,7 @@ urlpatterns = [
     path("shop/", include("shop.urls")),
     path("api/", include("api.urls")),
 ]
+
+# Short answers, never a debug page; JSON under /api/ (a string: project imports no app).
+handler400 = "tenancy.error_reporting.bad_request"
+handler500 = "tenancy.error_reporting.server_error"

@@ -1,5 +1,8 @@
-"""Serve the admin with a django-q2 cluster beside it (what `make demo` ends with).
+"""Serve the app with gunicorn and a django-q2 cluster beside it (what `make demo` ends with).
 
+gunicorn, not runserver: a production WSGI server (threaded workers, no autoreload, no
+static-file view: WhiteNoise serves STATIC_ROOT, filled by `collectstatic`). More options
+through GUNICORN_CMD_ARGS (e.g. "--workers 4"), which gunicorn reads itself.
 Both run until Ctrl-C; if either stops, the other is stopped too."""
 import argparse
 import signal
@@ -15,10 +18,13 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", default="8000")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--workers", default="2")
     args = parser.parse_args()
     python = sys.executable
     cluster = subprocess.Popen([python, "manage.py", "qcluster"], cwd=BASE)
-    web = subprocess.Popen([python, "manage.py", "runserver", f"{args.host}:{args.port}", "--noreload"], cwd=BASE)
+    web = subprocess.Popen([python, "-m", "gunicorn", "project.wsgi:application", "--bind", f"{args.host}:{args.port}",
+                            "--workers", args.workers, "--worker-class", "gthread", "--threads", "4",
+                            "--timeout", "300", "--access-logfile", "-", "--no-control-socket"], cwd=BASE)
     children = [cluster, web]
 
     def stop(*_):

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "tenant_routes"
 DEDICATED_ALIAS_PREFIX = "tenant_"
+MAX_HOST_LENGTH = 253
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,11 @@ class RouteCache:
     def __init__(self):
         self._lock = threading.Lock()
         self._by_id: dict[int, TenantRoute] = {}
-        self._by_host: dict[str, int | None] = {}
+        # host -> tenant id, or None for a host with no tenant (the admin's, or a domain not
+        # added yet: every clear() forgets those, and a Domain's save clears). LRU-bounded by
+        # TENANT_HOST_CACHE_SIZE, so hostile Host headers cannot grow the process.
+        self._by_host: OrderedDict[str, int | None] = OrderedDict()
+        self._host_generation = 0  # bumped by clear(): a lookup begun before it is not cached
         self.listener: RouteListener | None = None
 
     def trusted(self) -> bool:
@@ -62,12 +68,15 @@ class RouteCache:
 
     def clear(self, tenant_id: int | None = None) -> None:
         with self._lock:
+            self._host_generation += 1
             if tenant_id is None:
                 self._by_id.clear()
                 self._by_host.clear()
             else:
                 self._by_id.pop(tenant_id, None)
-                self._by_host = {h: t for h, t in self._by_host.items() if t != tenant_id}
+                # A tenant's hosts, and every host without a tenant: one may be its new domain.
+                for host in [h for h, t in self._by_host.items() if t is None or t == tenant_id]:
+                    del self._by_host[host]
 
     def by_id(self, tenant_id: int) -> TenantRoute:
         route = self._by_id.get(tenant_id) if self.trusted() else None
@@ -78,13 +87,23 @@ class RouteCache:
         return route
 
     def by_host(self, host: str) -> TenantRoute | None:
+        if len(host) > MAX_HOST_LENGTH:
+            return None  # no domain can be that long (RFC 1035): neither a query nor an entry
         trusted = self.trusted()
-        if trusted and host in self._by_host:
-            tenant_id = self._by_host[host]
-            return None if tenant_id is None else self.by_id(tenant_id)
-        tenant_id = Domain.objects.filter(domain=host).values_list("tenant_id", flat=True).first()
         with self._lock:
-            self._by_host[host] = tenant_id
+            cached = trusted and host in self._by_host
+            if cached:
+                self._by_host.move_to_end(host)
+                tenant_id = self._by_host[host]
+            generation = self._host_generation
+        if not cached:
+            tenant_id = Domain.objects.filter(domain=host).values_list("tenant_id", flat=True).first()
+            with self._lock:
+                if generation == self._host_generation:  # else maybe stale already: not kept
+                    self._by_host[host] = tenant_id
+                    self._by_host.move_to_end(host)
+                    while len(self._by_host) > max(1, settings.TENANT_HOST_CACHE_SIZE):
+                        self._by_host.popitem(last=False)
         return None if tenant_id is None else self.by_id(tenant_id)
 
 
