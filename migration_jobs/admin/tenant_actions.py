@@ -50,17 +50,17 @@ def _move(modeladmin, request, queryset, target: str):
                       "Tenants already in a dedicated place, suspended or being moved are refused."])
 
 
-@admin.action(description="Move to dedicated schema", permissions=["change"])
+@admin.action(description="Move to dedicated schema", permissions=["move"])
 def move_to_schema(modeladmin, request, queryset):
     return _move(modeladmin, request, queryset, Placement.SCHEMA)
 
 
-@admin.action(description="Move to dedicated database", permissions=["change"])
+@admin.action(description="Move to dedicated database", permissions=["move"])
 def move_to_database(modeladmin, request, queryset):
     return _move(modeladmin, request, queryset, Placement.DATABASE)
 
 
-@admin.action(description="Move back to shared", permissions=["change"])
+@admin.action(description="Move back to shared", permissions=["move"])
 def move_back_to_shared(modeladmin, request, queryset):
     if confirmed(request):
         request_runs(modeladmin, request, queryset, lambda tenant: services.request_move_back(
@@ -80,7 +80,7 @@ def move_back_to_shared(modeladmin, request, queryset):
                       "Tenants already in shared placement are refused."])
 
 
-@admin.action(description="Retire legacy rows", permissions=["change"])
+@admin.action(description="Retire legacy rows", permissions=["move"])
 def retire_legacy(modeladmin, request, queryset):
     if confirmed(request):
         request_runs(modeladmin, request, queryset,
@@ -156,3 +156,5 @@ TENANT_ACTIONS = [move_to_schema, move_to_database, move_back_to_shared, retire_
                   reactivate]
 # tenancy.admin leaves TenantAdmin.actions empty for the apps that act on tenants.
 TenantAdmin.actions = [*TenantAdmin.actions, *[a for a in TENANT_ACTIONS if a not in TenantAdmin.actions]]
+# Moves, moves back and retirements need tenancy.move_tenant, as in the API (has_move_permission).
+TenantAdmin.has_move_permission = lambda self, request: request.user.has_perm("tenancy.move_tenant")
