@@ -1,16 +1,20 @@
 """Bearer-token authentication for the staff API, JSON errors, and the call record.
 
-`api_view("GET", "POST")` wraps a view so that
+`api_view(GET=[perms], POST=[perms])` wraps a view so that
 - the request must carry `Authorization: Bearer <token>` of a live token whose user is an
-  active staff member (401 without a valid token, 403 for a revoked token or a non-staff
-  user), checked before anything else;
+  active staff member (401 without a valid token or an expired one, 403 for a revoked token,
+  a non-staff user or a token without a creator), checked before anything else;
 - only the listed methods are allowed (405 with `Allow`);
+- the method's Django permissions (the ones the same action needs in the admin) are held by
+  BOTH the token's user and the staff user who made the token, and the token's scope allows
+  the method ("read": GET only), or 403 before the view runs (`require` checks more inside a
+  view, e.g. a PATCH that also moves the tenant);
 - the project's errors become JSON errors `{"error": "...", ...}` with the status code of
   their class, mapped in one place (STATUS_OF below); `ApiError` is for what only HTTP
   knows (tokens, methods, uploads); unexpected exceptions become a 500 that never shows
   the exception;
 - the view runs as staff code (no current tenant, public schema);
-- every call, refused or not, is recorded as an ApiCall (who, what, when, status, duration).
+- every call, refused or not, is recorded as an ApiCall (user, creator, what, when, status, duration).
 """
 from __future__ import annotations
 
@@ -24,9 +28,10 @@ from django.http import JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from api.models import ApiCall, ApiToken
+from api.models import ApiCall, ApiToken, Scope
 from migration_jobs.exceptions import (ArchiveError, BadRequest, NotFound, Refused, RestoreConflict, RestoreError,
                                        RestoreRefused, StepFailed)
+from migration_jobs.services.validation import check_json
 from tenancy.context import no_tenant
 from tenancy.exceptions import TenantMoveError
 
@@ -88,21 +93,47 @@ def authenticate(request) -> ApiToken:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("the Authorization header must be 'Bearer <token>'", "invalid_request")
     prefix = ApiToken.prefix_of(token)
-    found = ApiToken.objects.select_related("user").filter(prefix=prefix).first() if prefix else None
+    if prefix and not prefix.isascii():
+        prefix = None
+    found = ApiToken.objects.select_related("user", "created_by").filter(prefix=prefix).first() if prefix else None
     if found is None or not found.matches(token):
         raise _unauthorized("invalid API token", "invalid_token")
     request.api_token = found
     if found.revoked:
         raise ApiError(403, "this API token has been revoked")
+    if found.expired:
+        raise _unauthorized(f"this API token expired at {found.expires_at.isoformat()}", "invalid_token")
     user = found.user
     if not user.is_active or not user.is_staff:
         raise ApiError(403, "API tokens work for active staff users only; this token's user is not")
+    if found.created_by is None:
+        raise ApiError(403, "this API token has no creator on record (made before creators were recorded, or "
+                            "its creator was deleted); make a new one in the admin")
     ApiToken.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
     return found
 
 
+SAFE_METHODS = ("GET", "HEAD")
+
+
+def require(request, *perms: str) -> None:
+    """403 unless the token's user AND its creator hold every permission in `perms` and the
+    token's scope allows the request's method. Nothing has been changed when it refuses."""
+    token = request.api_token
+    if not perms:  # a route that does nothing (the JSON 404)
+        return
+    if request.method not in SAFE_METHODS and token.scope != Scope.READ_WRITE:
+        raise ApiError(403, f"this API token's scope is {token.scope!r}: it may only read (GET)")
+    for who, user in (("token's user", token.user), ("token's creator", token.created_by)):
+        missing = [perm for perm in perms if not user.has_perm(perm)]
+        if missing:
+            raise ApiError(403, f"permission denied: the {who} {user.get_username()!r} lacks "
+                                f"{', '.join(missing)}", missing=missing)
+
+
 def json_body(request) -> dict:
-    """The request body as a JSON object ({} when empty), or 400."""
+    """The request body as a JSON object ({} when empty), or 400: no NUL, no lone surrogate,
+    nested at most services.JSON_MAX_DEPTH deep."""
     raw = request.body
     if not raw.strip():
         return {}
@@ -110,13 +141,32 @@ def json_body(request) -> dict:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deep") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the JSON body must be an object")
+    check_json(data, "body")
     return data
+
+
+def check_query(request) -> None:
+    """400 for a query parameter PostgreSQL could not even compare (NUL, lone surrogate)."""
+    for key, values in request.GET.lists():
+        for value in [key, *values]:
+            if "\x00" in value:
+                raise ApiError(400, f"query parameter {key[:50]!r} contains a NUL character")
 
 
 def _client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
+
+
+BIGINT = range(-(2 ** 63), 2 ** 63)
+
+
+def _clean_text(text: str, size: int) -> str:
+    """Storable text: no NUL (PostgreSQL refuses it), no lone surrogate, at most `size`."""
+    return str(text).replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")[:size]
 
 
 def record(request, response, started: float) -> None:
@@ -128,13 +178,21 @@ def record(request, response, started: float) -> None:
             detail = json.loads(response.content).get("error", "")
         except (ValueError, AttributeError):
             detail = ""
+    ids = {}
+    for name in ("tenant_id", "run_id"):  # an id beyond bigint is kept as text in the detail
+        value = call.get(name)
+        if value is not None and value not in BIGINT:
+            detail = f"{detail} ({name} {value} out of range)".strip()
+            value = None
+        ids[name] = value
+    request.api_recorded = True
     try:
         ApiCall.objects.create(
-            token=token, user=token.user if token is not None else None, method=request.method[:10],
-            path=request.path[:500], query=request.META.get("QUERY_STRING", "")[:500],
-            status_code=response.status_code, tenant_id=call.get("tenant_id"), run_id=call.get("run_id"),
-            remote_addr=_client_ip(request), duration_ms=round((time.monotonic() - started) * 1000, 2),
-            detail=str(detail)[:2000])
+            token=token, user=token.user if token is not None else None,
+            creator=token.created_by if token is not None else None, method=_clean_text(request.method, 10),
+            path=_clean_text(request.path, 500), query=_clean_text(request.META.get("QUERY_STRING", ""), 500),
+            status_code=response.status_code, remote_addr=_client_ip(request),
+            duration_ms=round((time.monotonic() - started) * 1000, 2), detail=_clean_text(detail, 2000), **ids)
     except Exception:  # noqa: BLE001 - the call itself is answered; the record is best effort
         log.exception("could not record API call %s %s", request.method, request.path)
 
@@ -145,7 +203,11 @@ def _internal_error(request) -> JsonResponse:
     return error_response(500, "internal error; the server log has the details")
 
 
-def api_view(*methods: str):
+def api_view(public: bool = False, **permissions: list[str]):
+    """`permissions`: for each allowed method, the Django permissions it needs (see require).
+    `public`: no token needed (the schema); still recorded."""
+    methods = tuple(permissions)
+
     def decorator(view):
         @csrf_exempt
         @functools.wraps(view)
@@ -154,11 +216,15 @@ def api_view(*methods: str):
             request.api_call = {}
             try:
                 with no_tenant():
-                    authenticate(request)
-                    request.user = request.api_token.user
+                    if not public:
+                        authenticate(request)
+                        request.user = request.api_token.user
                     if request.method not in methods:
                         raise ApiError(405, f"method {request.method} is not allowed here; use {', '.join(methods)}",
                                        {"Allow": ", ".join(methods)})
+                    if not public:
+                        require(request, *permissions[request.method])
+                    check_query(request)
                     response = view(request, *args, **kwargs)
             except ApiError as exc:
                 response = exc.response()
@@ -173,6 +239,7 @@ def api_view(*methods: str):
             return response
 
         wrapper.api_methods = methods
+        wrapper.api_permissions = permissions
         return wrapper
 
     return decorator

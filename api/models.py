@@ -20,6 +20,11 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+class Scope(models.TextChoices):
+    READ = "read", "Read (GET only)"
+    READ_WRITE = "read-write", "Read and write"
+
+
 class ApiToken(models.Model):
     name = models.CharField(max_length=100, help_text="What the token is for (a script, a person, a host).")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens",
@@ -30,6 +35,14 @@ class ApiToken(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked = models.BooleanField(default=False, help_text="A revoked token is refused (403).")
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   editable=False, related_name="+",
+                                   help_text="The staff user who made the token: it never does more than they "
+                                             "may (a token without a creator is refused).")
+    expires_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="Refused (401) from then on; empty: no expiry.")
+    scope = models.CharField(max_length=10, choices=Scope.choices, default=Scope.READ,
+                             help_text="read: GET calls only; read-write: every call its users' permissions allow.")
 
     class Meta:
         ordering = ["-created_at"]
@@ -44,6 +57,10 @@ class ApiToken(models.Model):
         token = f"{TOKEN_PREFIX}{self.prefix}_{secrets.token_urlsafe(32)}"
         self.secret_hash = hash_token(token)
         return token
+
+    @property
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
 
     def matches(self, token: str) -> bool:
         return hmac.compare_digest(self.secret_hash, hash_token(token))
@@ -62,7 +79,9 @@ class ApiCall(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     token = models.ForeignKey(ApiToken, on_delete=models.SET_NULL, null=True, blank=True, related_name="calls")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                             related_name="+")
+                             related_name="+", help_text="The token's user: the call acted as them.")
+    creator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="+", help_text="Who made the token used.")
     method = models.CharField(max_length=10)
     path = models.CharField(max_length=500)
     query = models.CharField(max_length=500, blank=True, default="")

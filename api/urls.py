@@ -1,11 +1,12 @@
 """Routes of the staff API (mounted at /api/ by project/urls.py)."""
 from django.urls import path, re_path
 
-from api import views
+from api import openapi, views
 
 app_name = "api"
 
 urlpatterns = [
+    path("openapi.json", openapi.openapi_json, name="openapi"),
     path("tenants/export", views.tenant_export, name="tenant-export"),
     path("admin/tenants", views.tenant_list, name="tenant-list"),
     path("admin/tenants/restore", views.tenant_restore, name="tenant-restore"),

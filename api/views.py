@@ -1,7 +1,9 @@
 """The staff HTTP API (JSON in and out; see api/urls.py for the routes and the README).
 
 Tenant ids in URLs are the numeric Tenant primary key. Every view is wrapped by
-auth.api_view: Bearer staff token, JSON errors, one ApiCall record per request.
+auth.api_view: Bearer staff token, the Django permissions of each method (the ones the same
+action needs in the admin; see PERMISSIONS), JSON errors, one ApiCall record per request.
+api/openapi.py describes every route (served at /api/openapi.json); keep the two together.
 """
 from __future__ import annotations
 
@@ -12,12 +14,22 @@ from django.http import FileResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 
-from api.auth import ApiError, api_view, json_body
+from api.auth import ApiError, api_view, json_body, require
 from migration_jobs import services
 from migration_jobs.models import MigrationRun
 from tenancy.models import Placement, Status, Tenant
 
 CHUNK = 1 << 20
+
+# The permissions each action needs, as in the admin.
+VIEW, CHANGE = "tenancy.view_tenant", "tenancy.change_tenant"
+MOVE, EXPORT, RESTORE = "tenancy.move_tenant", "tenancy.export_tenant_data", "tenancy.restore_tenant_data"
+VIEW_RUN = "migration_jobs.view_migrationrun"
+
+
+def api_permissions(view, method: str) -> list[str]:
+    """The permissions `view` needs for `method` (for the OpenAPI schema)."""
+    return list(view.api_permissions[method])
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -66,7 +78,7 @@ def _accepted(request, run: MigrationRun, **extra) -> JsonResponse:
 
 # --- tenants --------------------------------------------------------------------------------
 
-@api_view("GET")
+@api_view(GET=[EXPORT])
 def tenant_export(request):
     value = request.GET.get("tenantId") or request.GET.get("tenant_id")
     if not value:
@@ -82,7 +94,7 @@ def tenant_export(request):
     return response
 
 
-@api_view("GET")
+@api_view(GET=[VIEW])
 def tenant_list(request):
     tenants = Tenant.objects.order_by("pk")
     if request.GET.get("slug"):
@@ -91,12 +103,15 @@ def tenant_list(request):
                                       "status": t.status} for t in tenants[:1000]]})
 
 
-@api_view("GET", "PATCH")
+@api_view(GET=[VIEW], PATCH=[VIEW, CHANGE])
 def tenant_detail(request, tenant_id):
     tenant = _tenant(request, tenant_id)
     if request.method == "GET":
         return JsonResponse(tenant_json(tenant))
-    tenant, changed, run = services.change_tenant(tenant, json_body(request), requested_by=request.user, via="api")
+    body = json_body(request)
+    if services.check_tenant_change(body)[2] is not None:  # a placement change is a move
+        require(request, MOVE)
+    tenant, changed, run = services.change_tenant(tenant, body, requested_by=request.user, via="api")
     request.api_call["detail"] = f"changed {', '.join(changed)}" if changed else "no field changed"
     if run is not None:
         return _accepted(request, run, tenant=tenant_json(tenant), changed=changed)
@@ -113,19 +128,19 @@ def _set_status(request, tenant_id, status: str):
     return JsonResponse({**tenant_json(tenant), "previous_status": previous})
 
 
-@api_view("POST")
+@api_view(POST=[VIEW, CHANGE])
 def tenant_suspend(request, tenant_id):
     return _set_status(request, tenant_id, Status.SUSPENDED)
 
 
-@api_view("POST")
+@api_view(POST=[VIEW, CHANGE])
 def tenant_reactivate(request, tenant_id):
     return _set_status(request, tenant_id, Status.ACTIVE)
 
 
 # --- migration runs -------------------------------------------------------------------------
 
-@api_view("GET", "POST")
+@api_view(GET=[VIEW, VIEW_RUN], POST=[VIEW, MOVE])
 def tenant_migrations(request, tenant_id):
     tenant = _tenant(request, tenant_id)
     if request.method == "GET":
@@ -140,7 +155,7 @@ def tenant_migrations(request, tenant_id):
     return _accepted(request, run, tenant=tenant.slug)
 
 
-@api_view("GET")
+@api_view(GET=[VIEW_RUN])
 def migration_run(request, run_id):
     run = services.get_run(run_id)
     request.api_call.update(run_id=run.pk, tenant_id=run.tenant_id)
@@ -165,7 +180,7 @@ def migration_cancel(request, run_id):
 
 # --- restore --------------------------------------------------------------------------------
 
-@api_view("POST")
+@api_view(POST=[RESTORE])
 def tenant_restore(request):
     limit = settings.API_MAX_UPLOAD_BYTES
     try:
@@ -188,6 +203,8 @@ def tenant_restore(request):
                 raise ApiError(400, f"malformed multipart upload: {exc}") from None
             if upload is None:
                 raise ApiError(400, "no archive in the upload: send it as the form field 'archive'")
+            if any("\x00" in key or "\x00" in value for key, values in options.lists() for value in values):
+                raise ApiError(400, "a form field contains a NUL character")
             if upload.size > limit:
                 raise ApiError(413, f"archive of {upload.size} bytes is larger than the limit of {limit} bytes",
                                limit=limit)
@@ -220,6 +237,6 @@ def tenant_restore(request):
     return JsonResponse(report, status=201 if report["created"] else 200)
 
 
-@api_view("GET", "POST", "PATCH", "PUT", "DELETE")
+@api_view(GET=[], POST=[], PATCH=[], PUT=[], DELETE=[])
 def not_found(request, rest=""):
     raise ApiError(404, f"no API route {request.path}")

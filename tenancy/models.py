@@ -51,6 +51,10 @@ class Tenant(TenantMixin):
 
     class Meta:
         ordering = ["slug"]
+        # What the admin and the API check besides view/change (README, "HTTP API").
+        permissions = [("move_tenant", "Can move tenants"),
+                       ("export_tenant_data", "Can export tenant data"),
+                       ("restore_tenant_data", "Can restore tenant data")]
 
     def __str__(self):
         return self.slug

@@ -35,8 +35,9 @@ def tenant_state():
     return sorted(Tenant.objects.values_list("pk", "slug", "name", "placement", "status", "settings"))
 
 
-def make_token(user, name="ci", revoked=False):
-    token = ApiToken(name=name, user=user, revoked=revoked)
+def make_token(user, name="ci", revoked=False, created_by=None, scope="read-write", expires_at=None):
+    token = ApiToken(name=name, user=user, revoked=revoked, created_by=created_by or user, scope=scope,
+                     expires_at=expires_at)
     plaintext = token.issue()
     token.save()
     return plaintext
@@ -44,7 +45,8 @@ def make_token(user, name="ci", revoked=False):
 
 @pytest.fixture
 def staff():
-    return get_user_model().objects.create_user("ops", "ops@example.test", "pw-ops-123", is_staff=True)
+    # Every permission (tests/test_api_permissions.py covers users with fewer).
+    return get_user_model().objects.create_superuser("ops", "ops@example.test", "pw-ops-123")
 
 
 @pytest.fixture
@@ -422,9 +424,10 @@ def test_a_token_made_in_the_admin_is_shown_once_and_works(staff, seeded):
     assert form.status_code == 200
     assert "root" not in form.context["adminform"].form.fields["user"].queryset.filter(is_staff=False).values_list(
         "username", flat=True)
-    response = browser.post("/admin/api/apitoken/add/", {"name": "runbook", "user": staff.pk})
+    response = browser.post("/admin/api/apitoken/add/", {"name": "runbook", "user": staff.pk, "scope": "read"})
     assert response.status_code == 200
     plaintext = response.context["token"]
+    assert ApiToken.objects.get(name="runbook").created_by == admin
     assert plaintext.startswith("tmt_") and plaintext in response.content.decode()
     assert "no-store" in response["Cache-Control"]
     stored = ApiToken.objects.get(name="runbook")

@@ -160,7 +160,7 @@ def test_rotation_refuses_unreadable_secret_and_changes_nothing(rows_under_a):
     before = tokens(server, credential)
     with keys(KEY_B):  # A forgotten: nothing can be decrypted
         code, out = run("rotate_encryption_key")
-    assert code == 1 and "Nothing was changed" in out and KEY_A not in out
+    assert code == 2 and "Nothing was changed" in out and KEY_A not in out  # refused: the contract's 2
     assert tokens(server, credential) == before
 
 
@@ -219,5 +219,5 @@ def test_generate_into_refuses_a_file_that_is_not_the_key_source(rows_under_a, t
     write_env(env_file, f"TENANT_ENCRYPTION_KEY={KEY_B}\n")
     with keys(KEY_A):
         code, out = run("rotate_encryption_key", "--generate-into", str(env_file))
-    assert code == 1 and "Nothing was changed" in out
+    assert code == 2 and "Nothing was changed" in out  # refused: the contract's 2
     assert env_file.read_text() == f"TENANT_ENCRYPTION_KEY={KEY_B}\n"

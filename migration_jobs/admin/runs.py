@@ -78,7 +78,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         return request.user.is_active and request.user.is_staff
 
     def has_move_permission(self, request):
-        return request.user.has_perm("tenancy.change_tenant")
+        return request.user.has_perm("tenancy.move_tenant")
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("tenant", "target_server", "requested_by")

@@ -60,17 +60,17 @@ def _move(modeladmin, request, queryset, target: str):
                       "The copied rows stay in the shared tables (legacy rows) until they are retired."])
 
 
-@admin.action(description="Move to dedicated schema", permissions=["change"])
+@admin.action(description="Move to dedicated schema", permissions=["move"])
 def move_to_schema(modeladmin, request, queryset):
     return _move(modeladmin, request, queryset, Placement.SCHEMA)
 
 
-@admin.action(description="Move to dedicated database", permissions=["change"])
+@admin.action(description="Move to dedicated database", permissions=["move"])
 def move_to_database(modeladmin, request, queryset):
     return _move(modeladmin, request, queryset, Placement.DATABASE)
 
 
-@admin.action(description="Move back to shared", permissions=["change"])
+@admin.action(description="Move back to shared", permissions=["move"])
 def move_back_to_shared(modeladmin, request, queryset):
     if confirmed(request):
         request_runs(modeladmin, request, queryset, lambda tenant: services.request_move_back(
@@ -91,7 +91,7 @@ def move_back_to_shared(modeladmin, request, queryset):
                       "The dedicated schema or database is kept (not dropped) until it is retired."])
 
 
-@admin.action(description="Retire legacy rows", permissions=["change"])
+@admin.action(description="Retire legacy rows", permissions=["move"])
 def retire_legacy(modeladmin, request, queryset):
     if confirmed(request):
         request_runs(modeladmin, request, queryset,
@@ -205,3 +205,5 @@ if current_run not in TenantAdmin.list_display:
     TenantAdmin.list_display = [*TenantAdmin.list_display[:at], current_run, *TenantAdmin.list_display[at:]] \
         if at else [*TenantAdmin.list_display, current_run]
 TenantAdmin.status_owner = status_owner
+# Moves, moves back and retirements need tenancy.move_tenant, as in the API (has_move_permission).
+TenantAdmin.has_move_permission = lambda self, request: request.user.has_perm("tenancy.move_tenant")

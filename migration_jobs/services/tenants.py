@@ -10,12 +10,55 @@ from django.db import transaction
 from migration_jobs.exceptions import BadRequest
 from migration_jobs.models import MigrationRun
 from migration_jobs.services.moves import request_placement
-from migration_jobs.services.validation import PLACEMENT_ALIASES, known_fields, placement, server_name
+from migration_jobs.services.validation import PLACEMENT_ALIASES, check_json, known_fields, placement, server_name
 from tenancy.models import Placement, Tenant
 
 # Keys that would hold credentials: never accepted (credentials are made by provisioning).
-SECRET_KEY_PATTERN = re.compile(r"pass(word)?|secret|connection_?string|dsn|credential", re.I)
+# Matched on the key with case and separators removed (`api_key`, `apiKey`, `API-KEY` alike)...
+SECRET_KEY_PARTS = ("password", "passwd", "passphrase", "secret", "apikey", "privatekey", "credential",
+                    "connectionstring", "accesskey", "authtoken", "accesstoken", "clientsecret")
+# ...and on its words (`db_pwd`, `authToken`, `dsn`): whole words, so `max_tokens` or `compass` pass.
+SECRET_KEY_WORDS = {"pwd", "pass", "token", "dsn", "secret", "credentials", "creds"}
+WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+")
+# A URL with a password in it: scheme://user:password@host
+URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#@\s:]*:[^/?#@\s]*@", re.I)
 TENANT_FIELDS = ("name", "settings", "placement", "server")
+
+
+def is_secret_key(key) -> bool:
+    """True for a settings key that names a credential (password, token, api key, ...)."""
+    text = str(key)
+    flat = re.sub(r"[^a-z0-9]", "", text.lower())
+    return any(part in flat for part in SECRET_KEY_PARTS) or \
+        any(word.lower() in SECRET_KEY_WORDS for word in WORDS.findall(text))
+
+
+def secret_settings(value, path="settings") -> list[str]:
+    """Where `value` (tenant settings, at any depth) holds a credential: a key that names one,
+    or a string that is a URL with an embedded password. Paths only, never the values."""
+    found = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}"
+            if is_secret_key(key):
+                found.append(here)
+            else:
+                found += secret_settings(item, here)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found += secret_settings(item, f"{path}[{i}]")
+    elif isinstance(value, str) and URL_WITH_PASSWORD.search(value):
+        found.append(f"{path} (a URL with a password)")
+    return found
+
+
+def check_settings(value, path="settings") -> None:
+    """BadRequest naming every place a credential would be stored in tenant settings."""
+    secret = secret_settings(value, path)
+    if secret:
+        raise BadRequest(f"{', '.join(secret)} {'is' if len(secret) == 1 else 'are'} refused: tenant settings may not hold credentials (passwords, "
+                         "tokens, keys, URLs with a password); a move provisions the database and its role and "
+                         "stores the password encrypted")
 
 
 def merge_patch(target, patch):
@@ -31,24 +74,11 @@ def merge_patch(target, patch):
     return result
 
 
-def _secret_keys(value, path="settings") -> list[str]:
-    found = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            here = f"{path}.{key}"
-            if SECRET_KEY_PATTERN.search(str(key)):
-                found.append(here)
-            found += _secret_keys(item, here)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found += _secret_keys(item, f"{path}[{i}]")
-    return found
-
-
 def check_tenant_change(body: dict) -> tuple[str | None, dict, str | None, str | None]:
     """(name, settings patch, target placement, server) of a change request, or BadRequest.
     `settings.database` ({"type": "dedicated", "server": ...}) asks for a placement too."""
     known_fields(body, TENANT_FIELDS)
+    check_json(body, "body")  # NUL, invalid Unicode, nesting: PostgreSQL would refuse them (a 500)
     name = body.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 200):
         raise BadRequest("name must be a non-empty string of at most 200 characters")
@@ -61,10 +91,7 @@ def check_tenant_change(body: dict) -> tuple[str | None, dict, str | None, str |
     if database is not None:
         if not isinstance(database, dict):
             raise BadRequest("settings.database must be an object like {\"type\": \"dedicated\"}")
-        secret = [f"settings.database.{k}" for k in database if SECRET_KEY_PATTERN.search(str(k))]
-        if secret:
-            raise BadRequest(f"{', '.join(secret)} is refused: credentials are never accepted as text; a move "
-                             "provisions the database and its role and stores the password encrypted")
+        check_settings(database, "settings.database")
         extra = sorted(set(database) - {"type", "server"})
         if extra:
             raise BadRequest(f"unknown fields in settings.database: {', '.join(extra)} (accepted: type, server)")
@@ -74,9 +101,7 @@ def check_tenant_change(body: dict) -> tuple[str | None, dict, str | None, str |
                 raise BadRequest("placement and settings.database.type disagree")
             target = database["type"]
         server = server or database.get("server")
-    secret = _secret_keys(patch)
-    if secret:
-        raise BadRequest(f"{', '.join(secret)} is refused: tenant settings may not hold credentials")
+    check_settings(patch)
     if target is not None:
         target = placement(target)
     server = server_name(server)

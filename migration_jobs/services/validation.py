@@ -20,40 +20,90 @@ READ_SHARES = (0, 10, 50, 100)
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"", "0", "false", "no", "off"}
 IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Ids are ASCII digits only: str.isdigit() also takes '١٢' (which int() reads as 12) and '²'.
+ASCII_ID = re.compile(r"[0-9]{1,30}\Z")
+BIGINT_MAX = 2 ** 63 - 1
+JSON_MAX_DEPTH = 32
+
+
+def is_id(value) -> bool:
+    """True for a non-negative id written in ASCII digits (nothing else: no sign, no space)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0 or \
+        isinstance(value, str) and ASCII_ID.match(value) is not None
+
+
+def _plain_text(value) -> bool:
+    """Text PostgreSQL can store and compare: no NUL, no lone surrogate."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def get_tenant(slug_or_id) -> Tenant:
-    """A tenant by slug or numeric id, or Refused."""
-    lookup = {"pk": int(slug_or_id)} if str(slug_or_id).isdigit() else {"slug": slug_or_id}
-    try:
-        return Tenant.objects.get(**lookup)
-    except Tenant.DoesNotExist:
-        raise NotFound(f"unknown tenant {slug_or_id!r}") from None
+    """A tenant by slug or numeric id (ASCII digits), or NotFound."""
+    text = str(slug_or_id)
+    if not _plain_text(text):
+        raise NotFound(f"unknown tenant {text!r}")
+    if is_id(text):
+        lookup = {"pk": int(text)} if int(text) <= BIGINT_MAX else None
+    else:
+        lookup = {"slug": text}
+    found = Tenant.objects.filter(**lookup).first() if lookup else None
+    if found is None:
+        raise NotFound(f"unknown tenant {text!r}")
+    return found
 
 
 def tenant_id(value) -> int:
     """A tenant id given as text (a URL part, a query parameter), or BadRequest."""
     if value is None or value == "":
         raise BadRequest("missing tenant id")
-    if not str(value).isdigit():
-        raise BadRequest(f"tenant id must be a number, got {value!r}")
+    if not is_id(value):
+        raise BadRequest(f"tenant id must be a number (ASCII digits), got {value!r}")
     return int(value)
 
 
 def tenant_by_id(value) -> Tenant:
     """A tenant by its numeric id only (the API's URLs), or BadRequest / NotFound."""
     pk = tenant_id(value)
-    try:
-        return Tenant.objects.get(pk=pk)
-    except Tenant.DoesNotExist:
-        raise NotFound(f"unknown tenant {pk}", tenant_id=pk) from None
+    found = Tenant.objects.filter(pk=pk).first() if pk <= BIGINT_MAX else None
+    if found is None:
+        raise NotFound(f"unknown tenant {pk}", tenant_id=pk)
+    return found
 
 
 def get_run(run_id) -> MigrationRun:
-    run = MigrationRun.objects.select_related("tenant", "target_server").filter(pk=run_id).first()
+    """A run by its id (ASCII digits), or NotFound."""
+    if not is_id(run_id) or int(run_id) > BIGINT_MAX:
+        raise NotFound(f"unknown migration run {str(run_id)!r}")
+    run = MigrationRun.objects.select_related("tenant", "target_server").filter(pk=int(run_id)).first()
     if run is None:
         raise NotFound(f"unknown migration run {run_id}")
     return run
+
+
+def check_json(value, what: str = "body") -> None:
+    """BadRequest for JSON that PostgreSQL's jsonb would refuse or that is nested deeper than
+    JSON_MAX_DEPTH: a NUL or a lone surrogate in a key or a string. Names where."""
+    stack = [(value, what, 0)]
+    while stack:
+        item, path, depth = stack.pop()
+        if depth > JSON_MAX_DEPTH:
+            raise BadRequest(f"{what} is nested deeper than {JSON_MAX_DEPTH} levels")
+        if isinstance(item, str):
+            if not _plain_text(item):
+                raise BadRequest(f"{path} contains a NUL character or invalid Unicode")
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if not _plain_text(str(key)):
+                    raise BadRequest(f"a key of {path} contains a NUL character or invalid Unicode")
+                stack.append((child, f"{path}.{key}", depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]", depth + 1) for i, child in enumerate(item))
 
 
 def get_server(name: str | None) -> DatabaseServer:

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError, DjangoHelpFormatter
 from django.db import transaction
 from django.test.utils import override_settings
@@ -125,6 +126,8 @@ def stored_secrets(lock: bool = False):
 
 class Command(ContractCommand):
     help = HELP
+    # A malformed key (in the settings or the environment) is bad input: one `error:` line, 2.
+    exit_statuses = {**ContractCommand.exit_statuses, ImproperlyConfigured: 2, crypto.DecryptionError: 2}
 
     def create_parser(self, prog_name, subcommand, **kwargs):
         kwargs["formatter_class"] = _HelpFormatter
@@ -158,23 +161,32 @@ class Command(ContractCommand):
             try:
                 crypto.decrypt(token, context=context)
             except crypto.DecryptionError as exc:
-                raise CommandError(f"{model.__name__} pk={pk}: {exc}. Nothing was changed.") from None
+                raise CommandError(f"{model.__name__} pk={pk}: {exc}. Nothing was changed.", returncode=2) from None
 
     def generate_into(self, path: Path) -> tuple[str, list[str]]:
         path = path.resolve()
         current, old = _configured_keys()
         if not path.is_file():
-            raise CommandError(f"{path} does not exist; it must be the env file {KEY} is read from")
-        file_current, file_old = read_env_keys(path)
+            raise CommandError(f"{path} is not a file; it must be the env file {KEY} is read from. "
+                               "Nothing was changed.", returncode=2)
+        try:
+            file_current, file_old = read_env_keys(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or type(exc).__name__}. "
+                               "Nothing was changed.", returncode=2) from None
         # If this process did not get its keys from the file, rewriting the file would not
         # change the keys the next start uses, and secrets could end up under a key it lacks.
         if file_current != current or set(file_old) != set(old):
             raise CommandError(f"the keys in {path} are not the ones in effect ({KEY} or {OLD} is set "
                                "elsewhere, e.g. in the environment); change the keys there by hand and "
-                               "run this command without --generate-into. Nothing was changed.")
+                               "run this command without --generate-into. Nothing was changed.", returncode=2)
         new_key = crypto.generate_key()
         new_old = list(dict.fromkeys([current, *old]))  # previous key first, no duplicates
-        write_env_keys(path, new_key, new_old)
+        try:
+            write_env_keys(path, new_key, new_old)  # atomic: the file is the old one or the new one
+        except OSError as exc:
+            raise CommandError(f"cannot write {path}: {exc.strerror or type(exc).__name__}. Nothing was changed.",
+                               returncode=2) from None
         self.stdout.write(f"Wrote a new {KEY} (key {crypto.key_id(new_key)}) into {path}; "
                           f"key {crypto.key_id(current)} moved to {OLD}.")
         return new_key, new_old
