@@ -27,9 +27,12 @@ from functools import lru_cache
 from urllib.parse import quote, quote_plus
 
 from django.conf import settings
+from django.db import connections, transaction
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.views import defaults
 from django.views.debug import ExceptionReporter, SafeExceptionReporterFilter
+
+from tenancy import crypto
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,6 @@ _busy = threading.local()
 def _settings_secrets() -> set[str]:
     found = {settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ()),
              getattr(settings, "TENANT_ENCRYPTION_KEY", ""), *getattr(settings, "TENANT_ENCRYPTION_OLD_KEYS", ())}
-    from django.db import connections
-
     for alias_settings in list(connections.settings.values()):
         found.add(alias_settings.get("PASSWORD") or "")
     for db in settings.DATABASES.values():
@@ -57,8 +58,6 @@ def _settings_secrets() -> set[str]:
 
 
 def _read_stored(connection) -> set[str]:
-    from tenancy import crypto
-
     found = set()
     with connection.cursor() as cursor:
         cursor.execute("SELECT password_encrypted FROM tenancy_databasecredential")
@@ -82,8 +81,6 @@ def _stored_secrets(query: bool) -> frozenset[str]:
         return _stored
     _busy.on = True
     try:
-        from django.db import connections, transaction
-
         current = connections["default"]
         found = None
         if current.connection is not None and not current.needs_rollback:
