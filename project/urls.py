@@ -3,6 +3,7 @@ from django.urls import include, path
 
 admin.site.site_header = "Tenant moves"
 admin.site.site_title = "Tenant moves"
+admin.site.site_url = None  # no public site: no "View site" link to a 404
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -69,7 +69,13 @@ def _owner_pid(name: str):
 def _clean_server():
     """Drop what dead test runs left behind, and, at the end, what this run made."""
     with psycopg.connect(**server_conninfo_of(), autocommit=True) as conn:
-        _drop_databases_and_roles(conn, lambda n: _owner_pid(n) is not None and not _pid_alive(_owner_pid(n)))
+        # Both xdist workers start here at once: one drops the leftovers, the other waits
+        # (two DROP ROLE of the same role collide on its catalog row).
+        conn.execute("SELECT pg_advisory_lock(74210, 1)")
+        try:
+            _drop_databases_and_roles(conn, lambda n: _owner_pid(n) is not None and not _pid_alive(_owner_pid(n)))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(74210, 1)")
     yield
     with psycopg.connect(**server_conninfo_of(), autocommit=True) as conn:
         mine = settings.TENANT_DATABASE_PREFIX
