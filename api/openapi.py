@@ -120,6 +120,11 @@ SCHEMA = {
             "parameters": [RUN_ID],
             "get": _op("A run's status and report", views.api_permissions(views.migration_run, "GET"),
                        {"200": _json("The run"), **_errors(404)})},
+        "/api/admin/migrations/{run_id}/cancel": {
+            "parameters": [RUN_ID],
+            "post": _op("Cancel a run: a queued one at once, a running or held one at its next safe point",
+                        views.api_permissions(views.migration_cancel, "POST"),
+                        {"200": _json("Cancelled"), "202": _json("Cancel requested"), **_errors(404, 409)})},
     },
 }
 

@@ -165,7 +165,7 @@ def migration_run(request, run_id):
     return JsonResponse(report)
 
 
-@api_view("POST")
+@api_view(POST=[VIEW_RUN, MOVE])
 def migration_cancel(request, run_id):
     """Cancel a run: queued -> cancelled now; running or held -> its worker rolls it back."""
     run = services.get_run(run_id)

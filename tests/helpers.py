@@ -9,11 +9,14 @@ from decimal import Decimal
 from io import StringIO
 
 import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
 from psycopg import sql
 
+from api.models import ApiToken
 from migration_jobs import services
 from migration_jobs.engine import provision
 from migration_jobs.engine.places import shared_place
@@ -156,3 +159,24 @@ def place_counts(tenant) -> dict:
     tenant = Tenant.objects.get(pk=tenant.pk)
     with tenant_context(tenant):
         return {m._meta.db_table: m.objects.count() for m in SHOP}
+
+
+def staff_user(username, perms=(), superuser=False):
+    """An active staff user with these permissions ("app.codename"), or a superuser."""
+    users = get_user_model().objects
+    if superuser:
+        return users.create_superuser(username, f"{username}@example.test", "pw-Perm-123")
+    user = users.create_user(username, f"{username}@example.test", "pw-Perm-123", is_staff=True)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+    return users.get(pk=user.pk)  # no stale permission cache
+
+
+def make_token(user, name="t", revoked=False, created_by=None, scope="read-write", expires_at=None):
+    """An API token's plaintext; its creator is the user unless told otherwise."""
+    token = ApiToken(name=name, user=user, revoked=revoked, created_by=created_by or user, scope=scope,
+                     expires_at=expires_at)
+    plaintext = token.issue()
+    token.save()
+    return plaintext

@@ -17,7 +17,7 @@ from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.models import MigrationRun
 from tenancy.models import Tenant
-from tests.helpers import delete_tenant
+from tests.helpers import delete_tenant, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,14 +33,6 @@ def snapshot(place, tenant_id):
 
 def tenant_state():
     return sorted(Tenant.objects.values_list("pk", "slug", "name", "placement", "status", "settings"))
-
-
-def make_token(user, name="ci", revoked=False, created_by=None, scope="read-write", expires_at=None):
-    token = ApiToken(name=name, user=user, revoked=revoked, created_by=created_by or user, scope=scope,
-                     expires_at=expires_at)
-    plaintext = token.issue()
-    token.save()
-    return plaintext
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import URLPattern, URLResolver
 from django.utils import timezone
@@ -19,30 +18,13 @@ from django.utils import timezone
 from api.models import ApiCall, ApiToken
 from migration_jobs.models import MigrationRun
 from tenancy.models import Tenant
+from tests.helpers import make_token, staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 VIEW = ["tenancy.view_tenant", "migration_jobs.view_migrationrun"]
 FULL = VIEW + ["tenancy.change_tenant", "tenancy.move_tenant", "tenancy.export_tenant_data",
                "tenancy.restore_tenant_data"]
-
-
-def staff_user(username, perms=(), superuser=False):
-    users = get_user_model().objects
-    if superuser:
-        return users.create_superuser(username, f"{username}@example.test", "pw-Perm-123")
-    user = users.create_user(username, f"{username}@example.test", "pw-Perm-123", is_staff=True)
-    for perm in perms:
-        app, codename = perm.split(".")
-        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
-    return get_user_model().objects.get(pk=user.pk)  # no stale permission cache
-
-
-def make_token(user, created_by=None, scope="read-write", expires_at=None, name="t"):
-    token = ApiToken(name=name, user=user, created_by=created_by or user, scope=scope, expires_at=expires_at)
-    plaintext = token.issue()
-    token.save()
-    return plaintext
 
 
 def call(token, method, url, body=None):
@@ -228,7 +210,7 @@ def test_the_schema_describes_every_route():
                 needed = set(pattern.callback.api_permissions[method.upper()])
                 assert set(paths[path][method]["x-permissions"]) == needed, (route, method)
         checked += 1
-    assert checked == len(paths) == 9
+    assert checked == len(paths) == 10
 
 
 # --- fuzzing ------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_ensure_env_adds_the_pg_password_to_an_existing_env(tmp_path):
     env_file.write_text("TENANT_ENCRYPTION_KEY=" + "ab" * 32)  # no final newline
     run = lambda: subprocess.run([sys.executable, str(tmp_path / "scripts" / "ensure_env.py")],  # noqa: E731
                                  capture_output=True, text=True, check=True).stdout
-    assert "EMBEDDED_PG_PASSWORD added" in run()
+    assert "added EMBEDDED_PG_PASSWORD" in run()
     lines = env_file.read_text().splitlines()
     assert lines[0] == "TENANT_ENCRYPTION_KEY=" + "ab" * 32
     assert lines[1].startswith("EMBEDDED_PG_PASSWORD=") and len(lines[1]) > 40

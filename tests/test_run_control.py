@@ -16,9 +16,7 @@ from migration_jobs.engine.places import shared_place
 from migration_jobs.models import MigrationRun, RunStatus, StepStatus
 from migration_jobs.runs import executor
 from tenancy.models import Placement, Status
-from tests.helpers import run_cmd
-from tests.test_api import make_token
-from tests.test_commands import fill, shared_counts
+from tests.helpers import fill, make_token, run_cmd, shared_counts, staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -60,7 +58,7 @@ def test_cancel_twice_is_refused_with_one_line(make_tenant, cleanup):
 def test_cancel_through_the_api(make_tenant, cleanup, django_user_model):
     tenant = make_tenant("apic")
     cleanup(tenant)
-    staff = django_user_model.objects.create_user("ops", "ops@example.test", "pw-ops-123", is_staff=True)
+    staff = staff_user("ops", ["migration_jobs.view_migrationrun", "tenancy.move_tenant"])
     headers = {"Authorization": f"Bearer {make_token(staff)}"}
     run = services.request_move(tenant, "schema")
     client = Client()
