@@ -88,6 +88,8 @@ TENANT_APPS = ["shop"]
 INSTALLED_APPS = SHARED_APPS + [app for app in TENANT_APPS if app not in SHARED_APPS] + ["benchmarks"]
 
 MIDDLEWARE = [
+    # Outermost: records the /api calls that never reach an API view (redirects, bad Host).
+    "api.middleware.RecordApiCalls",
     "django.middleware.security.SecurityMiddleware",
     # Static files (the admin's) straight from STATIC_ROOT, before any tenant lookup.
     "whitenoise.middleware.WhiteNoiseMiddleware",
