@@ -1,10 +1,12 @@
 """Tenants, their domains, the PostgreSQL servers that can host them, and their credentials."""
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 from django_tenants.models import DomainMixin, TenantMixin
 
 from tenancy import crypto
+from tenancy.settings_check import settings_problem
 from tenancy.shared_db import shared_conninfo
 
 slug_validator = RegexValidator(r"^[a-z][a-z0-9_]{0,39}$",
@@ -58,6 +60,12 @@ class Tenant(TenantMixin):
 
     def __str__(self):
         return self.slug
+
+    def clean(self):
+        super().clean()
+        problem = settings_problem(self.settings)
+        if problem:  # the admin's form shows it on the field; the API refuses the same (services)
+            raise ValidationError({"settings": problem})
 
     def save(self, *args, **kwargs):
         # schema_name is required and unique in django-tenants; it names the schema the

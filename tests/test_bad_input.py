@@ -8,14 +8,17 @@ import json
 
 import pytest
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management import load_command_class
 from django.test import Client, override_settings
 
 from api.models import ApiCall, ApiToken
 from migration_jobs.models import MigrationRun
 from tenancy.models import Tenant
+from tests.helpers import rewrite, run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
+SEEDED = {"largest": 500, "seed": 5}  # the conftest `seeded` tenant (one archive test)
 
 
 def cli(capsys, app, name, *args):
@@ -223,3 +226,20 @@ def test_rotate_with_a_bad_key_is_one_error_line(capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Nothing was changed" in lines[0], err
     assert "pw-for-the-key-test" not in err
+
+
+def test_credentials_in_settings_are_refused_by_the_tenant_admin_form_too(make_tenant):
+    tenant = make_tenant("formsecret")
+    tenant.settings = {"billing": {"api_key": "sk_live_x"}}
+    with pytest.raises(ValidationError) as info:
+        tenant.full_clean()
+    assert "settings.billing.api_key" in str(info.value) and "sk_live_x" not in str(info.value)
+
+
+def test_a_restore_refuses_an_archive_whose_new_tenant_settings_hold_a_credential(exported, tmp_path):
+    tenant, path, _ = exported
+    hostile = rewrite(path, tmp_path / "secret.tar",
+                      manifest=lambda m: m["tenant"]["settings"].update(db="postgres://u:hunter2@db/x"))
+    code, _, err = run_cmd("restore_tenant", str(hostile), "--as", "copy_with_secret", "--into", "schema")
+    assert code == 2 and "tenant.settings.db (a URL with a password)" in err and "hunter2" not in err
+    assert not Tenant.objects.filter(slug="copy_with_secret").exists()

@@ -23,6 +23,7 @@ from migration_jobs.engine.tables import TableSpec, row_counts, tenant_tables
 from migration_jobs.exceptions import ArchiveError, Refused, RestoreConflict, RestoreRefused
 from migration_jobs.models import ACTIVE_STATUSES
 from tenancy.models import Domain, Placement, Status, Tenant, slug_validator, tenant_host
+from tenancy.settings_check import settings_problem
 
 TARGETS = ("shared", "schema", "database")
 
@@ -213,4 +214,7 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
     if plan.existing_rows and tenant is not None and tenant.status == Status.ACTIVE:
         raise RestoreConflict(f"tenant {slug} is active: suspend it before replacing its rows "
                               "(writes made during the restore would be lost)")
+    problem = settings_problem(manifest["tenant"].get("settings") or {}, "the archive's tenant.settings")
+    if plan.creates_tenant and problem:  # a new tenant would get them
+        raise RestoreRefused(problem)
     return plan
