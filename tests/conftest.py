@@ -5,6 +5,7 @@ import re
 
 import psycopg
 import pytest
+from django.contrib.auth import get_user_model
 from django.conf import settings
 from django.db import connection
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -210,3 +211,12 @@ def made_places():
     made = []
     yield made
     drop_places(made)
+
+
+@pytest.fixture
+def staff(client):
+    """The test client, logged in as a superuser (`client.user`)."""
+    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-Admin-81")
+    client.force_login(user)
+    client.user = user
+    return client

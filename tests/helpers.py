@@ -11,6 +11,7 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
+from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
@@ -180,3 +181,8 @@ def make_token(user, name="t", revoked=False, created_by=None, scope="read-write
     plaintext = token.issue()
     token.save()
     return plaintext
+
+
+def texts(response) -> list[str]:
+    """The messages this request added (earlier ones may still wait in the cookie)."""
+    return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]

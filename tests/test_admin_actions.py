@@ -4,13 +4,12 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
-from tests.helpers import crash_move, fill, place_counts, shared_counts
+from tests.helpers import crash_move, fill, place_counts, shared_counts, texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,22 +17,9 @@ TENANTS = reverse("admin:tenancy_tenant_changelist")
 RUNS = reverse("admin:migration_jobs_migrationrun_changelist")
 
 
-@pytest.fixture
-def staff(client):
-    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-Admin-81")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
 def act(client, action, tenants, url=TENANTS, **extra):
     data = {"action": action, "_selected_action": [t.pk for t in tenants], **extra}
     return client.post(url, data)
-
-
-def texts(response) -> list[str]:
-    """The messages this request added (earlier ones may still wait in the cookie)."""
-    return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
 
 
 # --- Moves --------------------------------------------------------------------------------

@@ -4,30 +4,17 @@ Status not editable while a run owns the tenant, the cancel action and the run p
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.messages import get_messages
 from django.urls import reverse
 
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, RunStatus
 from tenancy.models import Domain, Status, Tenant
+from tests.helpers import texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 TENANTS = reverse("admin:tenancy_tenant_changelist")
 RUNS = reverse("admin:migration_jobs_migrationrun_changelist")
-
-
-@pytest.fixture
-def staff(client):
-    user = get_user_model().objects.create_superuser("boss", "boss@example.com", "pw-Admin-81")
-    client.force_login(user)
-    client.user = user
-    return client
-
-
-def texts(response) -> list[str]:
-    return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
 
 
 def row_slugs(html) -> list[str]:
