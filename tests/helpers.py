@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 from datetime import date, timedelta
 from decimal import Decimal
 from io import StringIO
@@ -186,3 +187,13 @@ def make_token(user, name="t", revoked=False, created_by=None, scope="read-write
 def texts(response) -> list[str]:
     """The messages this request added (earlier ones may still wait in the cookie)."""
     return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
+
+
+def wait_for_catch_up_round(run, rounds: int, timeout: float = 120.0) -> None:
+    """Until the online run has applied this many catch-up rounds (or the timeout passed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if run.current_step == "catch_up" and run.steps.get(name="catch_up").details.get("round", 0) >= rounds:
+            return
+        time.sleep(0.05)

@@ -19,7 +19,7 @@ from migration_jobs.runs.faults import Faults
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
-from tests.helpers import crash_move, fingerprints, snapshot
+from tests.helpers import crash_move, fingerprints, snapshot, wait_for_catch_up_round
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -201,12 +201,7 @@ def test_gradual_read_switch_then_cutover(seeded, settings, client):
 
     def staff():
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                run.refresh_from_db()
-                if run.current_step == "catch_up" and run.steps.get(name="catch_up").details.get("round", 0) >= 2:
-                    break
-                time.sleep(0.05)
+            wait_for_catch_up_round(run, 2)
             for share in (0, 50, 100):
                 services.set_read_share(run, share)
                 places = [client.get("/shop/summary/", HTTP_HOST=host).json()["placement"] for _ in range(60)]

@@ -16,7 +16,7 @@ from migration_jobs.engine.places import shared_place
 from migration_jobs.models import MigrationRun, RunStatus, StepStatus
 from migration_jobs.runs import executor
 from tenancy.models import Placement, Status
-from tests.helpers import fill, make_token, run_cmd, shared_counts, staff_user
+from tests.helpers import fill, make_token, run_cmd, shared_counts, staff_user, wait_for_catch_up_round
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,12 +85,7 @@ def test_cancel_a_held_online_move_rolls_it_back(make_tenant, cleanup, settings)
 
     def staff():
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                run.refresh_from_db()
-                if run.current_step == "catch_up" and run.steps.get(name="catch_up").details.get("round", 0) >= 1:
-                    break
-                time.sleep(0.05)
+            wait_for_catch_up_round(run, 1)
             seen["asked"] = services.cancel(run).status
             try:
                 services.cancel(run)
