@@ -4,7 +4,6 @@ services, the command and the API; the one downtime figure (writes_refused_secon
 Retry-After that follows the expected remaining refusal. Real PostgreSQL, real runs."""
 import json
 import threading
-import time
 
 import pytest
 from django.db import connection
