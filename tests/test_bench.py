@@ -12,8 +12,10 @@ from benchmarks.measure import LABELS
 from migration_jobs.models import MigrationRun
 from benchmarks.seeding import shop_tables
 from tenancy.models import Tenant
+from tests.helpers import run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
+SEEDED = {"largest": 1000, "seed": 3}  # the conftest `seeded` tenants (bench_verify)
 
 
 def test_bench_migration_prints_all_methods_checks_them_and_cleans_up(server_conninfo):
@@ -64,3 +66,12 @@ def test_bench_move_back_compares_reuse_with_a_full_copy_and_cleans_up(server_co
     with psycopg.connect(**server_conninfo()) as conn:
         prefix = f"{settings.TENANT_DATABASE_PREFIX}bench_"
         assert conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall() == []
+
+
+def test_bench_verify_compares_both_checksums_on_the_same_rows(seeded):
+    code, out, err = run_cmd("bench_verify", seeded.slug, "--rounds", "1")
+    assert code == 0, err
+    rows = {line.split("|")[1].strip(): int(line.split("|")[2].strip().replace(",", ""))
+            for line in out.splitlines() if line.startswith("| md5 ") or line.startswith("| hash64 ")}
+    assert rows["md5"] == rows["hash64"] > 0
+    assert "ok=True" in out and "faster (best of each)" in out
