@@ -19,7 +19,7 @@ from migration_jobs.runs.faults import Faults
 from shop.models import Customer
 from tenancy.context import tenant_context
 from tenancy.models import Tenant, tenant_host
-from tests.helpers import crash_move, fingerprints, snapshot, wait_for_catch_up_round
+from tests.helpers import crash_move, execute_held, fingerprints, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,29 +200,19 @@ def test_gradual_read_switch_then_cutover(seeded, settings, client):
     seen = {}
 
     def staff():
-        try:
-            wait_for_catch_up_round(run, 2)
-            for share in (0, 50, 100):
-                services.set_read_share(run, share)
-                places = [client.get("/shop/summary/", HTTP_HOST=host).json()["placement"] for _ in range(60)]
-                seen[share] = places.count("schema")
-            # Writes keep going to shared while reads are switched.
-            response = client.post("/shop/customers/", data='{"first_name": "During", "last_name": "Switch"}',
-                                   content_type="application/json", HTTP_HOST=host)
-            seen["write"] = response.status_code
-            time.sleep(0.5)
-            seen["comparisons"] = run.steps.get(name="catch_up").details.get("comparisons", 0)
-            services.release_cutover(run)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            seen["error"] = repr(exc)
-            type(run).objects.filter(pk=run.pk).update(hold_cutover=False)
-        finally:
-            connection.close()
+        for share in (0, 50, 100):
+            services.set_read_share(run, share)
+            places = [client.get("/shop/summary/", HTTP_HOST=host).json()["placement"] for _ in range(60)]
+            seen[share] = places.count("schema")
+        # Writes keep going to shared while reads are switched.
+        response = client.post("/shop/customers/", data='{"first_name": "During", "last_name": "Switch"}',
+                               content_type="application/json", HTTP_HOST=host)
+        seen["write"] = response.status_code
+        time.sleep(0.5)
+        seen["comparisons"] = run.steps.get(name="catch_up").details.get("comparisons", 0)
+        services.release_cutover(run)
 
-    thread = threading.Thread(target=staff, daemon=True)
-    thread.start()
-    finished = executor.execute(run.pk)
-    thread.join(30)
+    finished = execute_held(run, staff, seen, rounds=2)
     assert "error" not in seen, seen
     assert finished.status == RunStatus.SUCCEEDED, finished.error
     assert seen[0] == 0 and seen[100] == 60 and 10 <= seen[50] <= 50, seen

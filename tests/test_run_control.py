@@ -3,19 +3,16 @@
 services, the command and the API; the one downtime figure (writes_refused_seconds) and the
 Retry-After that follows the expected remaining refusal. Real PostgreSQL, real runs."""
 import json
-import threading
 
 import pytest
-from django.db import connection
 from django.test import Client
 
 from migration_jobs import services, tasks
 from migration_jobs.engine import capture, provision
 from migration_jobs.engine.places import shared_place
 from migration_jobs.models import MigrationRun, RunStatus, StepStatus
-from migration_jobs.runs import executor
 from tenancy.models import Placement, Status
-from tests.helpers import fill, make_token, run_cmd, shared_counts, staff_user, wait_for_catch_up_round
+from tests.helpers import execute_held, fill, make_token, run_cmd, shared_counts, staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -83,23 +80,13 @@ def test_cancel_a_held_online_move_rolls_it_back(make_tenant, cleanup, settings)
     seen = {}
 
     def staff():
+        seen["asked"] = services.cancel(run).status
         try:
-            wait_for_catch_up_round(run, 1)
-            seen["asked"] = services.cancel(run).status
-            try:
-                services.cancel(run)
-            except services.Refused as exc:
-                seen["second"] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            seen["error"] = repr(exc)
-            MigrationRun.objects.filter(pk=run.pk).update(hold_cutover=False)
-        finally:
-            connection.close()
+            services.cancel(run)
+        except services.Refused as exc:
+            seen["second"] = str(exc)
 
-    thread = threading.Thread(target=staff, daemon=True)
-    thread.start()
-    finished = executor.execute(run.pk)
-    thread.join(30)
+    finished = execute_held(run, staff, seen, rounds=1)
 
     assert "error" not in seen, seen
     assert seen["asked"] == RunStatus.RUNNING  # asked; the worker did the rest
