@@ -28,6 +28,7 @@ from migration_jobs.runs.context import RunContext
 from migration_jobs.runs.faults import NO_FAULTS, Faults
 from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Step
+from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
 from tenancy.routing import set_read_switch
 from tenancy.shared_db import shared_conninfo, shared_password
 
@@ -36,13 +37,6 @@ RUN_LOCK_NAMESPACE = 74_211  # first key of pg_advisory_lock(int, int) for runs
 
 
 # --- Secrets never leave in messages ------------------------------------------------------
-
-def redact(text: str, secrets: list[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
 
 def known_secrets(run: MigrationRun) -> list[str]:
     found = []
