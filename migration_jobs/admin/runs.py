@@ -13,6 +13,7 @@ from django.utils.html import format_html
 from migration_jobs import services
 from migration_jobs.admin.common import report_run, confirmation_page, confirmed, human_duration, run_link
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
+from migration_jobs.services.validation import is_id
 from tenancy.admin_mixins import ReadOnlyAdmin
 
 
@@ -118,7 +119,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             self._cancel(request, run)
         elif op == "cut_over":
             self.cut_over_now(request, queryset)
-        elif op.startswith("read_share_") and op[len("read_share_"):].isdigit():
+        elif op.startswith("read_share_") and is_id(op[len("read_share_"):]):
             self._read_share(request, queryset, int(op[len("read_share_"):]))
         elif op in ("resume", "roll_back"):
             ok, skipped = self._interrupted(request, queryset, allow_queued=op == "roll_back")
@@ -136,7 +137,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         run = MigrationRun.objects.select_related("tenant").filter(pk=object_id).first() \
-            if str(object_id).isdigit() else None
+            if is_id(object_id) else None
         if run is not None:
             extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request))}
         return super().change_view(request, object_id, form_url, extra_context)

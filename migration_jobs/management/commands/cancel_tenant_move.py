@@ -13,6 +13,7 @@ from django.core.management.base import CommandError
 from migration_jobs import services
 from migration_jobs.management.base import TenantCommand
 from migration_jobs.models import RunStatus
+from migration_jobs.services.validation import is_id
 from tenancy.management.base import one_line
 
 
@@ -26,7 +27,7 @@ class Command(TenantCommand):
         self.add_json_argument(parser)
 
     def handle(self, *args, target, wait, as_json, **options):
-        if str(target).isdigit():
+        if is_id(target):  # ASCII digits only, as every id
             run = services.get_run(target)
         else:
             tenant = services.get_tenant(target)
