@@ -66,6 +66,12 @@ class MigrationRun(models.Model):
         default=False, help_text="Staff asked to cancel: the worker rolls back at its next safe point.")
     previous_status = models.CharField(max_length=10, blank=True, default="",
                                        help_text="Tenant status before the run, restored at the end or on rollback.")
+    # Progress over time for the run page's chart: [{"t": iso, "rows": n, "rows_per_second": x, "lag": n}, ...]
+    samples = models.JSONField(default=list, blank=True)
+    # A held online move waits in the database, not in a worker: the next catch-up round is due then.
+    next_round_at = models.DateTimeField(null=True, blank=True)
+    # Health after the switch: smoke check timings, latency/error before and after, regression flag.
+    health = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
     report = models.JSONField(default=dict, blank=True)
 

@@ -68,6 +68,7 @@ TENANT_RETRY_AFTER = env.int("TENANT_RETRY_AFTER", default=30)
 
 SHARED_APPS = [
     "tenancy",
+    "monitoring",
     # Before django_tenants: the first listed app's command wins, and migration_jobs'
     # `migrate` (schema tenants and dedicated databases too) must replace django-tenants'.
     "migration_jobs",
@@ -80,6 +81,7 @@ SHARED_APPS = [
     "django.contrib.staticfiles",
     "django.contrib.postgres",
     "django_q",
+    "fleet",
     "api",
     # Pooled tenants' rows live in public, so the demo app is shared too.
     "shop",

@@ -38,6 +38,11 @@ class Status(models.TextChoices):
     MIGRATING = "migrating", "Migrating"
 
 
+class DedicatedReason(models.TextChoices):
+    INFRASTRUCTURE = "infrastructure", "Needs dedicated infrastructure"
+    COMPLIANCE = "compliance", "Compliance"
+
+
 class Tenant(TenantMixin):
     # Pooled tenants have no schema: schemas are created by a migration run, never on save.
     auto_create_schema = False
@@ -48,6 +53,11 @@ class Tenant(TenantMixin):
     placement = models.CharField(max_length=10, choices=Placement.choices, default=Placement.SHARED)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ACTIVE)
     settings = models.JSONField(default=dict, blank=True)
+    # Who hears about a planned move and its outcome (fleet plans send the notices).
+    contact_email = models.EmailField(blank=True, default="", help_text="Where move notices are sent.")
+    # A reason to move besides size: its own infrastructure, or compliance (fleet candidates).
+    dedicated_reason = models.CharField(max_length=20, choices=DedicatedReason.choices, blank=True, default="")
+    dedicated_note = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -97,6 +107,8 @@ class DatabaseServer(models.Model):
     admin_password_encrypted = models.TextField(blank=True, default="", editable=False)
     maintenance_db = models.CharField(max_length=63, default="postgres")
     is_default = models.BooleanField(default=False, help_text="The server of the shared database.")
+    max_tenant_databases = models.PositiveIntegerField(
+        null=True, blank=True, help_text="How many dedicated tenant databases it may hold; empty: no limit.")
     notes = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -1,5 +1,5 @@
 """Layering, checked statically (ast, nothing imported): dependencies point one way
-(project -> tenancy <- migration_jobs <- api; the demo app on tenancy only) and no module
+(project -> tenancy <- monitoring <- migration_jobs <- fleet <- api; the demo app on tenancy only) and no module
 imports itself back through others. Run as a script to print the import graph's cycles."""
 import ast
 import sys
@@ -8,16 +8,20 @@ from pathlib import Path
 from django.core.management import get_commands
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("project", "tenancy", "migration_jobs", "api", "shop", "benchmarks")
+PRODUCT = ("project", "tenancy", "monitoring", "migration_jobs", "fleet", "api", "shop", "benchmarks")
 # Which product packages each may import (itself always).
 ALLOWED = {
     "project": set(),
     "tenancy": set(),
-    "migration_jobs": {"tenancy"},
-    "api": {"tenancy", "migration_jobs"},
+    # Per-tenant request health: recorded beside the router, read by the runs.
+    "monitoring": {"tenancy"},
+    "migration_jobs": {"tenancy", "monitoring"},
+    # Plans of many moves: each item is an ordinary run.
+    "fleet": {"tenancy", "monitoring", "migration_jobs"},
+    "api": {"tenancy", "monitoring", "migration_jobs", "fleet"},
     "shop": {"tenancy"},
     # Outside the product: benchmarks, demo data and the demo move use it; nothing uses them.
-    "benchmarks": {"tenancy", "migration_jobs", "shop"},
+    "benchmarks": {"tenancy", "monitoring", "migration_jobs", "fleet", "shop"},
 }
 
 
