@@ -5,7 +5,11 @@ from migration_jobs import services
 
 
 def execute_run(run_id: int, resume: bool = False) -> str:
-    run = services.execute(run_id, resume=resume)
+    """Execute (or resume) a run; a held online move is parked between catch-up rounds and
+    picked up again by a scheduled call of this task (runs/pickup.py), so it keeps no worker."""
+    run = services.execute(run_id, resume=resume, park_when_held=True)
+    if services.is_parked(run):
+        return f"run {run.pk}: held in sync, parked until {run.next_round_at.isoformat()}"
     return f"run {run.pk}: {run.status}"
 
 

@@ -208,6 +208,9 @@ MIGRATION_CATCHUP_TIMEOUT = env.float("MIGRATION_CATCHUP_TIMEOUT", default=1800.
 MIGRATION_DIVERGENCE_INTERVAL = env.float("MIGRATION_DIVERGENCE_INTERVAL", default=60.0)
 # A held cutover (read switch in progress) gives up after this long.
 MIGRATION_HOLD_MAX_SECONDS = env.float("MIGRATION_HOLD_MAX_SECONDS", default=7 * 86400.0)
+# A held move run by the django-q2 cluster applies a catch-up round, then leaves its worker for
+# this long (its next round is a django-q2 schedule; the scheduler looks every ~30 s).
+MIGRATION_HELD_ROUND_INTERVAL = env.float("MIGRATION_HELD_ROUND_INTERVAL", default=30.0)
 # Legacy rows of a moved tenant stay in the shared tables this long before they may be retired.
 TENANT_LEGACY_GRACE_DAYS = env.float("TENANT_LEGACY_GRACE_DAYS", default=7.0)
 TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)

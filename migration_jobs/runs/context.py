@@ -19,6 +19,8 @@ class RunContext:
     run: MigrationRun
     tables: list[TableSpec] = field(default_factory=tenant_tables)
     faults: Faults = NO_FAULTS
+    # A queue worker: a held online move parks between catch-up rounds instead of waiting here.
+    park_when_held: bool = False
 
     def checkpoint(self, name: str) -> None:
         self.faults.checkpoint(name)

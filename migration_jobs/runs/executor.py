@@ -8,6 +8,10 @@ compensating rollback.
   the run ends `rolled_back` with the reason. A crash (the process killed) leaves the run
   `running` with no lock holder: `resume` goes on from the first unfinished step,
   `rollback` undoes what was done. The shared database is never what gets repaired.
+- A held online move does not keep a worker: its catch-up step applies a round and *parks*
+  the run (still `running`, its capture on, `next_round_at` set, a django-q2 schedule to pick
+  it up then, the lock released); a worker claims it again for each round and for the cutover
+  (runs/pickup.py). A parked run is not an interrupted one: its lock is free by design.
 - No secret leaves in a message: known passwords are replaced by *** in every error recorded.
 """
 from __future__ import annotations
@@ -26,8 +30,9 @@ from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from migration_jobs.runs.context import RunContext
 from migration_jobs.runs.faults import NO_FAULTS, Faults
+from migration_jobs.runs import pickup
 from migration_jobs.runs.plans import steps_for
-from migration_jobs.runs.steps.base import Step
+from migration_jobs.runs.steps.base import Parked, Step
 from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
 from tenancy.routing import set_read_switch
 from tenancy.shared_db import shared_conninfo, shared_password
@@ -55,29 +60,61 @@ def known_secrets(run: MigrationRun) -> list[str]:
 
 # --- The lock that makes one worker the owner of a run ------------------------------------
 
-@contextmanager
-def run_lock(run_id: int):
-    """Hold the run's advisory lock on a connection of its own; yields False if taken."""
-    conn = psycopg.connect(**shared_conninfo(), autocommit=True, application_name=f"tenant-move-run-{run_id}")
-    got = False
-    try:
-        got = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id)).fetchone()[0]
-        yield got
-    finally:
+class RunLock:
+    """The run's advisory lock on a connection of its own: true while held; `release()` lets
+    go of it early (a run that parks lets go inside its park transaction, see _park)."""
+
+    def __init__(self, conn: psycopg.Connection, run_id: int):
+        self.conn, self.run_id = conn, run_id
+        self.held = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id)).fetchone()[0]
+
+    def __bool__(self) -> bool:
+        return bool(self.held)
+
+    def release(self) -> None:
         # Unlock explicitly: closing also releases it, but only once the server backend has
         # exited, and a worker that looks right after (lock_is_free, then execute) must not
         # find it still taken.
-        if got and not conn.closed:
+        if self.held and not self.conn.closed:
             try:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (RUN_LOCK_NAMESPACE, run_id))
+                self.conn.execute("SELECT pg_advisory_unlock(%s, %s)", (RUN_LOCK_NAMESPACE, self.run_id))
             except psycopg.Error:
                 pass  # connection lost: the server releases the lock with the session
+        self.held = False
+
+
+@contextmanager
+def run_lock(run_id: int):
+    """Hold the run's advisory lock on a connection of its own; yields a RunLock, false if taken."""
+    conn = psycopg.connect(**shared_conninfo(), autocommit=True, application_name=f"tenant-move-run-{run_id}")
+    lock = None
+    try:
+        lock = RunLock(conn, run_id)
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
         conn.close()
 
 
 def lock_is_free(run_id: int) -> bool:
     with run_lock(run_id) as got:
-        return got
+        return bool(got)
+
+
+def executing_run_ids() -> set[int]:
+    """Runs whose lock some session holds now: read from pg_locks, taking no lock (unlike
+    lock_is_free, which could make a worker claiming the run at that instant give up)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                       "AND objsubid = 2 AND granted AND database = (SELECT oid FROM pg_database "
+                       "WHERE datname = current_database())", [RUN_LOCK_NAMESPACE])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def is_parked(run: MigrationRun) -> bool:
+    """A held online move waiting in the database for its next round (no worker has it)."""
+    return run.status == RunStatus.RUNNING and run.next_round_at is not None
 
 
 def worker_name() -> str:
@@ -172,37 +209,48 @@ def _finish(run: MigrationRun, status: str, error: str = "") -> None:
         run.rows_per_second = run.rows_copied / max((end - start).total_seconds(), 1e-6)
     if run.online:
         run.lag_changes = run.lag_seconds = None  # a lag is only meaningful while catching up
+    run.next_round_at = None  # a parked run's pickup ends with it
+    pickup.drop(run.pk)
     if run.started_at:
         run.writes_refused_seconds = writes_refused_seconds(run)
     run.save()
 
 
-def _claim(run_id: int, resume: bool) -> MigrationRun | None:
-    """Mark the run running if this call should execute it; None when it is a no-op."""
+def _claim(run_id: int, resume: bool, park_when_held: bool = False) -> MigrationRun | None:
+    """Mark the run running if this call should execute it; None when it is a no-op. A queue
+    worker (`park_when_held`) leaves a parked run alone until its pickup is due."""
     with transaction.atomic():
         run = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant", "target_server").get(pk=run_id)
         if run.status == RunStatus.QUEUED or (run.status == RunStatus.RUNNING and resume):
+            if park_when_held and is_parked(run) and not pickup.due(run):
+                log.info("run %s is parked until %s: nothing to do yet", run_id, run.next_round_at)
+                return None
             run.status = RunStatus.RUNNING
             run.started_at = run.started_at or timezone.now()
             run.heartbeat_at = timezone.now()
             run.worker = worker_name()
+            run.next_round_at = None
             run.save()
+            pickup.drop(run.pk)  # this worker has it now
             return run
     log.info("run %s is %s: nothing to do", run_id, run.status)
     return None
 
 
-def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) -> MigrationRun:
+def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None,
+            park_when_held: bool = False) -> MigrationRun:
     """Execute (or resume) a run. A no-op if another worker holds it or it has ended.
+    `park_when_held`: a queue worker; a held online move is parked between catch-up rounds
+    (the call returns, the run stays running) instead of waiting in this process.
     `faults`: a fault-injection hook for tests; none in product code."""
-    with run_lock(run_id) as owned:
-        if not owned:
+    with run_lock(run_id) as lock:
+        if not lock:
             log.info("run %s is being executed by another worker", run_id)
             return MigrationRun.objects.get(pk=run_id)
-        run = _claim(run_id, resume)
+        run = _claim(run_id, resume, park_when_held)
         if run is None:
             return MigrationRun.objects.get(pk=run_id)
-        ctx = RunContext(run, faults=CancelWatch(run.pk, faults or NO_FAULTS))
+        ctx = RunContext(run, faults=CancelWatch(run.pk, faults or NO_FAULTS), park_when_held=park_when_held)
         secrets = known_secrets(run)
         for definition in steps_for(run):
             step = run.steps.filter(name=definition.name).first()
@@ -216,7 +264,8 @@ def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) 
                 _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.CANCELLED, CANCELLED_MESSAGE)
                 return run
             try:
-                _run_step(ctx, definition, step)
+                if _run_until_parked(ctx, definition, step, lock):
+                    return run
             except Exception as exc:  # noqa: BLE001 - every failure ends in a rollback
                 message = redact(f"{definition.name}: {exc}", secrets)
                 step.status, step.finished_at, step.message = StepStatus.FAILED, timezone.now(), message[:4000]
@@ -243,6 +292,39 @@ def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None) 
         return run
 
 
+def _run_until_parked(ctx: RunContext, definition: Step, step: MigrationStep, lock: RunLock) -> bool:
+    """Run the step; True when it parked the run instead (a held move between rounds)."""
+    while True:
+        try:
+            _run_step(ctx, definition, step)
+            return False
+        except Parked as parked:
+            if _park(ctx, step, parked.until, lock):
+                return True
+            # Released or cancelled meanwhile: go on here at once.
+
+
+def _park(ctx: RunContext, step: MigrationStep, until, lock: RunLock) -> bool:
+    """Leave the worker: the run stays running (its capture on, the tenant's one active run, the
+    read switch as set) with its next round due `until` and a pickup scheduled then. False,
+    changing nothing, if the hold was released or a cancel asked for meanwhile (the services
+    change those under the same row lock, then enqueue the run if they find it parked)."""
+    run = ctx.run
+    with transaction.atomic():
+        locked = MigrationRun.objects.select_for_update().only("pk", "hold_cutover", "cancel_requested").get(pk=run.pk)
+        if not locked.hold_cutover or locked.cancel_requested:
+            return False
+        MigrationRun.objects.filter(pk=run.pk).update(next_round_at=until, worker="", heartbeat_at=timezone.now())
+        pickup.schedule(run.pk, until)
+        ctx.save_details(step, parks=step.details.get("parks", 0) + 1)
+        # Unlocked before the commit: whoever waits for this row (a worker's claim, a cut over,
+        # a cancel) then finds the run parked and its lock free.
+        lock.release()
+    run.next_round_at, run.worker = until, ""
+    log.info("run %s parked until %s (held in sync)", run.pk, until)
+    return True
+
+
 def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
     run = ctx.run
     run.current_step = definition.name
@@ -254,7 +336,9 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
                                                                                           flat=True).get()
             catching_up = definition.name == "catch_up" and run.kind == RunKind.MOVE
             set_read_switch(run.tenant_id, share if catching_up else 0, run.target_placement, run.target_schema)
-    step.status, step.started_at, step.finished_at = StepStatus.RUNNING, timezone.now(), None
+    if not (step.status == StepStatus.RUNNING and step.started_at and step.details.get("parks")):
+        step.started_at = timezone.now()  # a parked step goes on: it started before its first park
+    step.status, step.finished_at = StepStatus.RUNNING, None
     step.save()
     ctx.checkpoint(f"before:{definition.name}")
     message = definition.run(ctx, step)

@@ -16,11 +16,11 @@ from migration_jobs.services.archives import (archive_filename, archive_summary,
                                               restore, restore_options, tenant_table_count,
                                               validate_archive)
 from migration_jobs.services.moves import (active_run, cancel, check_move, check_move_back, check_retire,
-                                           enqueue, enqueue_rollback, execute, interrupted_runs, legacy_of,
-                                           release_cutover, request_move, request_move_back, request_placement,
-                                           request_retire, resumable_run, roll_back, rollback_unfinished,
-                                           set_read_share, set_status, undo_move, why_not_cancel,
-                                           worker_connections)
+                                           enqueue, enqueue_rollback, execute, interrupted_runs, is_parked,
+                                           legacy_of, release_cutover, request_move, request_move_back,
+                                           request_placement, request_retire, resumable_run, roll_back,
+                                           rollback_unfinished, set_read_share, set_status, undo_move,
+                                           why_not_cancel, why_waiting, worker_connections, worker_count)
 from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, human_refusal, leftovers, one_line,
                                              run_dict, run_history, run_report, run_state, verify,
                                              verify_via_cluster, writes_refused)
@@ -34,7 +34,8 @@ __all__ = [
     "archive_filename", "archive_summary", "export_tenant", "export_to_spool", "restore", "restore_options",
     "tenant_table_count", "validate_archive",
     "active_run", "cancel", "check_move", "check_move_back", "check_retire", "enqueue", "enqueue_rollback",
-    "execute", "interrupted_runs", "legacy_of", "release_cutover", "request_move",
+    "execute", "interrupted_runs", "is_parked", "legacy_of", "why_waiting", "worker_count", "release_cutover",
+    "request_move",
     "request_move_back", "request_placement", "request_retire", "resumable_run", "roll_back",
     "rollback_unfinished", "set_read_share", "set_status", "undo_move", "why_not_cancel", "worker_connections",
     "FULL", "REF", "ROW", "human_duration", "human_refusal", "leftovers", "one_line", "run_dict", "run_state",

@@ -10,9 +10,11 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_q.conf import Conf
+from django_q.status import Stat
 from django_q.tasks import async_task
 
-from migration_jobs.runs import executor
+from migration_jobs.runs import executor, pickup
 from migration_jobs.runs.plans import create_steps
 from migration_jobs.engine import provision
 from migration_jobs.exceptions import BadRequest, Refused, StepFailed
@@ -116,10 +118,12 @@ def request_move_back(tenant: Tenant, *, online: bool = False, dry_run: bool = F
     return _create_run(tenant, **fields)
 
 
-def execute(run: MigrationRun | int, *, resume: bool = False) -> MigrationRun:
-    """Execute a run (or resume it) in this process; a no-op when a live worker holds it."""
+def execute(run: MigrationRun | int, *, resume: bool = False, park_when_held: bool = False) -> MigrationRun:
+    """Execute a run (or resume it) in this process; a no-op when a live worker holds it.
+    `park_when_held` (the cluster's tasks): a held online move is parked between its catch-up
+    rounds and this returns; otherwise (a command) this process keeps it to its end."""
     with executor.closing_connections():
-        return executor.execute(getattr(run, "pk", run), resume=resume)
+        return executor.execute(getattr(run, "pk", run), resume=resume, park_when_held=park_when_held)
 
 
 def enqueue(run: MigrationRun, *, resume: bool = False) -> str:
@@ -171,6 +175,9 @@ def interrupted_runs(runs, *, allow_queued: bool) -> tuple[list[MigrationRun], l
     for run in runs:
         if run.status not in statuses:
             skipped.append((run, f"it is {run.get_status_display().lower()}"))
+        elif executor.is_parked(run):
+            skipped.append((run, "it is held in sync between catch-up rounds (not interrupted): cut it over or "
+                                 "cancel it"))
         elif run.status == RunStatus.RUNNING and not executor.lock_is_free(run.pk):
             skipped.append((run, "a live worker is still executing it"))
         else:
@@ -219,7 +226,9 @@ def cancel(run: MigrationRun | int, reason: str = "cancelled on request") -> Mig
                           f"let it finish, then move the tenant back")
         locked.cancel_requested = True
         locked.save(update_fields=["cancel_requested"])
-    if executor.lock_is_free(run_id):  # nobody is executing it: roll it back now
+    if executor.is_parked(locked):  # held, between rounds: a worker rolls it back now
+        enqueue(locked, resume=True)
+    elif executor.lock_is_free(run_id):  # nobody is executing it: roll it back now
         with executor.closing_connections():
             try:
                 return executor.rollback(run_id, reason=reason, cancel=True)
@@ -340,9 +349,46 @@ def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
 
 
 def release_cutover(run: MigrationRun) -> MigrationRun:
-    """Let a held online move cut over (at its next catch-up round)."""
+    """Let a held online move cut over: at its next catch-up round when a worker has it, at
+    once (enqueued now) when it is parked between rounds."""
     if not (run.online and run.status in ACTIVE_STATUSES):
         raise Refused(f"run {run.pk} is not an active online move")
-    MigrationRun.objects.filter(pk=run.pk).update(hold_cutover=False)
+    with transaction.atomic():  # the row lock orders this with a worker parking the run
+        locked = MigrationRun.objects.select_for_update(of=("self",)).get(pk=run.pk)
+        locked.hold_cutover = False
+        locked.save(update_fields=["hold_cutover"])
+    if executor.is_parked(locked):
+        enqueue(locked, resume=True)
     run.refresh_from_db()
     return run
+
+
+def is_parked(run: MigrationRun) -> bool:
+    """A held online move waiting in the database between catch-up rounds (no worker has it)."""
+    return executor.is_parked(run)
+
+
+def worker_count() -> int:
+    """Task workers: those of the clusters django-q2 reports alive (visible when its cache is
+    shared, e.g. Redis), else Q_CLUSTER["workers"] of the settings."""
+    try:
+        stats = [stat for stat in Stat.get_all() if stat.status not in (Conf.STOPPED, Conf.STOPPING)]
+    except Exception:  # noqa: BLE001 - no cache or broker to ask: the settings say
+        stats = []
+    found = sum(len(stat.workers) for stat in stats)
+    return found or int(settings.Q_CLUSTER.get("workers") or 1)
+
+
+def why_waiting(run: MigrationRun) -> str | None:
+    """Why a run that needs a worker has none yet, in words ("2 of 2 workers busy: runs 5, 6",
+    "waiting for a worker to pick it up (1 of 2 workers busy: run 5)"); None when it does not
+    wait for one (it is executing, finished, or parked until its next round)."""
+    if not (run.status == RunStatus.QUEUED or (executor.is_parked(run) and pickup.due(run))):
+        return None
+    busy = sorted(MigrationRun.objects.filter(status=RunStatus.RUNNING, pk__in=executor.executing_run_ids())
+                  .exclude(pk=run.pk).values_list("pk", flat=True))
+    workers = worker_count()
+    text = f"{len(busy)} of {workers} worker{'s' if workers != 1 else ''} busy"
+    if busy:
+        text += f": run{'s' if len(busy) != 1 else ''} {', '.join(map(str, busy))}"
+    return text if len(busy) >= workers else f"waiting for a worker to pick it up ({text})"

@@ -8,12 +8,14 @@ import re
 from datetime import timedelta
 
 import psycopg
+from django.utils.timezone import localtime
 from django_q.tasks import async_task, result
 
-from migration_jobs.runs.executor import lock_is_free, writes_refused_seconds
+from migration_jobs.runs.executor import is_parked, lock_is_free, writes_refused_seconds
 from migration_jobs.engine.capture import leftovers as capture_leftovers
 from migration_jobs.engine.places import database_place, shared_place
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunStatus
+from migration_jobs.services.moves import why_waiting
 from migration_jobs.verification import verify_in_place
 from tenancy.models import DatabaseCredential, Tenant
 
@@ -57,15 +59,24 @@ def human_refusal(seconds, empty: str = "-") -> str:
 
 
 def run_state(run: MigrationRun) -> str:
-    """What a run is doing, in words: "queued", "copy", "held in sync: waiting for you to cut
-    over", "cancelling", "cancelled"... (the admin list, the run page, the tenant list)."""
+    """What a run is doing, in words: "queued: 2 of 2 workers busy: runs 5, 6", "copy", "held in
+    sync: waiting for you to cut over", "cancelling", "cancelled"... (the admin list, the run
+    page and its live figures, the tenant list, the API)."""
+    waiting = why_waiting(run)
     if run.status == RunStatus.QUEUED:
-        return "queued"
+        return f"queued: {waiting}" if waiting else "queued"
     if run.status == RunStatus.RUNNING:
         if run.cancel_requested:
-            return "cancelling: rolls back at the next safe point"
+            return f"cancelling: {waiting}" if waiting else "cancelling: rolls back at the next safe point"
         if run.online and run.hold_cutover and run.current_step == "catch_up":
-            return "held in sync: waiting for you to cut over"
+            state = "held in sync: waiting for you to cut over"
+            if waiting:
+                return f"{state}; its next round waits for a worker: {waiting}"
+            if run.next_round_at:
+                return f"{state} (no worker kept; next round at {localtime(run.next_round_at):%H:%M:%S})"
+            return state
+        if waiting:  # parked, released: the cutover waits for a worker
+            return f"cutting over: {waiting}"
         return f"running: {run.current_step}" if run.current_step else "running"
     return run.get_status_display().lower()
 
@@ -76,12 +87,12 @@ def _seconds(duration):
 
 # Which fields each view of a run has; every field is spelled once, in run_dict.
 REF = ("run_id", "kind", "status", "source", "target", "created_at")
-ROW = ("run_id", "tenant", "kind", "source", "target", "dry_run", "online", "status", "current_step",
+ROW = ("run_id", "tenant", "kind", "source", "target", "dry_run", "online", "status", "state", "current_step",
        "progress_percent", "rows_copied", "rows_total", "seconds", "rows_per_second", "writes_refused_seconds",
        "freeze_seconds", "created_at", "error")
-FULL = ("run_id", "tenant", "kind", "status", "source", "target", "server", "database", "schema", "dry_run",
+FULL = ("run_id", "tenant", "kind", "status", "state", "source", "target", "server", "database", "schema", "dry_run",
         "error", "started_at", "finished_at", "seconds", "rows_copied", "bytes_copied", "rows_per_second",
-        "online", "writes_refused_seconds", "freeze_seconds", "lag", "tables", "steps", "preflight")
+        "online", "writes_refused_seconds", "freeze_seconds", "lag", "next_round_at", "tables", "steps", "preflight")
 
 
 def _iso(moment):
@@ -93,6 +104,7 @@ _FIELDS = {
     "tenant": lambda r: r.tenant.slug,
     "kind": lambda r: r.kind,
     "status": lambda r: r.status,
+    "state": lambda r: run_state(r),
     "source": lambda r: r.source_placement,
     "target": lambda r: r.target_placement,
     "server": lambda r: r.target_server.name if r.target_server_id else None,
@@ -113,6 +125,7 @@ _FIELDS = {
     "created_at": lambda r: _iso(r.created_at),
     "started_at": lambda r: _iso(r.started_at),
     "finished_at": lambda r: _iso(r.finished_at),
+    "next_round_at": lambda r: _iso(r.next_round_at),
     "seconds": lambda r: _seconds(r.duration),
     "tables": lambda r: {name: {"rows": t.get("target_rows"), "checksum": t.get("target_checksum"),
                                 "ok": t.get("ok")}
@@ -170,6 +183,9 @@ def leftovers() -> list[dict]:
     places = [shared_place()] + [database_place(c.server, c.database)
                                  for c in DatabaseCredential.objects.select_related("server")]
     active = set(MigrationRun.objects.filter(status__in=ACTIVE_STATUSES).values_list("pk", flat=True))
+    # A held run parked between rounds holds no lock, yet owns its capture.
+    parked = {run.pk for run in MigrationRun.objects.filter(pk__in=active).only("status", "next_round_at")
+              if is_parked(run)}
     found = []
     for place in places:
         try:
@@ -181,7 +197,7 @@ def leftovers() -> list[dict]:
         for item in items:
             owner = _owner(item["name"])
             # A run marked running whose worker died holds nothing: its objects count too.
-            live = owner in active and not lock_is_free(owner)
+            live = owner in parked or (owner in active and not lock_is_free(owner))
             item.update(place=str(place), run=owner, orphaned=not live, active=owner in active)
             found.append(item)
     return found

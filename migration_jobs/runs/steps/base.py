@@ -11,6 +11,15 @@ from migration_jobs.runs.context import RunContext
 from tenancy.models import DatabaseCredential, Placement, Tenant
 
 
+class Parked(Exception):
+    """Raised by a step that has nothing to do until `until` (a held online move between its
+    catch-up rounds): the executor parks the run (executor._park); it did not fail."""
+
+    def __init__(self, until):
+        super().__init__(f"parked until {until.isoformat()}")
+        self.until = until
+
+
 class Step:
     name = ""
     label = ""

@@ -3,6 +3,7 @@ catch up, cut over in a sub-second freeze (engine/cutover.py), remove the captur
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -12,7 +13,7 @@ from migration_jobs.engine import capture, fences
 from migration_jobs.engine.cutover import freeze_and_switch
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun
-from migration_jobs.runs.steps.base import Step, set_tenant, switch_placement
+from migration_jobs.runs.steps.base import Parked, Step, set_tenant, switch_placement
 from tenancy.models import Status
 
 
@@ -60,8 +61,6 @@ class CatchUp(Step):
         number = step.details.get("round", 0)
         applied = step.details.get("applied", 0)
         deadline = time.monotonic() + settings.MIGRATION_CATCHUP_TIMEOUT
-        hold_deadline = time.monotonic() + settings.MIGRATION_HOLD_MAX_SECONDS
-        last_compare = time.monotonic()
         while True:
             number += 1
             result = _apply_round(ctx, number)
@@ -71,15 +70,9 @@ class CatchUp(Step):
             ctx.checkpoint("catch_up:round")
             hold = MigrationRun.objects.values_list("hold_cutover", flat=True).get(pk=ctx.run.pk)
             if hold:
-                if time.monotonic() > hold_deadline:
-                    raise StepFailed(f"cutover held for more than {settings.MIGRATION_HOLD_MAX_SECONDS:.0f}s")
-                # Kept in sync for the gradual read switch: compare now and then.
-                if time.monotonic() - last_compare >= settings.MIGRATION_DIVERGENCE_INTERVAL:
-                    number += 1
-                    _apply_round(ctx, number, compare=True)
-                    last_compare = time.monotonic()
-                    ctx.save_details(step, round=number, compared_at_round=number,
-                                     comparisons=step.details.get("comparisons", 0) + 1)
+                number = _keep_in_sync(ctx, step, number)
+                if ctx.park_when_held:  # a queue worker: wait in the database, not in the worker
+                    raise Parked(timezone.now() + timedelta(seconds=settings.MIGRATION_HELD_ROUND_INTERVAL))
                 time.sleep(settings.MIGRATION_CATCHUP_INTERVAL)
                 continue
             if lag.changes <= settings.MIGRATION_CUTOVER_MAX_CHANGES:
@@ -103,6 +96,32 @@ class CatchUp(Step):
         ctx.save_details(step, round=number, verified_round=verified)
         step.rows = applied
         return f"{applied} changes applied in {number} rounds; all tables compared at round {number}"
+
+
+def _moment(details: dict, key: str):
+    value = details.get(key)
+    return datetime.fromisoformat(value) if value else None
+
+
+def _keep_in_sync(ctx, step, number: int) -> int:
+    """A held run after a round: give up past MIGRATION_HOLD_MAX_SECONDS since its first held
+    round, and compare every table every MIGRATION_DIVERGENCE_INTERVAL (a difference fails the
+    run), both counted in the step's details so they hold across parks. The last round's number."""
+    now = timezone.now()
+    held_since = _moment(step.details, "held_since")
+    if held_since is None:
+        held_since = now
+        ctx.save_details(step, held_since=now.isoformat())
+    if (now - held_since).total_seconds() > settings.MIGRATION_HOLD_MAX_SECONDS:
+        raise StepFailed(f"cutover held for more than {settings.MIGRATION_HOLD_MAX_SECONDS:.0f}s")
+    compared = _moment(step.details, "compared_at") or held_since
+    if (now - compared).total_seconds() >= settings.MIGRATION_DIVERGENCE_INTERVAL:
+        # Kept in sync for the gradual read switch: compare now and then.
+        number += 1
+        _apply_round(ctx, number, compare=True)
+        ctx.save_details(step, round=number, compared_at_round=number, compared_at=timezone.now().isoformat(),
+                         comparisons=step.details.get("comparisons", 0) + 1)
+    return number
 
 
 class Cutover(Step):
