@@ -28,9 +28,9 @@ from django.utils import timezone
 
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
+from migration_jobs.runs import pickup
 from migration_jobs.runs.context import RunContext
 from migration_jobs.runs.faults import NO_FAULTS, Faults
-from migration_jobs.runs import pickup
 from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Parked, Step
 from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
