@@ -15,6 +15,7 @@ creates is cleaned up like everything else the tests make.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from django_q.conf import Conf
 from django_q.models import Task
 from playwright.sync_api import expect, sync_playwright
 
+from tenancy.routing import routes
 from tests.helpers import staff_user
 
 DEFAULT_BROWSER = "/usr/bin/chromium"
@@ -52,6 +54,8 @@ def require_browser() -> str:
     path = os.environ.get("BROWSER_PATH") or DEFAULT_BROWSER
     if os.path.isfile(path) and os.access(path, os.X_OK):
         return path
+    if not os.environ.get("BROWSER_PATH") and shutil.which("chromium"):
+        return shutil.which("chromium")
     if _flag("CI") or _flag("REQUIRE_BROWSER"):
         pytest.fail(f"chromium not found at {path}, and CI requires the browser tests: "
                     "apt-get install chromium (or set BROWSER_PATH)", pytrace=False)
@@ -105,6 +109,16 @@ def page(request, browser, live_server):
     if getattr(request.node, "call_failed", False):
         shot(page, f"FAILED-{request.node.name}")
     context.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_routes():
+    """The live server runs in this process, which has no LISTEN thread (test settings): the
+    placement changes the cluster commits reach it through this (as NOTIFY does elsewhere),
+    and no host stays mapped to a tenant of an earlier test."""
+    routes.clear()
+    yield
+    routes.clear()
 
 
 @pytest.fixture
