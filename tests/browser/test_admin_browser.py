@@ -75,6 +75,18 @@ def press(page, op: str) -> None:
         button(page, op).first.click()
 
 
+def start_held_move(page, live_server, tenant) -> MigrationRun:
+    """An online move with a held cutover, from the tenant list; its page, followed by itself
+    (no reload here) until the run is held in sync."""
+    run_action(page, live_server, tenant, "move_to_schema")
+    page.check("#id_hold_cutover")
+    confirm(page)
+    run = open_new_run(page, tenant)
+    expect(page.locator("#run-state")).to_contain_text("waiting for you to cut over", timeout=RUN_TIMEOUT)
+    expect(page.locator("#run-header")).to_have_attribute("data-status", "running")
+    return run
+
+
 def check_steps(page, run: MigrationRun) -> None:
     """Where the run page has its steps timeline, each step shows the status it has."""
     run.refresh_from_db()
@@ -90,9 +102,12 @@ def tenant_site(page, live_server, tenant, path: str) -> str:
     return f"http://{tenant_host(tenant.slug)}:{live_server.url.rsplit(':', 1)[1]}{path}"
 
 
-def check_served_from_new_place(page, live_server, tenant, customers: int) -> None:
-    """The tenant's own users, at <slug>.localhost, read its rows and write a new one where it
-    lives now (its old rows in the shared tables are fenced: a write there would be refused)."""
+def check_served_from_new_place(page, live_server, tenant, placement: str, customers: int) -> None:
+    """The tenant is active in its new placement, and its own users, at <slug>.localhost, read its
+    rows and write a new one where it lives now (its old rows in the shared tables are fenced: a
+    write there would be refused)."""
+    tenant.refresh_from_db()
+    assert (tenant.placement, tenant.status) == (placement, Status.ACTIVE)
     routes.clear()  # what NOTIFY does in a process with the listener (the test settings have none)
     response = page.goto(tenant_site(page, live_server, tenant, "/shop/customers/"))
     assert response.status == 200, response.text()
@@ -133,11 +148,9 @@ def test_login_then_move_online_from_the_tenant_list(admin_login, qcluster, make
     check_steps(page, run)
     shot(page, "04-run-page-success")
 
-    acme.refresh_from_db()
-    assert (acme.placement, acme.status) == (Placement.SCHEMA, Status.ACTIVE)
     run.refresh_from_db()
     assert run.online and run.requested_via == "admin"
-    check_served_from_new_place(page, live_server, acme, customers=3)
+    check_served_from_new_place(page, live_server, acme, Placement.SCHEMA, customers=3)
     assert page.errors == []
 
 
@@ -146,15 +159,8 @@ def test_held_run_read_switch_then_cut_over(admin_login, qcluster, make_tenant, 
     qcluster.start()
     page = admin_login()
 
-    run_action(page, live_server, acme, "move_to_schema")
-    page.check("#id_hold_cutover")
-    confirm(page)
-    run = open_new_run(page, acme)
-
-    # The page follows the run by itself to its held catch-up.
-    expect(page.locator("#run-state")).to_contain_text("waiting for you to cut over", timeout=RUN_TIMEOUT)
+    run = start_held_move(page, live_server, acme)
     expect(button(page, "cut_over")).to_be_visible()
-    expect(page.locator("#run-header")).to_have_attribute("data-status", "running")
     shot(page, "05-held-run")
 
     for percent in (10, 50, 100):
@@ -171,9 +177,7 @@ def test_held_run_read_switch_then_cut_over(admin_login, qcluster, make_tenant, 
     check_steps(page, run)
     shot(page, "07-held-run-cut-over")
 
-    acme.refresh_from_db()
-    assert (acme.placement, acme.status) == (Placement.SCHEMA, Status.ACTIVE)
-    check_served_from_new_place(page, live_server, acme, customers=3)
+    check_served_from_new_place(page, live_server, acme, Placement.SCHEMA, customers=3)
     assert page.errors == []
 
 
@@ -211,12 +215,8 @@ def test_cancel_a_running_run(admin_login, qcluster, make_tenant, cleanup, live_
     (acme,) = small_tenants(make_tenant, cleanup, "acme")
     qcluster.start()
     page = admin_login()
-    run_action(page, live_server, acme, "move_to_schema")
-    page.check("#id_hold_cutover")
-    confirm(page)
-    run = open_new_run(page, acme)
-    expect(page.locator("#run-state")).to_contain_text("waiting for you to cut over", timeout=RUN_TIMEOUT)
-    expect(page.locator("#run-header")).to_have_attribute("data-status", "running")
+    run = start_held_move(page, live_server, acme)
+    expect(button(page, "cancel")).to_be_visible()
 
     press(page, "cancel")
     expect(page.locator(".messagelist")).to_contain_text("cancel requested")
