@@ -77,7 +77,6 @@ def _function_body(schema: str) -> str:
 DECLARE
     ids bigint[];
     hit record;
-    log_name text;
 BEGIN
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(DISTINCT n.tenant_id) INTO ids FROM new_rows n;
@@ -102,13 +101,14 @@ BEGIN
                     hit.reason USING ERRCODE = 'object_not_in_prerequisite_state';
             END IF;
         ELSE
-            log_name := 'tenant_move_log_' || hit.run_id;
-            -- A transaction older than the end of the capture may still see its row: skip a
-            -- log that is gone (catalog lookups are never stale).
-            IF to_regclass(format('%I.%I', TG_TABLE_SCHEMA, log_name)) IS NOT NULL THEN
-                EXECUTE format({log_insert}, TG_TABLE_SCHEMA, log_name)
+            -- A statement whose snapshot predates the end of the capture may still see its
+            -- row while the log is dropped: the capture is over, nothing to log.
+            BEGIN
+                EXECUTE format({log_insert}, TG_TABLE_SCHEMA, 'tenant_move_log_' || hit.run_id)
                     USING TG_TABLE_NAME::text, hit.tenant_id;
-            END IF;
+            EXCEPTION WHEN undefined_table THEN
+                NULL;
+            END;
         END IF;
     END LOOP;
     RETURN NULL;
