@@ -63,7 +63,6 @@ def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[
             applied_round integer)""").format(log=log))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (applied_round, table_name)").format(
         sql.Identifier(f"{log_table(run_id)}_pending"), log))
-    conn.execute(sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(log))
     conn.commit()
     guard.ensure(conn, place.schema, [t.name for t in tables])
     with place.connect(autocommit=True) as drain:
@@ -277,7 +276,8 @@ def leftovers(conn) -> list[dict]:
                                   ).fetchall():
         for tenant_id, run_id in conn.execute(sql.SQL("SELECT tenant_id, run_id FROM {} ORDER BY 2, 1").format(
                 sql.Identifier(schema, guard.CAPTURE_TABLE))).fetchall():
-            found.append({"kind": "capture", "name": f"{schema}: run {run_id} captures tenant {tenant_id}"})
+            # Named like the per-run objects, so reports.leftovers finds the owning run.
+            found.append({"kind": "capture", "name": f"{schema}.tenant_move_capture_{run_id} (tenant {tenant_id})"})
     for name, active, retained in conn.execute("""
             SELECT slot_name, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
               FROM pg_replication_slots WHERE slot_name LIKE 'tenant\\_move\\_%'""").fetchall():

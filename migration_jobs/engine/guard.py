@@ -115,17 +115,28 @@ BEGIN
 END"""
 
 
-def _object_statements(schema: str) -> list[sql.Composable]:
+def _object_statements(conn, schema: str) -> list[sql.Composable]:
+    """What is missing of the two tables. Only what is missing: an ALTER or a GRANT on the fence
+    table would lock out every writer of every tenant (each reads it), and queue them behind
+    any open transaction that wrote."""
     fence, capturing = sql.Identifier(schema, FENCE_TABLE), sql.Identifier(schema, CAPTURE_TABLE)
-    return [
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} (tenant_id bigint PRIMARY KEY, reason text NOT NULL, "
-                "since timestamptz NOT NULL DEFAULT now())").format(fence),
-        # The tenant's name for the error message (earlier fence tables have no such column).
-        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS slug text NOT NULL DEFAULT ''").format(fence),
-        sql.SQL("CREATE TABLE IF NOT EXISTS {} (tenant_id bigint NOT NULL, run_id bigint NOT NULL, "
-                "since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, run_id))").format(capturing),
-        sql.SQL("REVOKE ALL ON {}, {} FROM PUBLIC").format(fence, capturing),
-    ]
+    has_fence, has_slug, has_capturing = conn.execute(
+        "SELECT to_regclass(%(f)s) IS NOT NULL, EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%(f)s) "
+        "AND attname = 'slug' AND NOT attisdropped), to_regclass(%(c)s) IS NOT NULL",
+        {"f": fence.as_string(None), "c": capturing.as_string(None)}).fetchone()
+    statements = []
+    if not has_fence:
+        statements += [sql.SQL("CREATE TABLE IF NOT EXISTS {} (tenant_id bigint PRIMARY KEY, reason text NOT NULL, "
+                               "since timestamptz NOT NULL DEFAULT now())").format(fence),
+                       sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(fence)]
+    if not has_slug:  # the tenant's name for the error message (earlier fence tables have none)
+        statements.append(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS slug text NOT NULL DEFAULT ''").format(fence))
+    if not has_capturing:
+        statements += [sql.SQL("CREATE TABLE IF NOT EXISTS {} (tenant_id bigint NOT NULL, run_id bigint NOT NULL, "
+                               "since timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, run_id))"
+                               ).format(capturing),
+                       sql.SQL("REVOKE ALL ON {} FROM PUBLIC").format(capturing)]
+    return statements
 
 
 def _function_statement(schema: str) -> sql.Composable:
@@ -181,11 +192,13 @@ def with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20) 
 
 def ensure_objects(conn, schema: str) -> None:
     """The fence and capture tables and the function (replaced only when it differs). Commits."""
-    for statement in _object_statements(schema):
-        conn.execute(statement)
-    if not _function_current(conn, schema):
-        conn.execute(_function_statement(schema))
+    missing = _object_statements(conn, schema)
     conn.commit()
+    if not _function_current(conn, schema):
+        missing.append(_function_statement(schema))
+    conn.commit()
+    if missing:
+        with_lock_retry(conn, missing)
 
 
 def ensure(conn, schema: str, tables: list[str]) -> None:
@@ -226,7 +239,7 @@ def upgrade(conn, schema: str | None = None) -> list[str]:
         (schema, schema)).fetchall()
     legacy = [(s, t, name, d) for s, t, name, d in rows if LEGACY_FENCE.match(name) or LEGACY_CAPTURE.match(name)]
     for place_schema in sorted({s for s, _, _, _ in legacy}):
-        for statement in _object_statements(place_schema):
+        for statement in _object_statements(conn, place_schema):
             conn.execute(statement)
         if not _function_current(conn, place_schema):
             conn.execute(_function_statement(place_schema))
