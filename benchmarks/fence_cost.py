@@ -29,7 +29,7 @@ FENCED_FROM = 1_000_000     # fenced tenants: FENCED_FROM, FENCED_FROM + 1, ...
 APPROACHES = ("per-tenant", "guard")
 
 # The per-tenant design's check function and triggers (capture.py before the guard).
-_OLD_FUNCTION = """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
+OLD_FENCE_FUNCTION = """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
     DECLARE why text;
     BEGIN
@@ -43,7 +43,7 @@ _OLD_FUNCTION = """CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
         END IF;
         RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
     END $$"""
-_OLD_WHEN = {"INSERT": "NEW.tenant_id = {t}", "UPDATE": "OLD.tenant_id = {t} OR NEW.tenant_id = {t}",
+OLD_WHEN = {"INSERT": "NEW.tenant_id = {t}", "UPDATE": "OLD.tenant_id = {t} OR NEW.tenant_id = {t}",
              "DELETE": "OLD.tenant_id = {t}"}
 
 INSERT_ONE = sql.SQL("INSERT INTO {} (tenant_id, public_id, first_name, last_name, email, phone, notes, "
@@ -70,7 +70,7 @@ def _setup_schema(conn, existing_rows: int) -> None:
                          "'{{}}', now() FROM generate_series(1, %s) g").format(_table()),
                  (FENCED_FROM, existing_rows // 2))
     conn.execute(sql.SQL("ANALYZE {}").format(_table()))
-    conn.execute(sql.SQL(_OLD_FUNCTION).format(fn=sql.Identifier(SCHEMA, "old_fence_check"),
+    conn.execute(sql.SQL(OLD_FENCE_FUNCTION).format(fn=sql.Identifier(SCHEMA, "old_fence_check"),
                                                fence=sql.Identifier(SCHEMA, guard.FENCE_TABLE)))
     conn.commit()
     guard.ensure_objects(conn, SCHEMA)  # the fence table both approaches read
@@ -93,7 +93,7 @@ def _configure(conn, approach: str, fenced: int) -> int:
                  (FENCED_FROM, FENCED_FROM + fenced - 1))
     if approach == "per-tenant":
         for tenant in range(FENCED_FROM, FENCED_FROM + fenced):
-            for op, when in _OLD_WHEN.items():
+            for op, when in OLD_WHEN.items():
                 conn.execute(sql.SQL("CREATE TRIGGER {name} BEFORE {op} ON {tbl} FOR EACH ROW WHEN ({when}) "
                                      "EXECUTE FUNCTION {fn}({tid}, {slug})").format(
                     name=sql.Identifier(f"tenant_fence_{tenant}_{op[:3].lower()}"), op=sql.SQL(op), tbl=_table(),

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from benchmarks.fence_cost import OLD_FENCE_FUNCTION, OLD_WHEN
 from migration_jobs.engine import capture, fences, guard
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.tables import tenant_tables
@@ -167,21 +168,8 @@ def test_capture_logs_only_its_tenant_and_waits_for_older_transactions(two_tenan
         conn.commit()
 
 
-# The trigger SQL of the per-tenant design (capture.py before the guard), to make an old installation.
-OLD_FENCE_FUNCTION = """CREATE OR REPLACE FUNCTION public.tenant_move_fence_check() RETURNS trigger
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-    DECLARE why text;
-    BEGIN
-        IF current_setting('tenant_move.bypass', true) = 'on' THEN
-            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-        END IF;
-        SELECT reason INTO why FROM public.tenant_move_fence WHERE tenant_id = TG_ARGV[0]::bigint;
-        IF FOUND THEN
-            RAISE EXCEPTION 'tenant % refuses writes here: %', TG_ARGV[1], why
-                USING ERRCODE = 'object_not_in_prerequisite_state';
-        END IF;
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    END $$"""
+# The per-tenant design (capture.py before the guard), to make an old installation: its fence
+# function and WHEN clauses are the benchmark's baseline; its capture function is here.
 OLD_CAPTURE_FUNCTION = """CREATE OR REPLACE FUNCTION public.tenant_move_capture_{run}() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
     BEGIN
@@ -192,8 +180,6 @@ OLD_CAPTURE_FUNCTION = """CREATE OR REPLACE FUNCTION public.tenant_move_capture_
         END IF;
         RETURN NULL;
     END $$"""
-OLD_WHEN = {"INSERT": "NEW.tenant_id = {t}", "UPDATE": "OLD.tenant_id = {t} OR NEW.tenant_id = {t}",
-            "DELETE": "OLD.tenant_id = {t}"}
 
 
 def old_triggers(conn, prefix, timing, tenant_id, call):
@@ -209,7 +195,8 @@ def test_per_tenant_triggers_of_earlier_versions_are_converted(two_tenants):
     with shared_place().connect() as conn:  # an installation of the earlier version
         conn.execute("CREATE TABLE tenant_move_fence (tenant_id bigint PRIMARY KEY, reason text NOT NULL, "
                      "since timestamptz NOT NULL DEFAULT now())")
-        conn.execute(OLD_FENCE_FUNCTION)
+        conn.execute(sql.SQL(OLD_FENCE_FUNCTION).format(fn=sql.Identifier("public", guard.LEGACY_FENCE_FUNCTION),
+                                                        fence=sql.Identifier("public", guard.FENCE_TABLE)))
         conn.execute(f"CREATE TABLE tenant_move_log_{run} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
                      "table_name text NOT NULL, row_pk bigint NOT NULL, op \"char\" NOT NULL, changed_at timestamptz "
                      "NOT NULL DEFAULT clock_timestamp(), applied_round integer)")
