@@ -159,7 +159,7 @@ def second_server(db, second_cluster):
 
 
 def drop_move_objects():
-    """Fences, capture triggers and change logs that moves leave in the shared test
+    """Fences, the guard's triggers, tables and function, and change logs that moves leave in the shared test
     database outlive the flush between tests (and tenant ids repeat): drop them."""
     with shared_place().connect() as conn:
         for table, trigger in conn.execute(
@@ -171,7 +171,8 @@ def drop_move_objects():
                                     "'public'::regnamespace AND relname LIKE 'tenant\\_move\\_log\\_%'"
                                     ).fetchall():
             conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
-        conn.execute("DROP TABLE IF EXISTS tenant_move_fence")
+        conn.execute("DROP TABLE IF EXISTS tenant_move_fence, tenant_move_capturing")
+        conn.execute("DROP FUNCTION IF EXISTS tenant_move_guard()")
         conn.commit()
 
 

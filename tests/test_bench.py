@@ -75,3 +75,18 @@ def test_bench_verify_compares_both_checksums_on_the_same_rows(seeded):
             for line in out.splitlines() if line.startswith("| md5 ") or line.startswith("| hash64 ")}
     assert rows["md5"] == rows["hash64"] > 0
     assert "ok=True" in out and "faster (best of each)" in out
+
+
+def test_bench_fences_measures_both_designs_and_cleans_up():
+    code, out, err = run_cmd("bench_fences", "--fenced", "0,20", "--inserts", "30", "--bulk-rows", "200",
+                             "--rounds", "1")
+    assert code == 0, err
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| per-tenant ") or line.startswith("| guard ")]
+    triggers = {(r[0], r[1]): int(r[2]) for r in rows}
+    assert triggers == {("per-tenant", "0"): 0, ("per-tenant", "20"): 60, ("guard", "0"): 3, ("guard", "20"): 3}
+    assert all(r[3] == "yes" for r in rows)  # every configuration refuses the fenced tenant's write
+    assert "fenced tenants vs 0: guard" in out
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'bench_fences'")
+        assert cursor.fetchone()[0] == 0

@@ -9,7 +9,7 @@ from django.utils import timezone
 from psycopg import sql
 
 from migration_jobs import services
-from migration_jobs.engine import provision
+from migration_jobs.engine import capture, provision
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.models import RunStatus
 from migration_jobs.runs import executor
@@ -42,15 +42,17 @@ def move(tenant, target, faults=None, **kwargs):
     return executor.execute(run.pk, faults=faults)
 
 
-def fence_triggers(place, tenant_id):
+def fences_of(place, tenant_id):
+    """The tenant's fence rows and per-tenant triggers (earlier versions) in `place`."""
     with place.connect() as conn:
-        return conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s",
-                            (f"tenant_fence_{tenant_id}_%",)).fetchone()[0]
+        triggers = conn.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE %s",
+                                (f"tenant_fence_{tenant_id}_%",)).fetchone()[0]
+        return triggers + (capture.fence_reason(conn, place, tenant_id) is not None)
 
 
 def assert_clean_rollback(tenant, run, before):
     tenant.refresh_from_db()
-    assert fence_triggers(shared_place(), tenant.pk) == 0
+    assert fences_of(shared_place(), tenant.pk) == 0
     assert run.status == RunStatus.ROLLED_BACK, (run.status, run.error)
     assert tenant.placement == "shared" and tenant.status == "active"
     assert fingerprints(shared_place(), tenant.pk) == before  # shared rows untouched
@@ -400,7 +402,7 @@ def test_legacy_rows_retire_after_the_grace_period_only(seeded, made_places, set
     assert all(fp.rows == 0 for fp in fingerprints(shared_place(), tenant.pk).values())
     assert fingerprints(shared_place(), other.pk) == others  # nobody else touched
     assert snapshot(place_of(tenant), tenant.pk) == dedicated
-    assert fence_triggers(shared_place(), tenant.pk) == 0
+    assert fences_of(shared_place(), tenant.pk) == 0
     deleted = retire.steps.get(name="retire_delete").details["deleted"]
     assert deleted == {name: fp.rows for name, fp in legacy.items() if fp.rows}
     from migration_jobs.engine.archive_read import read_manifest

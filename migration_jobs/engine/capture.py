@@ -1,103 +1,55 @@
-"""Change capture, catch-up and write fences, with triggers in the *source* database (so they
-work for schema and database targets and move backs alike).
+"""Change capture, catch-up and write fences, in the *source* database (so they work for
+schema and database targets and move backs alike). The triggers are the place's guard
+(guard.py): the same three per table whatever the number of moving or fenced tenants.
 
-Capture: per run and table, row triggers filtered (WHEN) to the moving tenant log only
-(table, key) into `tenant_move_log_<run>`; catch-up copies the row's *current* state, so
-applying a change twice is harmless and capture may (must) start before the copy's snapshot:
-a write between the snapshot and the first trigger would otherwise be lost.
+Capture: while a row (tenant, run) is in `tenant_move_capturing`, the guard logs the keys
+(table, key) of the tenant's writes into `tenant_move_log_<run>`; catch-up copies the row's
+*current* state, so applying a change twice is harmless and capture may (must) start before the
+copy's snapshot: a write between the snapshot and the start would otherwise be lost.
 
 Catch-up: one round reads the log and the changed rows in ONE repeatable-read snapshot,
 replaces those rows in the target (delete + COPY, one transaction), commits, then marks the
 log rows that snapshot saw as applied. A crash between the two commits re-applies the same
 rows: harmless. Deferred FKs and unique indexes hold at every commit.
 
-Fence: while a row for tenant X is in `tenant_move_fence`, BEFORE row triggers (WHEN
-tenant_id = X) refuse writes in the database itself; the engine's own sessions bypass it
-(`tenant_move.bypass`).
+Fence: while a row for tenant X is in `tenant_move_fence`, the guard refuses writes to X's rows
+in the database itself; the engine's own sessions bypass it (`tenant_move.bypass`).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import psycopg
 from psycopg import sql
 
+from migration_jobs.engine import guard
 from migration_jobs.engine.copy import copied_rows
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.tables import TableSpec
 from migration_jobs.engine.verify import fingerprint
 
-FENCE_TABLE = "tenant_move_fence"
-BYPASS = "SET LOCAL tenant_move.bypass = 'on'"
-LOCK_TIMEOUT = "3s"
+FENCE_TABLE = guard.FENCE_TABLE
+BYPASS = guard.BYPASS
 
 
 def log_table(run_id: int) -> str:
     return f"tenant_move_log_{run_id}"
 
 
-def _capture_function(run_id: int) -> str:
-    return f"tenant_move_capture_{run_id}"
-
-
-def _trigger_names(prefix: str) -> dict[str, str]:
-    return {"INSERT": f"{prefix}_ins", "UPDATE": f"{prefix}_upd", "DELETE": f"{prefix}_del"}
-
-
-def _when(op: str, tenant_id: int) -> sql.Composable:
-    t = sql.Literal(tenant_id)
-    if op == "INSERT":
-        return sql.SQL("NEW.tenant_id = {}").format(t)
-    if op == "DELETE":
-        return sql.SQL("OLD.tenant_id = {}").format(t)
-    return sql.SQL("OLD.tenant_id = {t} OR NEW.tenant_id = {t}").format(t=t)
-
-
-def _with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20) -> None:
-    """DDL on a busy table waits for its writers; a short lock_timeout and retries keep
-    other tenants from queueing behind us for long."""
-    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        conn.commit()
-    for attempt in range(attempts):
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
-                for statement in statements:
-                    conn.execute(statement)
-            return
-        except psycopg.errors.LockNotAvailable:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
-
-
-def _create_triggers(conn, place: Place, tables: list[TableSpec], prefix: str, timing: str, tenant_id: int,
-                     call: sql.Composable) -> None:
-    """(Re)create the row triggers `prefix`_ins/_upd/_del on every table, `timing` (BEFORE or
-    AFTER) the write, filtered to the tenant's rows, each executing `call`."""
-    statements = []
-    for table in tables:
-        for op, name in _trigger_names(prefix).items():
-            statements.append(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(
-                sql.Identifier(name), place.table(table.name)))
-            statements.append(sql.SQL(
-                "CREATE TRIGGER {name} {timing} {op} ON {tbl} FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {call}"
-            ).format(name=sql.Identifier(name), timing=sql.SQL(timing), op=sql.SQL(op), tbl=place.table(table.name),
-                     when=_when(op, tenant_id), call=call))
-    _with_lock_retry(conn, statements)
-
-
-def _drop_triggers(conn, place: Place, tables: list[TableSpec], prefix: str) -> None:
-    statements = [sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(name), place.table(t.name))
-                  for t in tables for name in _trigger_names(prefix).values()]
-    _with_lock_retry(conn, statements)
+def _legacy_capture_triggers(conn, place: Place, run_id: int) -> list[sql.Composable]:
+    """DROP statements for the run's triggers of an earlier version (per run and write kind)."""
+    return [sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), place.table(table))
+            for table, names in guard.existing_triggers(conn, place.schema).items() for name in sorted(names)
+            if (m := guard.LEGACY_CAPTURE.match(name)) and int(m.group(1)) == run_id]
 
 
 # --- Capture ------------------------------------------------------------------------------
 
-def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[TableSpec]) -> None:
-    """Create the run's log table, function and triggers in the source. Idempotent."""
+def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[TableSpec], *,
+                  drain_timeout: float = 30.0) -> None:
+    """Create the run's log table, make sure the place's guard is there, register the tenant
+    for the run, and wait for the transactions begun before (guard.register_capture).
+    Idempotent."""
     odd = [t.name for t in tables if t.pk != "id"]
     if odd:
         raise ValueError(f"capture logs the `id` key; these tables use another: {odd}")
@@ -111,30 +63,20 @@ def start_capture(conn, place: Place, run_id: int, tenant_id: int, tables: list[
             applied_round integer)""").format(log=log))
     conn.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (applied_round, table_name)").format(
         sql.Identifier(f"{log_table(run_id)}_pending"), log))
-    # SECURITY DEFINER: a tenant role writing its own rows may not write the log itself.
-    conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-        BEGIN
-            IF TG_OP = 'DELETE' THEN
-                INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, OLD.id, 'D');
-            ELSE
-                INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, NEW.id, left(TG_OP, 1));
-                IF TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id THEN
-                    INSERT INTO {log} (table_name, row_pk, op) VALUES (TG_TABLE_NAME, OLD.id, 'D');
-                END IF;
-            END IF;
-            RETURN NULL;
-        END $$""").format(fn=sql.Identifier(place.schema, _capture_function(run_id)), log=log))
     conn.commit()
-    _create_triggers(conn, place, tables, f"tenant_move_capture_{run_id}", "AFTER", tenant_id,
-                     sql.SQL("{}()").format(sql.Identifier(place.schema, _capture_function(run_id))))
+    guard.ensure(conn, place.schema, [t.name for t in tables])
+    with place.connect(autocommit=True) as drain:
+        guard.register_capture(conn, place.schema, tenant_id, run_id, drain, drain_timeout)
 
 
 def stop_capture(conn, place: Place, run_id: int, tables: list[TableSpec]) -> None:
-    """Remove the run's triggers, function and log. Idempotent."""
-    _drop_triggers(conn, place, tables, f"tenant_move_capture_{run_id}")
+    """Unregister the run and drop its log, in one transaction (the guard stays). Idempotent."""
+    legacy = _legacy_capture_triggers(conn, place, run_id)
+    conn.commit()
+    guard.with_lock_retry(conn, legacy)  # triggers a run started by an earlier version left
+    guard.unregister_capture(conn, place.schema, run_id)
     conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
-        sql.Identifier(place.schema, _capture_function(run_id))))
+        sql.Identifier(place.schema, f"tenant_move_capture_{run_id}")))
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(place.schema, log_table(run_id))))
     conn.commit()
 
@@ -263,42 +205,20 @@ def changed_keys(conn, place: Place, run_id: int, since_round: int) -> dict[str,
 
 # --- Fence --------------------------------------------------------------------------------
 
-def _ensure_fence_objects(conn, place: Place) -> None:
-    fence = sql.Identifier(place.schema, FENCE_TABLE)
-    conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
-        tenant_id bigint PRIMARY KEY, reason text NOT NULL, since timestamptz NOT NULL DEFAULT now())""").format(fence))
-    conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
-        DECLARE why text;
-        BEGIN
-            IF current_setting('tenant_move.bypass', true) = 'on' THEN
-                RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-            END IF;
-            SELECT reason INTO why FROM {fence} WHERE tenant_id = TG_ARGV[0]::bigint;
-            IF FOUND THEN
-                RAISE EXCEPTION 'tenant % refuses writes here: %', TG_ARGV[1], why
-                    USING ERRCODE = 'object_not_in_prerequisite_state';
-            END IF;
-            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-        END $$""").format(fn=sql.Identifier(place.schema, "tenant_move_fence_check"), fence=fence))
-    conn.commit()
-
-
 def install_fence(conn, place: Place, tenant_id: int, slug: str, tables: list[TableSpec]) -> None:
-    """Fence triggers for the tenant in this place (inactive until `close_fence`). Idempotent."""
-    _ensure_fence_objects(conn, place)
-    _create_triggers(conn, place, tables, f"tenant_fence_{tenant_id}", "BEFORE", tenant_id,
-                     sql.SQL("{}({}, {})").format(sql.Identifier(place.schema, "tenant_move_fence_check"),
-                                                   sql.Literal(str(tenant_id)), sql.Literal(slug)))
+    """The place's guard on the tables, so that closing a fence is a row insert, not DDL.
+    Nothing per tenant: the guard is shared by every tenant and kept. Idempotent."""
+    guard.ensure(conn, place.schema, [t.name for t in tables])
 
 
-def close_fence(conn, place: Place, tenant_id: int, reason: str, *, ensure: bool = True) -> None:
-    """From now on every write to the tenant's rows in this place fails."""
+def close_fence(conn, place: Place, tenant_id: int, reason: str, *, slug: str = "", ensure: bool = True) -> None:
+    """From now on every write to the tenant's rows in this place fails (where the guard is)."""
     if ensure:
-        _ensure_fence_objects(conn, place)
-    conn.execute(sql.SQL("INSERT INTO {} (tenant_id, reason) VALUES (%s, %s) ON CONFLICT (tenant_id) "
-                         "DO UPDATE SET reason = EXCLUDED.reason").format(sql.Identifier(place.schema, FENCE_TABLE)),
-                 (tenant_id, reason))
+        guard.ensure_objects(conn, place.schema)
+    conn.execute(sql.SQL("INSERT INTO {} AS f (tenant_id, reason, slug) VALUES (%s, %s, %s) ON CONFLICT (tenant_id) "
+                         "DO UPDATE SET reason = EXCLUDED.reason, slug = coalesce(nullif(EXCLUDED.slug, ''), f.slug)"
+                         ).format(sql.Identifier(place.schema, FENCE_TABLE)),
+                 (tenant_id, reason, slug))
     conn.commit()
 
 
@@ -310,10 +230,13 @@ def open_fence(conn, place: Place, tenant_id: int) -> None:
 
 
 def remove_fence(conn, place: Place, tenant_id: int, tables: list[TableSpec]) -> None:
-    """Drop the tenant's fence triggers and row in this place. Idempotent."""
+    """No fence left for the tenant in this place (the shared guard stays). Idempotent."""
     open_fence(conn, place, tenant_id)
-    _drop_triggers(conn, place, tables, f"tenant_fence_{tenant_id}")
+    legacy = [sql.SQL("DROP TRIGGER {} ON {}").format(sql.Identifier(name), place.table(table))
+              for table, names in guard.existing_triggers(conn, place.schema).items() for name in sorted(names)
+              if (m := guard.LEGACY_FENCE.match(name)) and int(m.group(1)) == tenant_id]
     conn.commit()
+    guard.with_lock_retry(conn, legacy)  # triggers of an earlier version
 
 
 def _fence_table_exists(conn, place: Place) -> bool:
@@ -332,7 +255,8 @@ def fence_reason(conn, place: Place, tenant_id: int) -> str | None:
 # --- Leftovers ----------------------------------------------------------------------------
 
 def leftovers(conn) -> list[dict]:
-    """Capture objects in this database: triggers, log tables, functions, slots, publications."""
+    """Capture objects in this database: registered captures, log tables, slots, publications, and
+    triggers and functions of earlier versions (per run)."""
     found = []
     for schema, table, trigger in conn.execute("""
             SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t
@@ -347,6 +271,13 @@ def leftovers(conn) -> list[dict]:
             SELECT n.nspname, p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE p.proname LIKE 'tenant\\_move\\_capture\\_%' ORDER BY 1, 2""").fetchall():
         found.append({"kind": "function", "name": f"{schema}.{name}"})
+    for (schema,) in conn.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                                  "WHERE c.relkind = 'r' AND c.relname = %s ORDER BY 1", (guard.CAPTURE_TABLE,)
+                                  ).fetchall():
+        for tenant_id, run_id in conn.execute(sql.SQL("SELECT tenant_id, run_id FROM {} ORDER BY 2, 1").format(
+                sql.Identifier(schema, guard.CAPTURE_TABLE))).fetchall():
+            # Named like the per-run objects, so reports.leftovers finds the owning run.
+            found.append({"kind": "capture", "name": f"{schema}.tenant_move_capture_{run_id} (tenant {tenant_id})"})
     for name, active, retained in conn.execute("""
             SELECT slot_name, active, pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))
               FROM pg_replication_slots WHERE slot_name LIKE 'tenant\\_move\\_%'""").fetchall():

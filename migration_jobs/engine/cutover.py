@@ -4,7 +4,8 @@ Before the freeze, everything slow is done: target sequences are raised past the
 with a margin, both servers flush their dirty buffers (CHECKPOINT), the connections are
 opened and the last catch-up rounds run on them. Then, in the freeze:
   1. fence: requests get 503 (the caller's `freeze_requests`) and the database refuses every
-     write to the tenant's rows in the source (a row in the fence table);
+     write to the tenant's rows in the source (a row in the fence table, which the guard's
+     triggers read: guard.py);
   2. drain: wait until no transaction begun before the freeze is still open;
   3. final rounds: apply the captured changes until a round finds none;
   4. sequences: raise a target sequence only where the source went past it;
@@ -24,6 +25,7 @@ from datetime import datetime, timezone
 import psycopg
 
 from migration_jobs.engine import capture
+from migration_jobs.engine.guard import wait_for_older_transactions
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.sequences import all_positions, sequence_positions, set_sequences
 from migration_jobs.engine.tables import TableSpec
@@ -31,23 +33,6 @@ from migration_jobs.engine.verify import fingerprint
 from migration_jobs.exceptions import StepFailed
 
 log = logging.getLogger(__name__)
-
-
-def wait_for_older_transactions(conn, since: datetime, timeout: float) -> int:
-    """Wait until no transaction that began before `since` is open in the database of `conn`
-    (a psycopg autocommit connection, or a Django cursor: anything whose `execute` returns a
-    cursor; not inside a transaction, pg_stat_activity is a snapshot per transaction).
-    Returns how many are still open at the timeout, 0 when drained."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = conn.execute("""SELECT count(*) FROM pg_stat_activity
-                                WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                  AND backend_type = 'client backend'  -- not autovacuum workers
-                                  AND xact_start < %s AND state <> 'idle'
-                                  AND application_name NOT LIKE 'tenant-move%%'""", (since,)).fetchone()[0]
-        if left == 0 or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.05)
 
 
 def checkpoint_servers(*places: Place) -> None:
@@ -113,7 +98,7 @@ def _noop(*args) -> None:
 
 
 def freeze_and_switch(source: Place, target: Place, run_id: int, tenant_id: int, tables: list[TableSpec], *,
-                      last_round: int, verified_round: int, reason: str, sequence_margin: int,
+                      last_round: int, verified_round: int, reason: str, sequence_margin: int, slug: str = "",
                       drain_timeout: float, freeze_max_changes: int, drain,
                       freeze_requests=_noop, unfreeze_requests=_noop, switch=_noop,
                       checkpoint=_noop) -> CutoverResult:
@@ -143,7 +128,7 @@ def freeze_and_switch(source: Place, target: Place, run_id: int, tenant_id: int,
 
         try:
             freeze_requests()
-            capture.close_fence(source_conn, source, tenant_id, reason, ensure=False)
+            capture.close_fence(source_conn, source, tenant_id, reason, slug=slug, ensure=False)
             lap("freeze")
             left = wait_for_older_transactions(drain, frozen_at, drain_timeout)
             if left:

@@ -9,7 +9,7 @@ import psycopg
 from migration_jobs.engine import preflight, provision
 
 # Tables a reused target database may hold besides the tenant tables.
-BOOKKEEPING_TABLES = ("django_migrations", "tenant_move_fence")
+BOOKKEEPING_TABLES = ("django_migrations", "tenant_move_fence", "tenant_move_capturing")
 
 
 def check_target_server(server, database: str, report: preflight.PreflightReport, *,

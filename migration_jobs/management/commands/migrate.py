@@ -9,6 +9,8 @@ from django_tenants.management.commands.migrate_schemas import MigrateSchemasCom
 from django_tenants.migration_executors import get_executor
 from django_tenants.utils import get_public_schema_name
 
+from migration_jobs.engine import guard
+from migration_jobs.engine.places import database_place
 from migration_jobs.engine.provision import ensure_schema_roles, grant_existing, migrate_database
 from tenancy.models import Placement, Tenant
 
@@ -44,3 +46,6 @@ class Command(MigrateSchemasCommand):
                 self.stdout.write(f"[database:{credential.database}] migrating tenant {tenant.slug}")
             migrate_database(credential.server, credential.database, verbosity=verbosity - 1)
             grant_existing(credential.server, credential.database, credential.role)
+            with database_place(credential.server, credential.database).connect() as conn:
+                guard.upgrade(conn)  # per-tenant triggers of earlier versions (migration 0007 does the shared ones)
+                conn.commit()

@@ -64,7 +64,7 @@ def switch_placement(ctx: RunContext, status: str | None = None, source_conn=Non
         fences.remove(ctx.target, run.tenant_id, ctx.tables)
     set_tenant(run.tenant_id, placement=run.target_placement, **({"status": status} if status else {}))
     fences.close(ctx.source, run.tenant_id, f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}",
-                 conn=source_conn)
+                 conn=source_conn, slug=ctx.tenant.slug)
 
 
 def unswitch_placement(ctx: RunContext) -> None:

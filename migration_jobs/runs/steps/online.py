@@ -23,17 +23,17 @@ class StartCapture(Step):
     def run(self, ctx, step):
         tenant = ctx.refresh_tenant()
         with ctx.source.connect() as conn:
-            capture.start_capture(conn, ctx.source, ctx.run.pk, tenant.pk, ctx.tables)
-            # Installed now (inactive), so the cutover's freeze is a row insert, not DDL.
-            capture.install_fence(conn, ctx.source, tenant.pk, tenant.slug, ctx.tables)
-        return f"triggers on {len(ctx.tables)} tables of {ctx.source} log the tenant's changes"
+            capture.start_capture(conn, ctx.source, ctx.run.pk, tenant.pk, ctx.tables,
+                                  drain_timeout=settings.MIGRATION_DRAIN_TIMEOUT)
+        # The guard the capture installed also fences: the cutover's freeze is a row insert.
+        return f"the guard on {len(ctx.tables)} tables of {ctx.source} logs the tenant's changes"
 
     def rollback(self, ctx, step):
         with ctx.source.connect() as conn:
             capture.stop_capture(conn, ctx.source, ctx.run.pk, ctx.tables)
             if ctx.refresh_tenant().placement == ctx.run.source_placement:
                 capture.remove_fence(conn, ctx.source, ctx.run.tenant_id, ctx.tables)
-        return "capture triggers, function and change log removed"
+        return "capture stopped, change log removed"
 
 
 def _record_lag(ctx) -> capture.Lag:
@@ -146,7 +146,8 @@ class Cutover(Step):
                 ctx.source, ctx.target, run.pk, tenant.pk, ctx.tables,
                 last_round=catch_up.details.get("round", 0),
                 verified_round=catch_up.details.get("verified_round", 0),
-                reason=f"cutover of run {run.pk}", sequence_margin=settings.MIGRATION_SEQUENCE_MARGIN,
+                reason=f"cutover of run {run.pk}", slug=tenant.slug,
+                sequence_margin=settings.MIGRATION_SEQUENCE_MARGIN,
                 drain_timeout=settings.MIGRATION_DRAIN_TIMEOUT,
                 freeze_max_changes=settings.MIGRATION_FREEZE_MAX_CHANGES, drain=drain,
                 freeze_requests=freeze_requests,
@@ -180,4 +181,4 @@ class StopCapture(Step):
     def run(self, ctx, step):
         with ctx.source.connect() as conn:
             capture.stop_capture(conn, ctx.source, ctx.run.pk, ctx.tables)
-        return "capture triggers, function and change log removed; the old rows stay fenced"
+        return "capture stopped, change log removed; the old rows stay fenced"
