@@ -49,7 +49,7 @@ def live_figures(run: MigrationRun) -> dict:
     """What the run page's header shows, as plain data (also its JSON for the live refresh)."""
     percent = run.progress_percent
     return {
-        "id": run.pk, "status": run.status, "state": services.run_state(run), "live": run.is_active,
+        "id": run.pk, "title": str(run), "status": run.status, "state": services.run_state(run), "live": run.is_active,
         "current_step": run.current_step or None,
         "progress_percent": None if percent is None or run.dry_run else round(percent, 1),
         "rows_copied": run.rows_copied, "rows_total": run.rows_total,
