@@ -4,7 +4,7 @@ recorded, the live JSON (steps, samples, buttons, fragments) while a held online
 and after it, times to the second; the samples' throttle and bound; the API token page that a
 reload cannot make twice; a refusal's "run N" as a link."""
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.contrib.sessions.models import Session
@@ -115,7 +115,7 @@ def test_live_json_follows_a_held_online_move_without_a_reload(staff, make_tenan
     assert live["live"] is True and live["state"] == "held in sync: waiting for you to cut over"
     statuses = dict((s["name"], s["status"]) for s in live["steps"])
     assert statuses["copy"] == "succeeded" and statuses["catch_up"] == "running" and statuses["cutover"] == "pending"
-    assert live["samples"] and live["samples"][-1]["rows"] == finished.rows_copied
+    assert max(s["rows"] or 0 for s in live["samples"]) == finished.rows_copied  # the copy's samples
     ops = [a["op"] for a in live["actions"]]
     assert {"cancel", "cut_over", "read_share_0", "read_share_10", "read_share_50", "read_share_100"} <= set(ops)
     assert 'name="op" value="cut_over"' in live["html"]["run-actions"]
@@ -126,7 +126,7 @@ def test_live_json_follows_a_held_online_move_without_a_reload(staff, make_tenan
     assert {s["status"] for s in after["steps"]} == {"succeeded"}
 
 
-def test_samples_are_throttled_merged_and_bounded(make_tenant):
+def test_samples_are_throttled_merged_and_bounded(staff, make_tenant):
     tenant = make_tenant("sampled")
     run = services.request_move(tenant, "schema", online=True)
     ctx = RunContext(run)
@@ -147,6 +147,11 @@ def test_samples_are_throttled_merged_and_bounded(make_tenant):
     run.refresh_from_db()
     assert len(run.samples) <= MAX_SAMPLES and run.samples[0] == old[0] and run.samples[-1]["lag"] == 1
     assert run.samples[-2] == old[-1]  # the recent half kept whole
+    # Both series on the page's chart: every point with a rate, every point with a lag.
+    html = staff.get(page_url(run)).content.decode()
+    assert len(polyline(html, "rows_per_second")) == sum(s["rows_per_second"] is not None for s in run.samples)
+    span = services.human_duration(datetime.fromisoformat(run.samples[-1]["t"]) - start)
+    assert len(polyline(html, "lag")) == 1 and ">lag<" in html and f">+{span}<" in html  # the span, one way
 
 
 def test_reloading_the_token_created_page_makes_no_second_token(staff):
