@@ -6,12 +6,18 @@ creator is one). At call time both must hold the permission (api/auth.py)."""
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
 from api.models import TOKEN_PREFIX, ApiCall, ApiToken
 from tenancy.admin_mixins import ReadOnlyAdmin
+
+# The session key under which a new token's plaintext waits for its one display (then popped).
+CREATED_SESSION_KEY = "api_token_created_{}"
 
 
 def permissions_beyond(user, creator) -> list[str]:
@@ -83,6 +89,24 @@ class ApiTokenAdmin(admin.ModelAdmin):
         token = getattr(request, "_new_api_token", None)
         if token is None:
             return super().response_add(request, obj, post_url_continue)
+        # Post/redirect/get: reloading the page that shows the token never posts the form again
+        # (a second live token). The plaintext waits in this user's session for that one display.
+        request.session[CREATED_SESSION_KEY.format(obj.pk)] = token
+        return HttpResponseRedirect(reverse("admin:api_apitoken_created", args=[obj.pk]))
+
+    def get_urls(self):
+        return [path("<int:token_id>/created/", self.admin_site.admin_view(self.created_view),
+                     name="api_apitoken_created"), *super().get_urls()]
+
+    def created_view(self, request, token_id):
+        """The new token, shown once: its plaintext leaves the session as it is displayed; a
+        reload says it cannot be shown again."""
+        obj = ApiToken.objects.select_related("user", "created_by").filter(pk=token_id).first()
+        if obj is None:
+            raise Http404
+        if not (self.has_add_permission(request) or self.has_view_permission(request, obj)):
+            raise PermissionDenied
+        token = request.session.pop(CREATED_SESSION_KEY.format(obj.pk), None)
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "object": obj,
                    "token": token, "title": "API token created",
                    "api_url": request.build_absolute_uri("/api/")}

@@ -165,8 +165,8 @@ def test_suspend_is_refused_while_a_run_owns_the_status(staff, make_tenant):
 
     done = act(staff, "suspend", [tenant], confirm="yes")
 
-    assert texts(done) == [f"iris: refused: tenant iris is being moved by run {run.pk}; "
-                           "its status is managed by that run"]
+    link = f'<a href="/admin/migration_jobs/migrationrun/{run.pk}/change/">run {run.pk}</a>'  # one click away
+    assert texts(done) == [f"iris: refused: tenant iris is being moved by {link}; its status is managed by that run"]
     assert Tenant.objects.get(pk=tenant.pk).status == Status.ACTIVE
 
 
@@ -206,7 +206,7 @@ def test_run_changelist_and_change_page(staff, make_tenant, cleanup):
     assert page.status_code == 200
     page_html = page.content.decode()
     steps = list(MigrationStep.objects.filter(run=run).order_by("order").values_list("name", flat=True))
-    assert re.findall(r'<td class="field-name">\s*<p>(\w+)</p>', page_html) == steps  # in order
+    assert re.findall(r'<li data-step="(\w+)"', page_html) == steps  # the timeline, in order
     assert len(steps) == 10
     assert "&quot;verify&quot;" in page_html  # the pretty-printed report
     assert 'name="_save"' not in page_html and "deletelink" not in page_html

@@ -168,7 +168,7 @@ def test_run_page_header_buttons_live_json_and_folded_report(staff, make_tenant,
     assert "3 changes, 0.5s" in html
     for op in ("cancel", "read_share_0", "read_share_10", "read_share_50", "read_share_100", "cut_over"):
         assert f'name="op" value="{op}"' in html, op
-    assert html.index('<td class="field-name">') < html.index('<details class="run-report">')  # steps, then report
+    assert html.index('id="run-steps"') < html.index('<details class="run-report">')  # steps, then report
     live = staff.get(reverse("admin:migration_jobs_migrationrun_live", args=[run.pk])).json()
     assert live["live"] is True and live["progress_percent"] == 50.0 and live["state"].startswith("held")
     # The buttons work: cut over releases the hold, cancel asks the worker (none: rolled back here).

@@ -416,8 +416,9 @@ def test_a_token_made_in_the_admin_is_shown_once_and_works(staff, seeded):
     assert form.status_code == 200
     assert "root" not in form.context["adminform"].form.fields["user"].queryset.filter(is_staff=False).values_list(
         "username", flat=True)
-    response = browser.post("/admin/api/apitoken/add/", {"name": "runbook", "user": staff.pk, "scope": "read"})
-    assert response.status_code == 200
+    response = browser.post("/admin/api/apitoken/add/", {"name": "runbook", "user": staff.pk, "scope": "read"},
+                            follow=True)
+    assert response.status_code == 200 and response.redirect_chain[0][1] == 302
     plaintext = response.context["token"]
     assert ApiToken.objects.get(name="runbook").created_by == admin
     assert plaintext.startswith("tmt_") and plaintext in response.content.decode()

@@ -151,7 +151,7 @@ def test_the_admin_refuses_a_token_for_a_user_who_may_do_more_than_its_creator(t
         assert response.status_code == 200 and "token" not in response.context
         assert "can never do more than the person who makes it" in response.content.decode()
     assert not ApiToken.objects.exists()
-    response = browser.post("/admin/api/apitoken/add/", {"name": "ok", "user": peer.pk, "scope": "read"})
+    response = browser.post("/admin/api/apitoken/add/", {"name": "ok", "user": peer.pk, "scope": "read"}, follow=True)
     assert response.context["token"].startswith("tmt_")
     made = ApiToken.objects.get()
     assert (made.user, made.created_by) == (peer, clerk)
@@ -160,7 +160,8 @@ def test_the_admin_refuses_a_token_for_a_user_who_may_do_more_than_its_creator(t
     assert (recorded.user, recorded.creator) == (peer, clerk)
     superuser_browser = Client()
     superuser_browser.force_login(root)
-    response = superuser_browser.post("/admin/api/apitoken/add/", {"name": "su", "user": root.pk, "scope": "read"})
+    response = superuser_browser.post("/admin/api/apitoken/add/", {"name": "su", "user": root.pk, "scope": "read"},
+                                      follow=True)
     assert response.context["token"].startswith("tmt_")
 
 

@@ -7,12 +7,12 @@
   (which refuses bad requests, one tenant at a time, changing nothing) and the run is handed
   to django-q2. The user gets a link to each new run.
 - Run history (MigrationRun) is read-only: nobody adds, edits or deletes a run here. Its
-  page shows the steps and the report; interrupted runs can be resumed or rolled back.
+  page (admin/run_page.py) is live: header, buttons, steps as a timeline, a chart, the report folded.
 
 Nothing secret is rendered: runs and steps hold none, and credential objects are never shown.
 """
 from migration_jobs.admin.common import confirmation_page
-from migration_jobs.admin.runs import MigrationRunAdmin, MigrationStepInline
+from migration_jobs.admin.runs import MigrationRunAdmin
 from migration_jobs.admin.tenant_actions import TENANT_ACTIONS
 
-__all__ = ["MigrationRunAdmin", "MigrationStepInline", "TENANT_ACTIONS", "confirmation_page"]
+__all__ = ["MigrationRunAdmin", "TENANT_ACTIONS", "confirmation_page"]

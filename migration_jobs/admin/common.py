@@ -2,11 +2,16 @@
 confirmation page, and how a new run (or a refusal) is reported to the user."""
 from __future__ import annotations
 
+import re
+from datetime import datetime
+
 from django.contrib import messages
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils import timezone
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
 
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, RunStatus
@@ -20,12 +25,39 @@ def human_duration(value) -> str:
     return services.human_duration(value, empty="—")
 
 
+def human_time(value: datetime | str | None) -> str:
+    """A moment to the second, in the site's time zone: "2026-11-30 08:39:31 UTC" (a datetime
+    or an ISO string); "—" for None."""
+    if not value:
+        return "—"
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
 def run_url(run: MigrationRun) -> str:
     return reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])
 
 
 def run_link(run: MigrationRun):
     return format_html('<a href="{}">run {}</a>', run_url(run), run.pk)
+
+
+_RUN_MENTION = re.compile(r"\brun (\d+)\b")
+
+
+def link_runs(text) -> str:
+    """`text` escaped, with every "run N" of an existing run a link to its page (a refusal that
+    names the run in the way is one click from it)."""
+    escaped = escape(str(text))
+    ids = {int(n) for n in _RUN_MENTION.findall(escaped)}
+    known = set(MigrationRun.objects.filter(pk__in=ids).values_list("pk", flat=True)) if ids else set()
+
+    def link(match):
+        pk = int(match.group(1))
+        return str(run_link(MigrationRun(pk=pk))) if pk in known else match.group(0)
+
+    return mark_safe(_RUN_MENTION.sub(link, escaped))
 
 
 LEVELS = {RunStatus.SUCCEEDED: messages.SUCCESS, RunStatus.QUEUED: messages.INFO, RunStatus.RUNNING: messages.INFO,
@@ -52,7 +84,7 @@ def split_by_check(objects, check, describe):
         try:
             check(obj)
         except services.Refused as exc:
-            refused.append((obj, str(exc)))
+            refused.append((obj, link_runs(exc)))
             continue
         ok.append((obj, describe(obj)))
     return ok, refused
@@ -93,7 +125,7 @@ def report_run(modeladmin, request, tenant, run: MigrationRun, task_id=None) -> 
 
 
 def report_refused(modeladmin, request, tenant, exc) -> None:
-    modeladmin.message_user(request, f"{tenant.slug}: refused: {exc}", messages.ERROR)
+    modeladmin.message_user(request, format_html("{}: refused: {}", tenant.slug, link_runs(exc)), messages.ERROR)
 
 
 def request_runs(modeladmin, request, queryset, make_run) -> None:

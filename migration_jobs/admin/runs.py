@@ -2,8 +2,6 @@
 gradual read switch and the held cutover of an online move."""
 from __future__ import annotations
 
-import json
-
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect, JsonResponse
@@ -11,8 +9,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 
 from migration_jobs import services
-from migration_jobs.admin.common import report_run, confirmation_page, confirmed, human_duration, run_link
-from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
+from migration_jobs.admin.common import (confirmation_page, confirmed, human_duration, human_time, link_runs,
+                                         report_run, run_link)
+from migration_jobs.admin.run_page import freeze_text, lag_text, live_json, run_page_context
+from migration_jobs.models import MigrationRun, RunStatus
 from migration_jobs.services.validation import is_id
 from tenancy.admin_mixins import ReadOnlyAdmin
 
@@ -36,30 +36,17 @@ class StaffViewOnly(ReadOnlyAdmin):
         return request.user.is_active and request.user.is_staff
 
 
-class MigrationStepInline(StaffViewOnly, admin.TabularInline):
-    model = MigrationStep
-    extra = 0
-    can_delete = False
-    ordering = ["order"]
-    fields = ["order", "name", "status", "started_at", "finished_at", "step_duration", "rows", "message"]
-    readonly_fields = fields
-    show_change_link = False
-
-    @admin.display(description="duration")
-    def step_duration(self, step):
-        return human_duration(step.duration)
-
-
 @admin.register(MigrationRun)
 class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
-    list_display = ["id", "tenant", "kind", "move", "state", "progress", "run_duration", "writes_frozen",
-                    "rows_copied", "rate", "created_at"]
+    # Rows copied are on the run page (and in the progress); when it was queued, in the date filter.
+    list_display = ["id", "tenant", "kind", "move", "state", "progress", "run_duration", "writes_frozen", "rate",
+                    "started", "finished"]
     list_display_links = ["id"]
     list_filter = ["status", "kind", "target_placement", "online", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["tenant__slug"]
     list_select_related = ["tenant"]
-    inlines = [MigrationStepInline]  # the steps in order, with durations and messages
+    # No inline: the page shows the steps as a timeline (admin/run_page.py), live.
     change_form_template = "admin/migration_jobs/migrationrun/change_form.html"
     actions = ["cancel_runs", "resume_runs", "roll_back_runs", "read_share_0", "read_share_10", "read_share_50",
                "read_share_100", "cut_over_now"]
@@ -67,10 +54,9 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         (None, {"fields": ["tenant", "kind", "move", "status", "current_step", "dry_run", "online", "error"]}),
         ("Target", {"fields": ["target_server", "target_database", "target_schema"]}),
         ("Progress", {"fields": ["progress", "rows_total", "rows_copied", "bytes_copied", "rate"]}),
-        ("Freeze and catch-up", {"fields": ["writes_frozen", "freeze_ms", "freeze_started_at", "freeze_ended_at", "lag_changes",
-                                            "lag_seconds", "hold_cutover", "read_percent"]}),
-        ("Timing", {"fields": ["created_at", "started_at", "finished_at", "run_duration", "heartbeat_at",
-                               "worker"]}),
+        ("Freeze and catch-up", {"fields": ["writes_frozen", "freeze_ms", "freeze_started", "freeze_ended", "lag",
+                                            "hold_cutover", "read_percent"]}),
+        ("Timing", {"fields": ["created", "started", "finished", "run_duration", "heartbeat", "worker"]}),
         ("Request", {"fields": ["requested_by", "requested_via", "previous_status", "cancel_requested"]}),
     ]
     readonly_fields = [name for _, section in fieldsets for name in section["fields"]]
@@ -96,13 +82,14 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         ]
 
     def live_view(self, request, run_id):
-        """The run's header figures as JSON: what the run page polls while the run is live."""
+        """What the run page polls while the run is live, as JSON: the header's figures, the
+        steps, the samples, the buttons that apply now, and the page's fragments."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         run = MigrationRun.objects.select_related("tenant").filter(pk=run_id).first()
         if run is None:
             raise Http404
-        return JsonResponse(live_figures(run))
+        return JsonResponse(live_json(run, self.has_move_permission(request), request))
 
     def control_view(self, request, run_id):
         """The run page's buttons: cancel, cut over, read share, resume, roll back."""
@@ -152,7 +139,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         percent = run.progress_percent
         text = "—" if percent is None or run.dry_run else f"{percent:.0f}%"
         if run.online and run.current_step == "catch_up" and run.lag_changes is not None:
-            text += f", lag {run.lag_changes} changes / {run.lag_seconds or 0:.1f}s"
+            text += f", lag {lag_text(run)}"
             if run.read_percent:
                 text += f", {run.read_percent}% reads on target"
         return f"{text} ({run.current_step})" if run.current_step else text
@@ -163,7 +150,36 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     @admin.display(description="cutover freeze")
     def freeze_ms(self, run):
-        return "—" if run.freeze_seconds is None else f"{run.freeze_seconds * 1000:.0f} ms"
+        return freeze_text(run)
+
+    @admin.display(description="lag")
+    def lag(self, run):
+        return lag_text(run)
+
+    # Moments to the second (the admin's own date format has none).
+    @admin.display(description="created", ordering="created_at")
+    def created(self, run):
+        return human_time(run.created_at)
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run):
+        return human_time(run.started_at)
+
+    @admin.display(description="finished", ordering="finished_at")
+    def finished(self, run):
+        return human_time(run.finished_at)
+
+    @admin.display(description="heartbeat")
+    def heartbeat(self, run):
+        return human_time(run.heartbeat_at)
+
+    @admin.display(description="freeze started")
+    def freeze_started(self, run):
+        return human_time(run.freeze_started_at)
+
+    @admin.display(description="freeze ended")
+    def freeze_ended(self, run):
+        return human_time(run.freeze_ended_at)
 
     @admin.display(description="state", ordering="status")
     def state(self, run):
@@ -176,13 +192,6 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
     @admin.display(description="rows/s", ordering="rows_per_second")
     def rate(self, run):
         return f"{run.rows_per_second:,.0f}" if run.rows_per_second else "—"
-
-    @admin.display(description="report")
-    def pretty_report(self, run):
-        if not run.report:
-            return "—"
-        return format_html('<pre style="white-space: pre-wrap; max-height: 40em; overflow: auto">{}</pre>',
-                           json.dumps(run.report, indent=2, sort_keys=True, default=str))
 
     # --- interrupted runs ---
 
@@ -229,7 +238,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         try:
             run = services.cancel(run)
         except services.Refused as exc:
-            self.message_user(request, format_html("{}: not cancelled: {}", run_link(run), str(exc)),
+            self.message_user(request, format_html("{}: not cancelled: {}", run_link(run), link_runs(exc)),
                               messages.ERROR)
             return
         if run.is_active:
@@ -300,7 +309,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             try:
                 services.set_read_share(run, percent)
             except services.Refused as exc:
-                self.message_user(request, format_html("{}: {}", run_link(run), str(exc)), messages.ERROR)
+                self.message_user(request, format_html("{}: {}", run_link(run), link_runs(exc)), messages.ERROR)
                 continue
             self.message_user(request, format_html(
                 "{}: {}% of {}'s read-only requests now served from its {} (cutover held until released).",
@@ -314,51 +323,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             try:
                 services.release_cutover(run)
             except services.Refused as exc:
-                self.message_user(request, format_html("{}: {}", run_link(run), str(exc)), messages.ERROR)
+                self.message_user(request, format_html("{}: {}", run_link(run), link_runs(exc)), messages.ERROR)
                 continue
             self.message_user(request, format_html("{}: cutover released; it happens at the next catch-up round.",
                                                    run_link(run)), messages.SUCCESS)
-
-
-# --- The run page's figures ---------------------------------------------------------------
-
-def live_figures(run: MigrationRun) -> dict:
-    """What the run page's header shows, as plain data (also its JSON for the live refresh)."""
-    percent = run.progress_percent
-    refused = services.writes_refused(run)
-    return {
-        "id": run.pk, "status": run.status, "state": services.run_state(run), "live": run.is_active,
-        "current_step": run.current_step or None,
-        "progress_percent": None if percent is None or run.dry_run else round(percent, 1),
-        "rows_copied": run.rows_copied, "rows_total": run.rows_total,
-        "rate": f"{run.rows_per_second:,.0f} rows/s" if run.rows_per_second else "—",
-        "lag": (f"{run.lag_changes} changes, {run.lag_seconds or 0:.1f}s"
-                if run.online and run.is_active and run.lag_changes is not None else "—"),
-        "freeze": "—" if run.freeze_seconds is None else f"{run.freeze_seconds * 1000:.0f} ms",
-        "writes_frozen": services.human_refusal(refused, "—"),
-        "read_percent": run.read_percent,
-        "duration": human_duration(run.duration),
-        "steps": [{"name": s["name"], "status": s["status"], "message": s["message"],
-                   "duration": human_duration(s["seconds"])} for s in run.steps_report()],
-    }
-
-
-def run_page_context(run: MigrationRun, can_move: bool) -> dict:
-    """The header, the buttons that apply to the run now, the steps and the folded report."""
-    actions = []
-    if can_move:
-        if services.why_not_cancel(run) is None:
-            actions.append(("cancel", "Cancel"))
-        if run.online and run.kind == "move" and run.is_active:
-            actions += [(f"read_share_{p}", f"Reads {p} %") for p in services.READ_SHARES]
-        if run.online and run.is_active and run.hold_cutover:
-            actions.append(("cut_over", "Cut over now"))
-        if run.status == RunStatus.RUNNING:
-            ok, _ = services.interrupted_runs([run], allow_queued=False)
-            if ok:  # its worker is gone
-                actions += [("resume", "Resume"), ("roll_back", "Roll back")]
-        elif run.status == RunStatus.FAILED:
-            actions.append(("roll_back", "Roll back"))
-    actions = [(op, label, op == f"read_share_{run.read_percent}") for op, label in actions]
-    return {"run_page": live_figures(run), "run_actions": actions, "run_obj": run,
-            "run_report_json": json.dumps(run.report, indent=2, sort_keys=True, default=str) if run.report else ""}

@@ -2,7 +2,9 @@
 bookkeeping a step records (details, progress)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.conf import settings
 from django.utils import timezone
@@ -13,6 +15,11 @@ from migration_jobs.models import MigrationRun, MigrationStep, RunKind
 from migration_jobs.runs.faults import NO_FAULTS, Faults
 from tenancy.models import Placement, Tenant
 
+# The run page's chart: a point at most this often (a newer one replaces the newest point until
+# then), and at most this many points (the older half thinned to every other point).
+SAMPLE_EVERY_SECONDS = 2.0
+MAX_SAMPLES = 300
+
 
 @dataclass
 class RunContext:
@@ -21,6 +28,7 @@ class RunContext:
     faults: Faults = NO_FAULTS
     # A queue worker: a held online move parks between catch-up rounds instead of waiting here.
     park_when_held: bool = False
+    _samples_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def checkpoint(self, name: str) -> None:
         self.faults.checkpoint(name)
@@ -90,3 +98,37 @@ class RunContext:
         MigrationRun.objects.filter(pk=self.run.pk).update(**fields)
         for key, value in fields.items():
             setattr(self.run, key, value)
+
+    def record_sample(self, rows_copied: int | None = None, lag_changes: int | None = None) -> None:
+        """One point of the run page's chart in `run.samples`: {"t": iso time, "rows": rows copied,
+        "rows_per_second": the rate since the point before, "lag": captured changes not applied}
+        (None where the caller did not measure it). Points are kept at least SAMPLE_EVERY_SECONDS
+        apart: until then a new one replaces the newest, so the last point is always current. The
+        list stays under MAX_SAMPLES. Safe from the copy's worker threads."""
+        now = timezone.now()
+        with self._samples_lock:
+            samples = list(self.run.samples or [])
+            replaced = {}
+            if len(samples) >= 2 and (now - _sample_time(samples[-2])).total_seconds() < SAMPLE_EVERY_SECONDS:
+                replaced = samples.pop()
+            base = samples[-1] if samples else None
+            rate = None
+            if rows_copied is not None:
+                if base is not None and base.get("rows") is not None:
+                    elapsed = (now - _sample_time(base)).total_seconds()
+                    rate = max(rows_copied - base["rows"], 0) / elapsed if elapsed > 0 else None
+                elif not rows_copied:
+                    rate = 0.0
+            point = {"t": now.isoformat(), "rows": rows_copied, "rows_per_second": rate, "lag": lag_changes}
+            # A replaced point keeps what this call did not measure (a lag beside a copy's rows).
+            point = {key: value if value is not None else replaced.get(key) for key, value in point.items()}
+            samples.append(point)
+            if len(samples) > MAX_SAMPLES:
+                half = len(samples) // 2
+                samples = samples[:half:2] + samples[half:]
+            MigrationRun.objects.filter(pk=self.run.pk).update(samples=samples)
+            self.run.samples = samples
+
+
+def _sample_time(sample: dict) -> datetime:
+    return datetime.fromisoformat(sample["t"])

@@ -22,8 +22,8 @@ from migration_jobs.services.moves import (active_run, cancel, check_move, check
                                            rollback_unfinished, set_read_share, set_status, undo_move,
                                            why_not_cancel, why_waiting, worker_connections, worker_count)
 from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, human_refusal, leftovers, one_line,
-                                             run_dict, run_history, run_report, run_state, verify,
-                                             verify_via_cluster, writes_refused)
+                                             run_dict, run_history, run_report, run_state, run_steps, step_labels,
+                                             verify, verify_via_cluster, writes_refused)
 from migration_jobs.services.tenants import change_tenant, check_tenant_change
 from migration_jobs.services.validation import (PLACEMENT_ALIASES, READ_SHARES, TARGETS, boolean, check_reachable,
                                                 get_run, get_server, get_tenant, known_fields, placement,
@@ -39,7 +39,7 @@ __all__ = [
     "request_move_back", "request_placement", "request_retire", "resumable_run", "roll_back",
     "rollback_unfinished", "set_read_share", "set_status", "undo_move", "why_not_cancel", "worker_connections",
     "FULL", "REF", "ROW", "human_duration", "human_refusal", "leftovers", "one_line", "run_dict", "run_state",
-    "run_history", "run_report",
+    "run_history", "run_report", "run_steps", "step_labels",
     "verify", "verify_via_cluster", "writes_refused",
     "PLACEMENT_ALIASES", "READ_SHARES", "TARGETS", "boolean", "check_reachable", "get_run", "get_server",
     "get_tenant", "known_fields", "placement", "server_name", "tenant_by_id", "tenant_id",

@@ -12,6 +12,7 @@ from django.utils.timezone import localtime
 from django_q.tasks import async_task, result
 
 from migration_jobs.runs.executor import is_parked, lock_is_free, writes_refused_seconds
+from migration_jobs.runs.plans import steps_for
 from migration_jobs.engine.capture import leftovers as capture_leftovers
 from migration_jobs.engine.places import database_place, shared_place
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunStatus
@@ -99,6 +100,22 @@ def _iso(moment):
     return moment.isoformat() if moment else None
 
 
+def step_labels(run: MigrationRun) -> dict[str, str]:
+    """Step name -> what the step does, in words ("copy" -> "Copy the rows")."""
+    return {step.name: step.label for step in steps_for(run)}
+
+
+def run_steps(run: MigrationRun) -> list[dict]:
+    """The run's steps in order: name, label, status, started_at / finished_at (ISO), seconds,
+    rows, message (the JSON report's and the run page's timeline)."""
+    labels = step_labels(run)
+    times = {name: (started, finished) for name, started, finished
+             in run.steps.values_list("name", "started_at", "finished_at")}
+    return [{**report, "label": labels.get(report["name"], report["name"]),
+             "started_at": _iso(times[report["name"]][0]), "finished_at": _iso(times[report["name"]][1])}
+            for report in run.steps_report()]
+
+
 _FIELDS = {
     "run_id": lambda r: r.pk,
     "tenant": lambda r: r.tenant.slug,
@@ -130,7 +147,7 @@ _FIELDS = {
     "tables": lambda r: {name: {"rows": t.get("target_rows"), "checksum": t.get("target_checksum"),
                                 "ok": t.get("ok")}
                          for name, t in (r.report.get("verify") or {}).get("tables", {}).items()},
-    "steps": MigrationRun.steps_report,
+    "steps": run_steps,
     "preflight": lambda r: r.report.get("preflight"),
 }
 

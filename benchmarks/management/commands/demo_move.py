@@ -31,7 +31,7 @@ class Command(BenchCommand):
         run = services.execute(services.request_move(tenant, options["to"], via="demo"))
         report = services.run_report(run)
         for step in report["steps"]:
-            seconds = f"{step['seconds']:.2f}s" if step["seconds"] is not None else ""
+            seconds = services.human_duration(step["seconds"], empty="")
             self.stdout.write(f"  {step['name']:<14} {step['status']:<10} {seconds:>8}  {step['message']}")
         if run.status != "succeeded":
             raise CommandError(f"run {run.pk} {run.status}: {run.error}", returncode=1)

@@ -88,7 +88,7 @@ class _Display:
 def lag_text(snap: dict) -> str:
     """The catch-up lag of an online move."""
     seconds = snap.get("lag_seconds")
-    return f"lag {snap['lag_changes']:,} changes" + (f", oldest {seconds:.1f}s" if seconds is not None else "")
+    return f"lag {snap['lag_changes']:,} changes" + (f", oldest {human_duration(seconds)}" if seconds is not None else "")
 
 
 def progress_line(run_id, step, rows, total, rate) -> str:

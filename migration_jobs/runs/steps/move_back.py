@@ -12,11 +12,13 @@ class CopyBack(Step):
     name, label = "copy_back", "Copy the rows back into the shared tables"
 
     def run(self, ctx, step):
+        ctx.record_sample(rows_copied=0)
         margin = settings.MIGRATION_SEQUENCE_MARGIN if ctx.run.online else 0  # the tenant keeps inserting
         result = copy_back(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, margin=margin,
                            checkpoint=ctx.checkpoint)
         ctx.save_details(step, **result)
         step.rows = result["rows"]
         ctx.progress(result["rows"] + result["legacy_rows_reused"], result["bytes"])
+        ctx.record_sample(rows_copied=result["rows"] + result["legacy_rows_reused"])
         return (f"{result['rows']} rows copied back, {result['legacy_rows_reused']} legacy rows reused as they "
                 f"were, {result['legacy_rows_replaced']} replaced, in one transaction")

@@ -112,6 +112,7 @@ class Copy(Step):
             ctx.save_details(step, deferred=deferred)
         lock = threading.Lock()
         copied = {"rows": sum(t["rows"] for t in done.values()), "bytes": sum(t["bytes"] for t in done.values())}
+        ctx.record_sample(rows_copied=copied["rows"])  # the chart's rows/s starts here
 
         def on_table_done(name, result):
             with lock:
@@ -120,6 +121,7 @@ class Copy(Step):
                 copied["bytes"] += result.bytes
                 ctx.save_details(step, tables=done)
                 ctx.progress(copied["rows"], copied["bytes"])
+                ctx.record_sample(rows_copied=copied["rows"])
                 if threading.current_thread() is not threading.main_thread():
                     connection.close()  # this worker thread's ORM connection
             ctx.checkpoint(f"copy:{name}")
@@ -129,6 +131,7 @@ class Copy(Step):
                   on_table_done=on_table_done, checkpoint=ctx.checkpoint)
         step.rows, step.bytes = copied["rows"], copied["bytes"]
         ctx.progress(copied["rows"], copied["bytes"])
+        ctx.record_sample(rows_copied=copied["rows"])
         return f"{copied['rows']} rows, {copied['bytes'] // 1024} KiB in {len(done)} tables"
 
 
