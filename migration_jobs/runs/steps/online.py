@@ -42,6 +42,7 @@ def _record_lag(ctx) -> capture.Lag:
     MigrationRun.objects.filter(pk=ctx.run.pk).update(lag_changes=lag.changes, lag_seconds=lag.oldest_seconds,
                                                       heartbeat_at=timezone.now())
     ctx.run.lag_changes, ctx.run.lag_seconds = lag.changes, lag.oldest_seconds
+    ctx.record_sample(lag_changes=lag.changes)  # the run page's lag curve
     return lag
 
 
