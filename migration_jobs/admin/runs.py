@@ -12,6 +12,7 @@ from django.utils.html import format_html
 
 from migration_jobs import services
 from migration_jobs.admin.common import report_run, confirmation_page, confirmed, human_duration, run_link
+from migration_jobs.admin.health import run_health_context
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from migration_jobs.services.validation import is_id
 from tenancy.admin_mixins import ReadOnlyAdmin
@@ -139,7 +140,8 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         run = MigrationRun.objects.select_related("tenant").filter(pk=object_id).first() \
             if is_id(object_id) else None
         if run is not None:
-            extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request))}
+            extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request)),
+                             "run_health": run_health_context(run)}  # health after the switch (or None)
         return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="move")
