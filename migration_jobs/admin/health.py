@@ -60,7 +60,7 @@ def last_move_health():
     last = (MigrationRun.objects.filter(tenant_id=OuterRef("pk"), kind__in=SWITCHING_KINDS,
                                         status=RunStatus.SUCCEEDED, dry_run=False)
             .order_by("-finished_at", "-pk"))
-    return Subquery(last.values(health=JSONObject(
+    return Subquery(last.values(verdict=JSONObject(
         id="pk", regressed=F("health__regressed"), smoke_ok=F("health__smoke__ok"), final=F("health__final"),
         reason=F("health__reason")))[:1])
 
