@@ -18,7 +18,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import HttpResponse
 from django.urls import path
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.core import GaugeMetricFamily
 
 from api.auth import api_view
@@ -120,7 +121,8 @@ def exposition() -> bytes:
 
 @api_view(GET=[PERMISSION])
 def metrics(request):
-    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+    # The classic text format (names escaped to the legacy charset): every Prometheus version reads it.
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
 # project/urls.py: path("metrics", include("api.metrics"))
