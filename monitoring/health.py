@@ -17,24 +17,16 @@ from django.utils import timezone
 from monitoring.models import BUCKET_COUNT, LATENCY_BUCKETS_MS
 from tenancy.models import Tenant
 
+# One sum per bucket (buckets[1] .. buckets[BUCKET_COUNT]): no unnest, one pass over the rows.
+BUCKET_SUMS = ", ".join(f"sum(buckets[{i}])::bigint" for i in range(1, BUCKET_COUNT + 1))
 WINDOW_SQL = """
-WITH w AS (
-    SELECT tenant_id, requests, errors, latency_ms_sum, latency_ms_max, buckets
-      FROM monitoring_requestminute
-     WHERE minute >= %(start)s AND minute < %(end)s {tenant_filter}
-), totals AS (
-    SELECT tenant_id, sum(requests)::bigint AS requests, sum(errors)::bigint AS errors,
-           sum(latency_ms_sum) AS ms_sum, max(latency_ms_max) AS ms_max
-      FROM w GROUP BY tenant_id
-), per_bucket AS (
-    SELECT w.tenant_id, u.i, sum(u.n)::bigint AS n
-      FROM w, unnest(w.buckets) WITH ORDINALITY AS u(n, i) GROUP BY w.tenant_id, u.i
-)
-SELECT t.tenant_id, t.requests, t.errors, t.ms_sum, t.ms_max,
-       (SELECT array_agg(b.n ORDER BY b.i) FROM per_bucket b WHERE b.tenant_id = t.tenant_id)
-  FROM totals t
- WHERE t.requests > 0
- ORDER BY t.requests DESC, t.tenant_id
+SELECT tenant_id, sum(requests)::bigint AS total, sum(errors)::bigint, sum(latency_ms_sum), max(latency_ms_max),
+       {bucket_sums}
+  FROM monitoring_requestminute
+ WHERE minute >= %(start)s AND minute < %(end)s {tenant_filter}
+ GROUP BY tenant_id
+HAVING sum(requests) > 0
+ ORDER BY total DESC, tenant_id
  {limit}
 """
 
@@ -101,11 +93,12 @@ def windows(start: datetime, end: datetime, tenant_ids: list[int] | None = None,
         limit_sql = "LIMIT %(limit)s"
         params["limit"] = int(limit)
     with connection.cursor() as cursor:
-        cursor.execute(WINDOW_SQL.format(tenant_filter=tenant_filter, limit=limit_sql), params)
+        cursor.execute(WINDOW_SQL.format(bucket_sums=BUCKET_SUMS, tenant_filter=tenant_filter, limit=limit_sql),
+                       params)
         rows = cursor.fetchall()
     return {tenant_id: Window(requests, errors, float(ms_sum or 0.0), float(ms_max or 0.0),
-                              [int(n) for n in (buckets or [0] * BUCKET_COUNT)])
-            for tenant_id, requests, errors, ms_sum, ms_max, buckets in rows}
+                              [int(n or 0) for n in buckets])
+            for tenant_id, requests, errors, ms_sum, ms_max, *buckets in rows}
 
 
 def window(tenant_id: int, start: datetime, end: datetime) -> Window:

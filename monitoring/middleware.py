@@ -30,7 +30,7 @@ from datetime import datetime, timezone as dt_timezone
 from django.conf import settings
 from django.db import connection, transaction
 
-from monitoring.models import LATENCY_BUCKETS_MS, empty_buckets
+from monitoring.models import BUCKET_COUNT, LATENCY_BUCKETS_MS, empty_buckets
 from tenancy.context import no_tenant
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ ON CONFLICT (tenant_id, minute) DO UPDATE SET
     errors = t.errors + EXCLUDED.errors,
     latency_ms_sum = t.latency_ms_sum + EXCLUDED.latency_ms_sum,
     latency_ms_max = GREATEST(t.latency_ms_max, EXCLUDED.latency_ms_max),
-    buckets = ARRAY(SELECT coalesce(a, 0) + coalesce(b, 0)
-                      FROM unnest(t.buckets, EXCLUDED.buckets) WITH ORDINALITY AS u(a, b, i) ORDER BY i)
+    buckets = ARRAY[{bucket_sums}]
 """
+# Element by element: t.buckets[1] + EXCLUDED.buckets[1], ... (a fixed number of buckets).
+BUCKET_SUMS = ", ".join(f"coalesce(t.buckets[{i}], 0) + EXCLUDED.buckets[{i}]" for i in range(1, BUCKET_COUNT + 1))
 ROW = "(%s, %s, %s, %s, %s, %s, %s::bigint[])"
 PRUNE = """
 DELETE FROM monitoring_requestminute WHERE id IN (
@@ -87,7 +88,7 @@ def write_minutes(rows: list[tuple[int, datetime, Minute]]) -> None:
             params = []
             for tenant_id, minute, m in chunk:
                 params += [tenant_id, minute, m.requests, m.errors, m.ms_sum, m.ms_max, m.buckets]
-            cursor.execute(UPSERT.format(values=", ".join([ROW] * len(chunk))), params)
+            cursor.execute(UPSERT.format(values=", ".join([ROW] * len(chunk)), bucket_sums=BUCKET_SUMS), params)
 
 
 def prune(before: datetime) -> int:
