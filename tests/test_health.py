@@ -2,6 +2,7 @@
 (written once per flush, not once per request), p50/p95 come from the buckets, a real move
 records its smoke check through the router, and the before/after verdict is flagged on the
 run page and in the tenant list."""
+import json
 from datetime import datetime, timedelta, timezone as dt_timezone
 
 import pytest
@@ -28,7 +29,7 @@ from monitoring.middleware import Aggregator, Minute, write_minutes
 from monitoring.models import LATENCY_BUCKETS_MS, RequestMinute
 from tenancy.backend.roles import schema_role
 from tenancy.context import tenant_context
-from tenancy.models import tenant_host
+from tenancy.models import Tenant, tenant_host
 from tests.helpers import fill, run_cmd
 
 MINUTE_START = datetime(2026, 3, 2, 10, 15, tzinfo=dt_timezone.utc)
@@ -324,3 +325,14 @@ def test_a_verdict_is_cached_once_the_hour_after_has_enough_requests(make_tenant
     failed = MigrationRun.objects.create(tenant=tenant, kind="move", source_placement="shared",
                                          target_placement="schema", status="rolled_back")
     assert run_health(failed) is None
+
+
+@pytest.mark.django_db
+def test_bench_request_health_compares_with_no_middleware_and_a_write_per_request():
+    code, out, err = run_cmd("bench_request_health", "--requests", "20", "--rounds", "1", "--json")
+    assert code == 0, err
+    assert "(a) no health middleware" in out and "(c) health middleware, a write per request" in out
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = {key: m["row_writes"] for key, m in report["methods"].items()}
+    assert rows["a"] == 0 and rows["b"] in (1, 2) and rows["c"] >= 20  # (b): one per minute touched
+    assert not Tenant.objects.filter(slug="bench_health").exists() and not RequestMinute.objects.exists()
