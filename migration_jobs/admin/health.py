@@ -7,6 +7,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import F, OuterRef, Subquery
 from django.db.models.functions import JSONObject
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
 
 from migration_jobs.admin.common import run_url
@@ -50,7 +51,8 @@ def run_health_context(run: MigrationRun) -> dict | None:
     return {**health, "rows": rows, "verdict": _verdict(health),
             "flagged": health.get("regressed") is True or health.get("smoke_ok") is False,
             "smoke_time": _ms(health.get("smoke_ms")), "smoke_tables": tables,
-            "smoke_error": smoke.get("error") or "", "after_minutes": health.get("after_minutes", 0)}
+            "smoke_error": smoke.get("error") or "", "after_minutes": health.get("after_minutes", 0),
+            "switched": parse_datetime(health["switched_at"]) if health.get("switched_at") else None}
 
 
 # --- The tenant list ------------------------------------------------------------------------
