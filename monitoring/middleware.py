@@ -36,6 +36,7 @@ from tenancy.context import no_tenant
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500  # rows per INSERT statement
+MAX_PENDING = 100_000  # tenant-minutes a process keeps at most while nothing is written
 PRUNE_EVERY_SECONDS = 3600
 PRUNE_BATCH_ROWS = 10_000
 
@@ -118,6 +119,8 @@ class Aggregator:
         with self._lock:
             entry = self._pending.get(key)
             if entry is None:
+                if len(self._pending) >= MAX_PENDING:  # never written (writes off, or failing): bounded
+                    self._pending.clear()
                 entry = self._pending[key] = Minute()
             entry.add(seconds * 1000.0, status >= 500)
             if interval <= 0 or self._flushing or now - self._last_flush < interval:
