@@ -97,6 +97,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # First to read the Host header: a disallowed one gets a short 400 here, never a debug page.
     "tenancy.middleware.TenantMiddleware",
+    # Times what is served for a tenant: per-tenant per-minute figures (monitoring/middleware.py).
+    "monitoring.middleware.RequestHealthMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -220,3 +222,20 @@ TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)
 TENANT_RESTORE_SEQUENCE_MARGIN = env.int("TENANT_RESTORE_SEQUENCE_MARGIN", default=1000)
 TENANT_ARCHIVE_MAX_EXPANSION_RATIO = env.int("TENANT_ARCHIVE_MAX_EXPANSION_RATIO", default=300)
 TENANT_ARCHIVE_MAX_EXPANDED_BYTES = env.int("TENANT_ARCHIVE_MAX_EXPANDED_BYTES", default=64 << 30)
+
+# --- Health after a move (monitoring) -----------------------------------------------------
+# Each process writes its per-tenant per-minute request figures at most this often (s); 0: never by itself.
+MONITORING_FLUSH_SECONDS = env.float("MONITORING_FLUSH_SECONDS", default=5.0)
+# Per-minute rows older than this are deleted (a batch at most once an hour per process).
+MONITORING_RETENTION_DAYS = env.int("MONITORING_RETENTION_DAYS", default=30)
+# A move regressed when the tenant's p95 in the hour after the switch exceeds this times the hour
+# before, or its error rate grows by more than TENANT_HEALTH_ERROR_RATE_MARGIN (0.02 = 2 points);
+# judged only with at least TENANT_HEALTH_MIN_REQUESTS requests on each side.
+TENANT_HEALTH_REGRESSION_RATIO = env.float("TENANT_HEALTH_REGRESSION_RATIO", default=1.5)
+TENANT_HEALTH_ERROR_RATE_MARGIN = env.float("TENANT_HEALTH_ERROR_RATE_MARGIN", default=0.02)
+TENANT_HEALTH_MIN_REQUESTS = env.int("TENANT_HEALTH_MIN_REQUESTS", default=50)
+# /metrics: per-tenant figures over the last this many minutes, for at most this many tenants (the
+# busiest), and runs that are active or ended within TENANT_METRICS_RECENT_HOURS.
+TENANT_METRICS_WINDOW_MINUTES = env.int("TENANT_METRICS_WINDOW_MINUTES", default=5)
+TENANT_METRICS_MAX_TENANTS = env.int("TENANT_METRICS_MAX_TENANTS", default=500)
+TENANT_METRICS_RECENT_HOURS = env.float("TENANT_METRICS_RECENT_HOURS", default=24.0)

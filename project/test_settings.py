@@ -10,6 +10,9 @@ TEST_RUN_ID = os.getpid()
 DATABASES["default"]["TEST"] = {"NAME": f"test_repairshop_{TEST_RUN_ID}"}  # noqa: F405
 TENANT_DATABASE_PREFIX = f"test{TEST_RUN_ID}_"
 TENANT_ROUTE_LISTENER = False
+# Request figures are written when a test says so (monitoring.middleware.aggregator.flush()),
+# never in the middle of a request whose queries a test counts.
+MONITORING_FLUSH_SECONDS = 0
 BACKUP_DIR = VAR_DIR / "test-backups" / str(TEST_RUN_ID)  # noqa: F405
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests

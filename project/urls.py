@@ -9,6 +9,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("shop/", include("shop.urls")),
     path("api/", include("api.urls")),
+    path("metrics", include("api.metrics")),  # Prometheus, behind an API token (api/metrics.py)
 ]
 
 # Short answers, never a debug page; JSON under /api/ (a string: project imports no app).

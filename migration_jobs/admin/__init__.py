@@ -12,7 +12,8 @@
 Nothing secret is rendered: runs and steps hold none, and credential objects are never shown.
 """
 from migration_jobs.admin.common import confirmation_page
+from migration_jobs.admin.health import move_health  # the tenant list's "health" column
 from migration_jobs.admin.runs import MigrationRunAdmin
 from migration_jobs.admin.tenant_actions import TENANT_ACTIONS
 
-__all__ = ["MigrationRunAdmin", "TENANT_ACTIONS", "confirmation_page"]
+__all__ = ["MigrationRunAdmin", "TENANT_ACTIONS", "confirmation_page", "move_health"]

@@ -13,6 +13,7 @@ from migration_jobs.admin.common import (confirmation_page, confirmed, human_dur
                                          report_run, run_link)
 from migration_jobs.admin.run_page import freeze_text, lag_text, live_json, run_page_context
 from migration_jobs.models import MigrationRun, RunStatus
+from migration_jobs.admin.health import run_health_context
 from migration_jobs.services.validation import is_id
 from tenancy.admin_mixins import ReadOnlyAdmin
 
@@ -126,7 +127,8 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         run = MigrationRun.objects.select_related("tenant").filter(pk=object_id).first() \
             if is_id(object_id) else None
         if run is not None:
-            extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request))}
+            extra_context = {**(extra_context or {}), **run_page_context(run, self.has_move_permission(request)),
+                             "run_health": run_health_context(run)}  # health after the switch (or None)
         return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="move")

@@ -11,6 +11,7 @@ from django.utils import timezone
 from migration_jobs.engine import fences, load, provision
 from migration_jobs.engine.cutover import raise_sequences, wait_for_older_transactions
 from migration_jobs.exceptions import StepFailed
+from migration_jobs.runs.health import after_switch
 from migration_jobs.runs.steps.base import (Step, drop_dedicated, freeze, guard_not_live, set_tenant,
                                             switch_placement, unfreeze, unswitch_placement)
 from tenancy.models import DatabaseCredential, Placement, Status
@@ -152,7 +153,8 @@ class Switch(Step):
         if tenant.status != Status.MIGRATING:
             raise StepFailed(f"tenant status changed to {tenant.status} during the run; not switching")
         switch_placement(ctx)
-        return f"placement {ctx.run.source_placement} -> {ctx.run.target_placement}; the old rows are fenced"
+        smoke = after_switch(ctx)  # reads only (the tenant is still frozen); never raises
+        return f"placement {ctx.run.source_placement} -> {ctx.run.target_placement}; the old rows are fenced; {smoke}"
 
     def rollback(self, ctx, step):
         unswitch_placement(ctx)

@@ -13,6 +13,7 @@ from migration_jobs.engine import capture, fences
 from migration_jobs.engine.cutover import freeze_and_switch
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun
+from migration_jobs.runs.health import after_switch
 from migration_jobs.runs.steps.base import Parked, Step, set_tenant, switch_placement
 from tenancy.models import Status
 
@@ -160,7 +161,8 @@ class Cutover(Step):
         run.save(update_fields=["freeze_seconds", "freeze_started_at", "freeze_ended_at"])
         ctx.save_details(step, freeze_seconds=result.seconds, final_round=result.final_round,
                          phases_ms=result.phases_ms, final_rounds=result.final_rounds)
-        return f"writes frozen for {result.seconds * 1000:.0f} ms; placement now {run.target_placement}"
+        smoke = after_switch(ctx, result.ended_at)  # past the point of no return: never raises
+        return f"writes frozen for {result.seconds * 1000:.0f} ms; placement now {run.target_placement}; {smoke}"
 
     def rollback(self, ctx, step):
         """Only a worker killed in the freeze leaves something: the fence closed and the
