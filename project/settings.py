@@ -217,3 +217,30 @@ TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)
 TENANT_RESTORE_SEQUENCE_MARGIN = env.int("TENANT_RESTORE_SEQUENCE_MARGIN", default=1000)
 TENANT_ARCHIVE_MAX_EXPANSION_RATIO = env.int("TENANT_ARCHIVE_MAX_EXPANSION_RATIO", default=300)
 TENANT_ARCHIVE_MAX_EXPANDED_BYTES = env.int("TENANT_ARCHIVE_MAX_EXPANDED_BYTES", default=64 << 30)
+
+# --- Fleet moves (plans of many moves) ------------------------------------------------------
+# A shared tenant with at least this many rows is a candidate for a dedicated place.
+TENANT_DEDICATED_THRESHOLD_ROWS = env.int("TENANT_DEDICATED_THRESHOLD_ROWS", default=100_000)
+# Estimates before any move was measured: copy rate and the fixed cost of a move (preflight,
+# backup, provision, verify of a small tenant...). Measured runs replace both.
+FLEET_DEFAULT_ROWS_PER_SECOND = env.float("FLEET_DEFAULT_ROWS_PER_SECOND", default=50_000.0)
+FLEET_DEFAULT_MOVE_SECONDS = env.float("FLEET_DEFAULT_MOVE_SECONDS", default=10.0)
+
+# --- E-mail (notices to tenants about planned moves) --------------------------------------
+# EMAIL_URL (smtp://user:password@host:587 , smtp+tls://..., smtp+ssl://..., consolemail://), or
+# EMAIL_HOST (+ EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL),
+# or neither: printed on the console (the demo).
+if env("EMAIL_URL", default=""):
+    vars().update(env.email_url("EMAIL_URL"))
+elif env("EMAIL_HOST", default=""):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = env("EMAIL_HOST")
+    EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+    EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+    EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+    EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+    EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="tenant-moves@localhost")
