@@ -16,9 +16,9 @@ from django.utils.http import urlencode
 from fleet import services
 from fleet.models import MovePlan, MovePlanItem, OnFailure, Order, PlanStatus, Selection
 from migration_jobs.admin.common import confirmation_page, confirmed, human_duration, run_link
+from migration_jobs.admin.runs import StaffViewOnly  # history is readable by any active staff user
 from migration_jobs.services.validation import is_id
 from tenancy.admin import TenantAdmin
-from tenancy.admin_mixins import ReadOnlyAdmin
 from tenancy.models import DatabaseServer, Tenant
 
 MOVE_PERMISSION = "tenancy.move_tenant"
@@ -28,12 +28,7 @@ def can_move(request) -> bool:
     return request.user.has_perm(MOVE_PERMISSION)
 
 
-class StaffReadOnly(ReadOnlyAdmin):
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
-
-
-class MovePlanItemInline(StaffReadOnly, admin.TabularInline):
+class MovePlanItemInline(StaffViewOnly, admin.TabularInline):
     model = MovePlanItem
     extra = 0
     can_delete = False
@@ -79,7 +74,7 @@ class PlanForm(forms.Form):
 
 
 @admin.register(MovePlan)
-class MovePlanAdmin(StaffReadOnly, admin.ModelAdmin):
+class MovePlanAdmin(StaffViewOnly, admin.ModelAdmin):
     list_display = ["id", "name", "status", "progress", "target", "online", "max_parallel", "window",
                     "created_by", "created_at"]
     list_display_links = ["id", "name"]

@@ -104,6 +104,8 @@ class MovePlanItem(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     notified = models.BooleanField(default=False, help_text="The tenant was told how its move ended.")
+    resumed_at = models.DateTimeField(null=True, blank=True,
+                                      help_text="When its run, interrupted by a worker that died, was last resumed.")
 
     class Meta:
         ordering = ["plan", "position"]

@@ -7,7 +7,8 @@
 - advance: what the plan's task does, whenever a run of the plan ends, when the plan starts
   or resumes, and every minute (a django-q2 Schedule): follow the runs, apply the failure
   policy, start the next moves (never more than max_parallel, never two for one tenant, only
-  inside the window and only when the estimate fits in what is left of it). It works under
+  inside the window and only when the estimate fits in what is left of it), resume a run
+  whose worker died (a restart of every worker leaves runs running with no one). It works under
   the plan's row lock, from the database alone: any worker on any machine may run it, twice
   at once or after every worker restarted, and it does the right thing once.
 - progress / estimate: the figures of the plan page, `plan_control show` and `--dry-run`.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime, timedelta, timezone as dt_timezone
 from functools import partial
 
 from django.db import IntegrityError, transaction
@@ -39,6 +40,7 @@ from tenancy.models import DatabaseServer, Placement, Tenant
 
 log = logging.getLogger(__name__)
 ADVANCE_TIMEOUT = 300  # seconds: an advance is a few queries and a few run creations
+RESUME_AFTER = timedelta(minutes=10)  # an interrupted run of a plan is resumed again after this long
 
 
 # --- Reading input ------------------------------------------------------------------------
@@ -469,6 +471,7 @@ def advance(plan_id: int) -> str:
     run from several workers at once, and as often as wanted."""
     started: list[MigrationRun] = []
     notify: list[int] = []
+    resumed: list[int] = []
     with transaction.atomic():
         plan = MovePlan.objects.select_for_update().filter(pk=plan_id).first()
         if plan is None:
@@ -479,7 +482,13 @@ def advance(plan_id: int) -> str:
         items = list(plan.items.select_for_update(of=("self",)).select_related("tenant", "run").order_by("position"))
         failed = None
         for item in items:  # follow the runs
-            if item.status != ItemStatus.RUNNING or (item.run is not None and item.run.status in ACTIVE_STATUSES):
+            if item.status != ItemStatus.RUNNING:
+                continue
+            if item.run is not None and item.run.status in ACTIVE_STATUSES:
+                if _interrupted(item, now):
+                    item.resumed_at = now
+                    item.save(update_fields=["resumed_at"])
+                    resumed.append(item.run_id)
                 continue
             run = item.run
             status = RUN_END.get(run.status, ItemStatus.FAILED) if run else ItemStatus.FAILED
@@ -499,14 +508,30 @@ def advance(plan_id: int) -> str:
                            PlanStatus.FAILED if plan.error else PlanStatus.DONE)
             plan.finished_at = now
         plan.save()
-        transaction.on_commit(partial(_after_advance, [r.pk for r in started], notify))
-    return f"plan {plan_id} {plan.status}: {len(started)} move(s) started"
+        transaction.on_commit(partial(_after_advance, [r.pk for r in started], notify, resumed))
+    return f"plan {plan_id} {plan.status}: {len(started)} move(s) started" + \
+        (f", {len(resumed)} interrupted one(s) resumed" if resumed else "")
 
 
-def _after_advance(run_ids: list[int], notify: list[int]) -> None:
+def _interrupted(item: MovePlanItem, now) -> bool:
+    """Its run is running, but no live worker holds it (every worker was restarted): resume it,
+    at most every RESUME_AFTER (its resume task may wait for a free worker meanwhile). A held
+    online move waiting in the database for its next round is not interrupted."""
+    run = item.run
+    if run.status != RunStatus.RUNNING or run.hold_cutover or run.next_round_at is not None:
+        return False
+    if item.resumed_at and now - item.resumed_at < RESUME_AFTER:
+        return False
+    ok, _ = services.interrupted_runs([run], allow_queued=False)
+    return bool(ok)
+
+
+def _after_advance(run_ids: list[int], notify: list[int], resumed: list[int] = ()) -> None:
     _notify(notify)
     for run in MigrationRun.objects.filter(pk__in=run_ids).order_by("pk"):
         services.enqueue(run)
+    for run in MigrationRun.objects.filter(pk__in=resumed).order_by("pk"):
+        services.enqueue(run, resume=True)
 
 
 def advance_open_plans() -> list[str]:

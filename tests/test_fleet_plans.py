@@ -24,7 +24,7 @@ from migration_jobs import services as run_services
 from migration_jobs.engine import provision
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunStatus
 from migration_jobs.runs.executor import closing_connections, execute
-from migration_jobs.runs.faults import Faults
+from migration_jobs.runs.faults import Faults, WorkerKilled
 from tenancy.models import Placement, Status, Tenant
 from tenancy.servers import ensure_default_server
 from tests.helpers import fill, run_cmd, shared_counts, staff_user, texts
@@ -241,6 +241,27 @@ def test_on_failure_skip(tenants, queued):
     assert statuses(plan) == {"fa": "failed", "fb": "done"}
     code, out, err = run_cmd("plan_control", "show", str(plan.pk))
     assert "[2/2] done 1, running 0, waiting 0, failed 1" in out
+
+
+def test_a_plan_carries_on_after_every_worker_restarted(tenants, queued):
+    """Its run's worker dies mid-move (the run stays running, nobody holds it): the periodic
+    task resumes the run once, and the plan goes on from the database alone."""
+    plan = services.create_plan(tenants="fd", target="schema", online=False)
+    services.start_plan(plan)
+    assert queued(limit=1) == ["advance_plan"]
+    item = plan.items.get()
+    OrmQ.objects.all().delete()  # its execute_run: executed here, and killed
+    with pytest.raises(WorkerKilled), closing_connections():
+        execute(item.run_id, faults=Faults({"after:provision": WorkerKilled}))
+    assert MigrationRun.objects.get(pk=item.run_id).status == RunStatus.RUNNING
+
+    assert tasks.advance_open_plans() == [f"plan {plan.pk} running: 0 move(s) started, 1 interrupted one(s) resumed"]
+    assert tasks.advance_plan(plan.pk) == f"plan {plan.pk} running: 0 move(s) started"  # resumed once
+    assert queued()[0] == "execute_run"
+    plan.refresh_from_db()
+    assert plan.status == PlanStatus.DONE and statuses(plan) == {"fd": "done"}
+    assert MigrationRun.objects.count() == 1 and MigrationRun.objects.get().status == RunStatus.SUCCEEDED
+    assert run_services.verify(Tenant.objects.get(slug="fd"))["ok"]
 
 
 # --- Pause, resume, cancel --------------------------------------------------------------------------

@@ -35,7 +35,8 @@ class Command(TenantCommand):
                           help="Refuse each tenant's writes for its whole move.")
         parser.add_argument("--max-parallel", default="1", metavar="N", help="At most N moves at once (default 1).")
         parser.add_argument("--order", default="biggest_first", metavar="biggest_first|smallest_first|as_listed")
-        parser.add_argument("--window-start", default=None, metavar="ISO", help="No move starts before (UTC if no zone).")
+        parser.add_argument("--window-start", default=None, metavar="ISO",
+                            help="No move starts before (UTC if no zone).")
         parser.add_argument("--window-end", default=None, metavar="ISO",
                             help="No move starts that would not finish by then (estimated).")
         parser.add_argument("--on-failure", default="stop", metavar="stop|skip",
