@@ -418,6 +418,7 @@ def test_admin_plan_pages_and_actions(tenants, staff, queued):
     plan = MovePlan.objects.get()
     assert saved.status_code == 302 and saved["Location"] == f"/admin/fleet/moveplan/{plan.pk}/change/"
 
+    assert '<td class="field-progress">[0/2]</td>' in staff.get("/admin/fleet/moveplan/").content.decode()
     page = staff.get(saved["Location"]).content.decode()
     assert 'id="plan-state">draft [0/2]<' in page and 'id="plan-waiting">2<' in page
     assert 'value="start_plans"' in page and 'value="cancel_plans"' in page and 'value="pause_plans"' not in page
