@@ -25,8 +25,9 @@ from migration_jobs.engine import provision
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunStatus
 from migration_jobs.runs.executor import closing_connections, execute
 from migration_jobs.runs.faults import Faults, WorkerKilled
-from tenancy.models import Placement, Status, Tenant
+from tenancy.models import DatabaseServer, Placement, Status, Tenant
 from tenancy.servers import ensure_default_server
+from tenancy.shared_db import shared_password
 from tests.helpers import fill, run_cmd, shared_counts, staff_user, texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -173,6 +174,28 @@ def test_two_advances_at_once_start_one_move(tenants, queued):
     queued()
     plan.refresh_from_db()
     assert plan.status == PlanStatus.CANCELLED and active_runs() == 0
+
+
+def test_database_moves_spread_over_servers_least_loaded_first_within_capacity(tenants, queued):
+    default = ensure_default_server()
+    servers = []
+    for name, limit in (("s1", 1), ("s2", None)):
+        server = DatabaseServer(name=name, host=default.host, port=default.port, admin_user=default.admin_user,
+                                maintenance_db=default.maintenance_db, max_tenant_databases=limit)
+        server.set_admin_password(shared_password())
+        server.save()
+        servers.append(server)
+    plan = services.create_plan(tenants="fa,fb,fc", target="database", servers=["s2", "s1"], max_parallel=3,
+                                order="as_listed")
+    services.start_plan(plan)
+    assert queued(limit=1) == ["advance_plan"]
+    runs = MigrationRun.objects.filter(requested_via=f"plan {plan.pk}").order_by("pk")
+    # s1 and s2 both empty: s1 (by name); then s2, less loaded; then s2 again, s1 being full.
+    assert [(r.tenant.slug, r.target_server.name) for r in runs] == [("fa", "s1"), ("fb", "s2"), ("fc", "s2")]
+    services.cancel(plan)  # three queued runs: cancelled at once
+    queued()
+    plan.refresh_from_db()
+    assert plan.status == PlanStatus.CANCELLED and set(runs.values_list("status", flat=True)) == {"cancelled"}
 
 
 # --- The window ----------------------------------------------------------------------------------
