@@ -7,8 +7,9 @@
 - advance: what the plan's task does, whenever a run of the plan ends, when the plan starts
   or resumes, and every minute (a django-q2 Schedule): follow the runs, apply the failure
   policy, start the next moves (never more than max_parallel, never two for one tenant, only
-  inside the window and only when the estimate fits in what is left of it), resume a run
-  whose worker died (a restart of every worker leaves runs running with no one). It works under
+  inside the window and only when the estimate fits in what is left of it), hand a run whose
+  worker died (a restart of every worker leaves runs running with no one) or whose task was
+  lost to a worker again. It works under
   the plan's row lock, from the database alone: any worker on any machine may run it, twice
   at once or after every worker restarted, and it does the right thing once.
 - progress / estimate: the figures of the plan page, `plan_control show` and `--dry-run`.
@@ -485,7 +486,7 @@ def advance(plan_id: int) -> str:
             if item.status != ItemStatus.RUNNING:
                 continue
             if item.run is not None and item.run.status in ACTIVE_STATUSES:
-                if _interrupted(item, now):
+                if _lost(item, now):
                     item.resumed_at = now
                     item.save(update_fields=["resumed_at"])
                     resumed.append(item.run_id)
@@ -510,17 +511,21 @@ def advance(plan_id: int) -> str:
         plan.save()
         transaction.on_commit(partial(_after_advance, [r.pk for r in started], notify, resumed))
     return f"plan {plan_id} {plan.status}: {len(started)} move(s) started" + \
-        (f", {len(resumed)} interrupted one(s) resumed" if resumed else "")
+        (f", {len(resumed)} interrupted one(s) handed to a worker again" if resumed else "")
 
 
-def _interrupted(item: MovePlanItem, now) -> bool:
-    """Its run is running, but no live worker holds it (every worker was restarted): resume it,
-    at most every RESUME_AFTER (its resume task may wait for a free worker meanwhile). A held
-    online move waiting in the database for its next round is not interrupted."""
+def _lost(item: MovePlanItem, now) -> bool:
+    """Its run needs its task again: running with no live worker holding it (every worker was
+    restarted), or queued for RESUME_AFTER (its task was lost between the commit that made the
+    run and the enqueue). At most every RESUME_AFTER: a task may wait for a free worker, and an
+    extra one is a no-op (the executor claims a run once). A held online move waiting in the
+    database for its next round is not lost."""
     run = item.run
-    if run.status != RunStatus.RUNNING or run.hold_cutover or run.next_round_at is not None:
-        return False
     if item.resumed_at and now - item.resumed_at < RESUME_AFTER:
+        return False
+    if run.status == RunStatus.QUEUED:
+        return now - run.created_at >= RESUME_AFTER
+    if run.hold_cutover or run.next_round_at is not None:
         return False
     ok, _ = services.interrupted_runs([run], allow_queued=False)
     return bool(ok)
@@ -531,7 +536,7 @@ def _after_advance(run_ids: list[int], notify: list[int], resumed: list[int] = (
     for run in MigrationRun.objects.filter(pk__in=run_ids).order_by("pk"):
         services.enqueue(run)
     for run in MigrationRun.objects.filter(pk__in=resumed).order_by("pk"):
-        services.enqueue(run, resume=True)
+        services.enqueue(run, resume=run.status == RunStatus.RUNNING)
 
 
 def advance_open_plans() -> list[str]:

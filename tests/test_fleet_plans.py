@@ -170,6 +170,13 @@ def test_two_advances_at_once_start_one_move(tenants, queued):
     [t.join(30) for t in threads]
     assert sorted(r.split(": ")[1] for r in results) == ["0 move(s) started", "1 move(s) started"]
     assert active_runs() == 1
+    # Its task lost (the process died between the commit and the enqueue): handed out again, once.
+    OrmQ.objects.all().delete()
+    MigrationRun.objects.update(created_at=timezone.now() - services.RESUME_AFTER)
+    assert tasks.advance_plan(plan.pk) == f"plan {plan.pk} running: 0 move(s) started, 1 interrupted one(s) " \
+                                         "handed to a worker again"
+    assert tasks.advance_plan(plan.pk) == f"plan {plan.pk} running: 0 move(s) started"
+    assert [SignedPackage.loads(q.payload)["func"] for q in OrmQ.objects.all()] == ["migration_jobs.tasks.execute_run"]
     services.cancel(plan)
     queued()
     plan.refresh_from_db()
@@ -278,7 +285,8 @@ def test_a_plan_carries_on_after_every_worker_restarted(tenants, queued):
         execute(item.run_id, faults=Faults({"after:provision": WorkerKilled}))
     assert MigrationRun.objects.get(pk=item.run_id).status == RunStatus.RUNNING
 
-    assert tasks.advance_open_plans() == [f"plan {plan.pk} running: 0 move(s) started, 1 interrupted one(s) resumed"]
+    assert tasks.advance_open_plans() == [f"plan {plan.pk} running: 0 move(s) started, 1 interrupted one(s) handed "
+                                          "to a worker again"]
     assert tasks.advance_plan(plan.pk) == f"plan {plan.pk} running: 0 move(s) started"  # resumed once
     assert queued()[0] == "execute_run"
     plan.refresh_from_db()
