@@ -239,3 +239,30 @@ TENANT_HEALTH_MIN_REQUESTS = env.int("TENANT_HEALTH_MIN_REQUESTS", default=50)
 TENANT_METRICS_WINDOW_MINUTES = env.int("TENANT_METRICS_WINDOW_MINUTES", default=5)
 TENANT_METRICS_MAX_TENANTS = env.int("TENANT_METRICS_MAX_TENANTS", default=500)
 TENANT_METRICS_RECENT_HOURS = env.float("TENANT_METRICS_RECENT_HOURS", default=24.0)
+
+# --- Fleet moves (plans of many moves) ------------------------------------------------------
+# A shared tenant with at least this many rows is a candidate for a dedicated place.
+TENANT_DEDICATED_THRESHOLD_ROWS = env.int("TENANT_DEDICATED_THRESHOLD_ROWS", default=100_000)
+# Estimates before any move was measured: copy rate and the fixed cost of a move (preflight,
+# backup, provision, verify of a small tenant...). Measured runs replace both.
+FLEET_DEFAULT_ROWS_PER_SECOND = env.float("FLEET_DEFAULT_ROWS_PER_SECOND", default=50_000.0)
+FLEET_DEFAULT_MOVE_SECONDS = env.float("FLEET_DEFAULT_MOVE_SECONDS", default=10.0)
+
+# --- E-mail (notices to tenants about planned moves) --------------------------------------
+# EMAIL_URL (smtp://user:password@host:587 , smtp+tls://..., smtp+ssl://..., consolemail://), or
+# EMAIL_HOST (+ EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS / EMAIL_USE_SSL),
+# or neither: printed on the console (the demo).
+if env("EMAIL_URL", default=""):
+    vars().update(env.email_url("EMAIL_URL"))
+elif env("EMAIL_HOST", default=""):
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_HOST = env("EMAIL_HOST")
+    EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+    EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+    EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+    EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+    EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=30)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="tenant-moves@localhost")

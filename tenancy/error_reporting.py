@@ -49,7 +49,8 @@ _busy = threading.local()
 
 def _settings_secrets() -> set[str]:
     found = {settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ()),
-             getattr(settings, "TENANT_ENCRYPTION_KEY", ""), *getattr(settings, "TENANT_ENCRYPTION_OLD_KEYS", ())}
+             getattr(settings, "TENANT_ENCRYPTION_KEY", ""), *getattr(settings, "TENANT_ENCRYPTION_OLD_KEYS", ()),
+             getattr(settings, "EMAIL_HOST_PASSWORD", "")}
     for alias_settings in list(connections.settings.values()):
         found.add(alias_settings.get("PASSWORD") or "")
     for db in settings.DATABASES.values():

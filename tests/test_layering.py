@@ -116,6 +116,7 @@ def test_no_import_cycle():
 # (module, function) -> the reason. Everything else imports at the top of its module.
 FUNCTION_IMPORTS_ALLOWED = {
     ("tenancy.apps", "ready"): "AppConfig.ready: signals and the default server need the models loaded",
+    ("fleet.apps", "ready"): "AppConfig.ready: the run_finished receiver and the schedule need the models loaded",
     ("benchmarks.writer", "writer_process"): "the entry of a spawned process: Django is set up there first",
     ("benchmarks.writer", "_write"): "runs in the spawned writer process, which imports this module "
                                      "before django.setup() (models and the tenant context need the apps)",

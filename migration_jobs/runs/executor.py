@@ -33,6 +33,7 @@ from migration_jobs.runs.context import RunContext
 from migration_jobs.runs.faults import NO_FAULTS, Faults
 from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Parked, Step
+from migration_jobs.signals import run_finished
 from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
 from tenancy.routing import set_read_switch
 from tenancy.shared_db import shared_conninfo, shared_password
@@ -214,6 +215,7 @@ def _finish(run: MigrationRun, status: str, error: str = "") -> None:
     if run.started_at:
         run.writes_refused_seconds = writes_refused_seconds(run)
     run.save()
+    run_finished.send_robust(sender=MigrationRun, run=run)
 
 
 def _claim(run_id: int, resume: bool, park_when_held: bool = False) -> MigrationRun | None:
