@@ -13,6 +13,7 @@ Nothing secret is rendered: runs and steps hold none, and credential objects are
 """
 from migration_jobs.admin.common import confirmation_page
 from migration_jobs.admin.runs import MigrationRunAdmin, MigrationStepInline
+from migration_jobs.admin.servers import ServerChangeList
 from migration_jobs.admin.tenant_actions import TENANT_ACTIONS
 
-__all__ = ["MigrationRunAdmin", "MigrationStepInline", "TENANT_ACTIONS", "confirmation_page"]
+__all__ = ["MigrationRunAdmin", "MigrationStepInline", "ServerChangeList", "TENANT_ACTIONS", "confirmation_page"]

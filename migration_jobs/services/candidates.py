@@ -26,6 +26,9 @@ SAMPLE_EVERY = timedelta(hours=1)
 # A dedicated database being read for its size answers within this or is "unreachable".
 PLACE_TIMEOUT = 3
 SAMPLE_LOCK = 74_212  # advisory lock: two looks at once record one sample per tenant
+# Printed under a list with estimates (the command, the admin page).
+FOOTNOTE = ("≈ estimated from PostgreSQL's statistics (pg_class, pg_stats of tenant_id; as fresh as the last "
+            "ANALYZE, scaled to the tables' current size); exact counts (--exact) read every row.")
 
 
 @dataclass

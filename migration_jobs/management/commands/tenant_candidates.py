@@ -6,9 +6,6 @@ from migration_jobs.management.base import TenantCommand
 from migration_jobs.management.commands._progress import table
 from migration_jobs.services import candidates as found
 
-FOOTNOTE = ("≈ estimated from PostgreSQL's statistics (pg_class, pg_stats of tenant_id; as fresh as the last "
-            "ANALYZE, scaled to the tables' current size); --exact counts every row.")
-
 
 class Command(TenantCommand):
     help = ("List the tenants that should move: shared tenants over TENANT_DEDICATED_THRESHOLD_ROWS rows and "
@@ -29,7 +26,7 @@ class Command(TenantCommand):
             return
         if not items:
             self.stdout.write(f"no tenant should move (threshold {found.threshold_rows():,} rows, no dedicated "
-                              f"reason pending){'' if exact else '; ' + FOOTNOTE}")
+                              f"reason pending){'' if exact else '; ' + found.FOOTNOTE}")
             return
 
         def approx(c, text):
@@ -42,6 +39,6 @@ class Command(TenantCommand):
               found.human_growth(c), c.reason or "-"] for c in items],
             ["tenant", "placement", "rows", "size", "growth", "reason"]))
         if any(c.estimated for c in items):
-            self.stdout.write(FOOTNOTE)
+            self.stdout.write(found.FOOTNOTE)
         self.stdout.write(f"{sum(c.should_move for c in items)} should move (threshold "
                           f"{found.threshold_rows():,} rows).")
