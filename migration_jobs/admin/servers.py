@@ -22,6 +22,15 @@ class ServerChangeList(ChangeList):
             server.capacity = cap
 
 
+def capacity_note(cap: capacity.Capacity) -> str:
+    """One phrase for a server choice (the move confirmation page): its room, and whether a
+    move there would be refused for capacity."""
+    limit = "no limit" if cap.limit is None else cap.limit
+    note = f"{cap.tenant_databases} / {limit} tenant databases, " + (
+        f"{cap.load.free} free connections" if cap.load is not None else cap.problem or "connections not read")
+    return f"{note} (full: a move there is refused)" if cap.refusal() else note
+
+
 @admin.display(description="tenant databases")
 def tenant_databases(server):
     cap = getattr(server, "capacity", None)

@@ -41,13 +41,35 @@ class TenantColumn:
     frequencies: dict[int, float]   # most common tenant ids -> fraction of the rows
     n_distinct: float               # distinct tenant ids (absolute)
     null_frac: float
+    bounds: tuple[int, ...] = ()    # histogram_bounds: equal shares of the other rows
 
-    def fraction(self, tenant_id: int) -> float:
-        if tenant_id in self.frequencies:
-            return self.frequencies[tenant_id]
+    def fractions(self, known_ids) -> dict[int, float]:
+        """{tenant id: fraction of the table's rows} for every id of `known_ids`.
+
+        An id in the most-common list has its frequency. The other rows (1 - frequencies -
+        nulls) are spread over the histogram's buckets, equal shares, and each bucket's share
+        over the known ids inside it, as the planner reads a histogram; ids outside every
+        bucket were not even sampled and get none. Without a histogram, evenly over the
+        other distinct values (n_distinct)."""
         rest = max(0.0, 1.0 - sum(self.frequencies.values()) - self.null_frac)
-        others = self.n_distinct - len(self.frequencies)
-        return rest / others if others >= 1 and rest > 0 else 0.0
+        out = {tid: self.frequencies.get(tid, 0.0) for tid in known_ids}
+        others = sorted(tid for tid in out if tid not in self.frequencies)
+        if rest <= 0 or not others:
+            return out
+        if len(self.bounds) >= 2:
+            weight = dict.fromkeys(others, 0.0)
+            for lo, hi in zip(self.bounds, self.bounds[1:]):
+                inside = [tid for tid in others if lo <= tid <= hi]
+                for tid in inside:
+                    weight[tid] += 1.0 / len(inside)
+            total = sum(weight.values())
+            if total:
+                out.update({tid: rest * w / total for tid, w in weight.items()})
+                return out
+        spread = self.n_distinct - len(self.frequencies)
+        if spread >= 1:
+            out.update({tid: rest / spread for tid in others})
+        return out
 
 
 @dataclass
@@ -84,7 +106,7 @@ def tenant_columns(conn, schema: str, names) -> dict[str, TenantColumn]:
     """{table: TenantColumn} for the tables of `names` with statistics of tenant_id."""
     found = conn.execute(
         """SELECT DISTINCT ON (tablename) tablename, most_common_vals::text::bigint[], most_common_freqs,
-                  n_distinct, null_frac, c.reltuples
+                  n_distinct, null_frac, c.reltuples, histogram_bounds::text::bigint[]
              FROM pg_stats s
              JOIN pg_namespace n ON n.nspname = s.schemaname
              JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = s.tablename
@@ -92,9 +114,10 @@ def tenant_columns(conn, schema: str, names) -> dict[str, TenantColumn]:
             ORDER BY tablename, s.inherited DESC""",
         (schema, list(names))).fetchall()
     columns = {}
-    for name, values, freqs, n_distinct, null_frac, reltuples in found:
+    for name, values, freqs, n_distinct, null_frac, reltuples, bounds in found:
         distinct = -n_distinct * max(reltuples, 0) if n_distinct < 0 else n_distinct
-        columns[name] = TenantColumn(dict(zip(values or [], freqs or [])), float(distinct), float(null_frac))
+        columns[name] = TenantColumn(dict(zip(values or [], freqs or [])), float(distinct), float(null_frac),
+                                     tuple(bounds or ()))
     return columns
 
 
@@ -112,25 +135,29 @@ def counts_by_tenant(conn, schema: str, names) -> dict[str, dict[int, int]]:
     return counts
 
 
-def shared_figures(conn, schema: str, names, tenant_ids, *, exact: bool = False) -> dict[int, Figures]:
+def shared_figures(conn, schema: str, names, tenant_ids, *, exact: bool = False, known_ids=()) -> dict[int, Figures]:
     """{tenant_id: Figures} of tenants whose rows are in the shared tables (`schema`, normally
-    public). Estimated from statistics; tables without them, or all with `exact`, counted."""
+    public). Estimated from statistics; tables without them, or all with `exact`, counted.
+    `known_ids`: every tenant id that may have rows there (moved tenants keep legacy rows),
+    over which statistics spread the rows of the less common ids."""
     stats = table_stats(conn, schema, names)
     columns = {} if exact else tenant_columns(conn, schema, stats)
     to_count = [n for n in stats if exact or stats[n].rows is None or n not in columns]
     counted = counts_by_tenant(conn, schema, to_count)
     figures = {tid: Figures() for tid in tenant_ids}
+    known = set(known_ids) | set(figures)
     for name, table in stats.items():
         if name in counted:
             total_rows = sum(counted[name].values())
             per_row = table.total_bytes / total_rows if total_rows else 0.0
         else:
             per_row = table.bytes_per_row
+            fractions = columns[name].fractions(known)
         for tid, fig in figures.items():
             if name in counted:
                 rows = counted[name].get(tid, 0)
             else:
-                rows = round(columns[name].fraction(tid) * table.rows)
+                rows = round(fractions[tid] * table.rows)
                 fig.estimated = True
             fig.tables[name] = rows
             fig.rows += rows

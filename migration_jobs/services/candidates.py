@@ -91,7 +91,8 @@ def _figures(tenants: list[Tenant], exact: bool) -> dict[int, sizes.Figures | st
     out: dict[int, sizes.Figures | str] = {}
     with shared_place().connect(autocommit=True, application_name="tenant-candidates") as conn:
         if shared:
-            out.update(sizes.shared_figures(conn, "public", names, shared, exact=exact))
+            out.update(sizes.shared_figures(conn, "public", names, shared, exact=exact,
+                                            known_ids=Tenant.objects.values_list("pk", flat=True)))
         for tenant in tenants:
             if tenant.placement == Placement.SCHEMA:
                 out[tenant.pk] = sizes.place_figures(conn, place_of(tenant), names, tenant.pk, exact=exact)
