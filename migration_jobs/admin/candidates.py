@@ -47,7 +47,7 @@ def candidates_view(modeladmin, request):
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": "Tenants that should move", "opts": opts, "app_label": opts.app_label,
-        "rows": rows, "exact": exact, "include_all": include_all, "threshold": found.threshold_rows(),
+        "rows": rows, "exact": exact, "include_all": include_all, "threshold": f"{found.threshold_rows():,}",
         "footnote": found.FOOTNOTE if any(c.estimated for c in items) else "",
         "plan_url": target, "should_move": sum(c.should_move for c in items),
     }
