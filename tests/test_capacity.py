@@ -13,6 +13,8 @@ from django.urls import reverse
 from migration_jobs import services
 from migration_jobs.engine import preflight, provision
 from migration_jobs.engine.server_load import ConnectionLoad
+from migration_jobs.engine.tables import tenant_tables
+from migration_jobs.engine.target_server import check_target_server
 from migration_jobs.models import MigrationRun
 from migration_jobs.services import capacity
 from tenancy.models import DatabaseServer, Tenant
@@ -163,3 +165,26 @@ def test_server_list_shows_capacity_and_unreachable_servers(staff, second_server
                                                                                rows["default"])
     assert "unreachable" in rows["spare"]
     assert "pw-Spare-secret-99" not in html and second_cluster.password not in html
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_move_checks_capacity_again_in_its_preflight(make_tenant, second_server, cleanup):
+    tenant = make_tenant("queued")
+    cleanup(tenant)
+    run = services.request_move(tenant, "database", server_name="second")
+    assert capacity.capacity(second_server).moving == 1
+    second_server.max_tenant_databases = 1  # the run's own move does not count against it
+    second_server.save()
+    report = preflight.PreflightReport()
+    check_target_server(second_server, run.target_database, report, connections_needed=4,
+                        tenant_tables=[t.name for t in tenant_tables()])
+    assert report.ok, report.summary()
+
+    second_server.max_tenant_databases = 0  # the server filled up while the run waited
+    second_server.save()
+    done = services.execute(run)
+
+    assert done.status == "rolled_back" and "server second: tenant databases" in done.error
+    assert "0 tenant databases (0 placed, 0 other moves on the way), limit 0" in done.error
+    assert Tenant.objects.get(pk=tenant.pk).placement == "shared"
+    assert not provision.database_exists(second_server, tenant.database_name)

@@ -126,3 +126,14 @@ def check_server(conn, label: str, report: PreflightReport, *, need_create_db: b
                f"needs {connections_needed}" + (f" and {spare} must stay free" if spare else ""),
                "raise max_connections on that server or free connections (each dedicated tenant also needs "
                "its own pool per app process), or choose another server")
+
+
+def check_tenant_databases(report: PreflightReport, label: str, *, placed: int, moving: int,
+                           limit: int | None) -> None:
+    """The server takes one more tenant database: under its max_tenant_databases (None: no
+    limit), counting the tenants placed there and the other moves on their way there."""
+    held = placed + moving
+    report.add(f"{label}: tenant databases", limit is None or held < limit,
+               f"{held} tenant databases ({placed} placed, {moving} other moves on the way), limit "
+               f"{'none' if limit is None else limit}",
+               "raise the server's max_tenant_databases or choose another server")

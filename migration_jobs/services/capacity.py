@@ -10,12 +10,11 @@ from dataclasses import dataclass
 
 import psycopg
 from django.conf import settings
-from django.db.models import Count
 
-from migration_jobs.engine.server_load import LIVE_TIMEOUT, ConnectionLoad, read_connection_load
+from migration_jobs.engine.server_load import (LIVE_TIMEOUT, ConnectionLoad, read_connection_load,
+                                               tenant_database_counts)
 from migration_jobs.exceptions import Refused
-from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunKind
-from tenancy.models import DatabaseServer, Placement, Tenant
+from tenancy.models import DatabaseServer, Tenant
 
 # Live reads of a list of servers run at most this many at once.
 PARALLEL_READS = 8
@@ -70,26 +69,14 @@ def min_free_connections() -> int:
     return int(settings.TENANT_SERVER_MIN_FREE_CONNECTIONS)
 
 
-def database_counts(server_ids, *, exclude_tenant: Tenant | None = None) -> dict[int, tuple[int, int]]:
-    """{server id: (tenants placed there, active moves to it)} in two queries."""
-    placed = Tenant.objects.filter(placement=Placement.DATABASE, credential__server_id__in=server_ids)
-    moving = MigrationRun.objects.filter(status__in=ACTIVE_STATUSES, kind=RunKind.MOVE,
-                                         target_placement=Placement.DATABASE, target_server_id__in=server_ids)
-    if exclude_tenant is not None:
-        placed, moving = placed.exclude(pk=exclude_tenant.pk), moving.exclude(tenant_id=exclude_tenant.pk)
-    placed_by = dict(placed.values_list("credential__server_id").annotate(n=Count("pk")).order_by())
-    moving_by = dict(moving.values_list("target_server_id").annotate(n=Count("tenant_id", distinct=True))
-                     .order_by())
-    return {sid: (placed_by.get(sid, 0), moving_by.get(sid, 0)) for sid in server_ids}
-
-
 def capacities(servers, *, live: bool = True, timeout: float = LIVE_TIMEOUT,
                exclude_tenant: Tenant | None = None) -> list[Capacity]:
     """Capacity of each server, in the given order. The live reads run in parallel and the
     whole call takes at most about `timeout` seconds: a server that has not answered by then
     (or refused) is "unreachable" (never the error's text: it may quote connection details)."""
     servers = list(servers)
-    counts = database_counts([s.pk for s in servers], exclude_tenant=exclude_tenant)
+    counts = tenant_database_counts([s.pk for s in servers],
+                                    exclude_tenant_id=exclude_tenant.pk if exclude_tenant else None)
     found = [Capacity(s, *counts[s.pk]) for s in servers]
     if not live or not found:
         return found
