@@ -100,7 +100,7 @@ class DomainInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "placement", "status", "row_count", "domain", "created_at"]
-    list_filter = ["placement", "status"]
+    list_filter = ["placement", "status", "dedicated_reason"]
     search_fields = ["slug", "name", "domains__domain"]
     inlines = [DomainInline]
     # Other apps append their actions here (e.g. migration_jobs: "move to schema/database").
