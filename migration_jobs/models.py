@@ -171,3 +171,23 @@ def expected_refusal_seconds(tenant_id: int) -> float | None:
 
 
 refusal.register(expected_refusal_seconds)
+
+
+# --- Tenant sizes over time (the candidates list's "growth since last look") --------------------
+
+class TenantSizeSample(models.Model):
+    """A tenant's rows and size as the candidates list saw them (at most one per tenant per
+    hour, services.candidates): the next look compares with it."""
+
+    tenant = models.ForeignKey("tenancy.Tenant", on_delete=models.CASCADE, related_name="size_samples")
+    taken_at = models.DateTimeField(default=timezone.now)
+    rows = models.BigIntegerField()
+    size_bytes = models.BigIntegerField()
+    estimated = models.BooleanField(help_text="The figures came from PostgreSQL's statistics, not exact counts.")
+
+    class Meta:
+        ordering = ["tenant", "-taken_at"]
+        indexes = [models.Index(fields=["tenant", "-taken_at"], name="size_sample_tenant_time")]
+
+    def __str__(self):
+        return f"{self.tenant_id} at {self.taken_at:%Y-%m-%d %H:%M}: {self.rows} rows"

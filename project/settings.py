@@ -216,6 +216,10 @@ MIGRATION_HELD_ROUND_INTERVAL = env.float("MIGRATION_HELD_ROUND_INTERVAL", defau
 # Legacy rows of a moved tenant stay in the shared tables this long before they may be retired.
 TENANT_LEGACY_GRACE_DAYS = env.float("TENANT_LEGACY_GRACE_DAYS", default=7.0)
 TENANT_LEGACY_BATCH_ROWS = env.int("TENANT_LEGACY_BATCH_ROWS", default=5000)
+# Fleet candidates: a shared tenant with more rows than this should move (manage.py tenant_candidates).
+TENANT_DEDICATED_THRESHOLD_ROWS = env.int("TENANT_DEDICATED_THRESHOLD_ROWS", default=100_000)
+# Server capacity: a server with fewer free connections than this takes no new tenant database.
+TENANT_SERVER_MIN_FREE_CONNECTIONS = env.int("TENANT_SERVER_MIN_FREE_CONNECTIONS", default=5)
 # Restores of untrusted archives: sequences never past the restored keys plus this margin;
 # a gzip member may expand at most this ratio (export writes level 3: <= ~230:1), an archive
 # at most this many bytes in total (checked while streaming).

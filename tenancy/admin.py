@@ -100,7 +100,7 @@ class DomainInline(admin.TabularInline):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "placement", "status", "row_count", "domain", "created_at"]
-    list_filter = ["placement", "status"]
+    list_filter = ["placement", "status", "dedicated_reason"]
     search_fields = ["slug", "name", "domains__domain"]
     inlines = [DomainInline]
     # Other apps append their actions here (e.g. migration_jobs: "move to schema/database").
@@ -123,8 +123,9 @@ class TenantAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["slug", "name", "status", "settings"]
-        return ["slug", "name", "placement", "schema_name", "status", "settings", "created_at", "updated_at"]
+            return ["slug", "name", "status", "settings", "dedicated_reason", "dedicated_note"]
+        return ["slug", "name", "placement", "schema_name", "status", "settings", "dedicated_reason",
+                "dedicated_note", "created_at", "updated_at"]
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -173,7 +174,8 @@ class DatabaseServerAdmin(admin.ModelAdmin):
     readonly_fields = ["is_default", "password_status", "created_at"]
 
     def get_fieldsets(self, request, obj=None):
-        main = ["name", "host", "port", "admin_user", "maintenance_db", "is_default", "notes", "created_at"]
+        main = ["name", "host", "port", "admin_user", "maintenance_db", "is_default", "max_tenant_databases", "notes",
+                "created_at"]
         if obj is not None and obj.is_default:
             # The default server mirrors settings.DATABASES (refreshed on every migrate).
             return [(None, {"fields": main}), ("Admin password", {"fields": ["password_status"]})]

@@ -18,7 +18,7 @@ class DatabaseServerForm(forms.ModelForm):
     class Meta:
         model = DatabaseServer
         # is_default is kept in step with settings by tenancy.servers, not edited by hand.
-        fields = ["name", "host", "port", "admin_user", "maintenance_db", "notes"]
+        fields = ["name", "host", "port", "admin_user", "maintenance_db", "max_tenant_databases", "notes"]
 
     def clean(self):
         cleaned = super().clean()

@@ -14,6 +14,7 @@ Nothing secret is rendered: runs and steps hold none, and credential objects are
 from migration_jobs.admin.common import confirmation_page
 from migration_jobs.admin.health import move_health  # the tenant list's "health" column
 from migration_jobs.admin.runs import MigrationRunAdmin
+from migration_jobs.admin.servers import ServerChangeList
 from migration_jobs.admin.tenant_actions import TENANT_ACTIONS
 
-__all__ = ["MigrationRunAdmin", "TENANT_ACTIONS", "confirmation_page", "move_health"]
+__all__ = ["MigrationRunAdmin", "ServerChangeList", "TENANT_ACTIONS", "confirmation_page", "move_health"]

@@ -6,9 +6,13 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import JSONObject
+from django.urls import path
 from django.utils.html import format_html
 
 from migration_jobs import services
+from migration_jobs.services import capacity
+from migration_jobs.admin.candidates import candidates_view
+from migration_jobs.admin.servers import capacity_note
 from migration_jobs.admin.common import (confirmation_page, confirmed, hold_requested, online_requested, report_refused,
                                          request_runs, run_url, split_by_check)
 from migration_jobs.models import ACTIVE_STATUSES, MigrationRun
@@ -44,8 +48,9 @@ def _move(modeladmin, request, queryset, target: str):
         place = lambda t: f"schema {t.schema_name}"  # noqa: E731
     else:
         default = ensure_default_server()
-        servers = [(s.name, f"{s.name} ({s.host}:{s.port})", s.pk == default.pk)
-                   for s in DatabaseServer.objects.order_by("-is_default", "name")]
+        servers = [(c.server.name, f"{c.server.name} ({c.server.host}:{c.server.port}) — {capacity_note(c)}",
+                    c.server.pk == default.pk)
+                   for c in capacity.capacities(DatabaseServer.objects.order_by("-is_default", "name"), timeout=2)]
         where = "its own database, with its own login role, on the server chosen below"
         place = lambda t: f"database {t.database_name}"  # noqa: E731
     items, refused = split_by_check(
@@ -207,3 +212,17 @@ if current_run not in TenantAdmin.list_display:
 TenantAdmin.status_owner = status_owner
 # Moves, moves back and retirements need tenancy.move_tenant, as in the API (has_move_permission).
 TenantAdmin.has_move_permission = lambda self, request: request.user.has_perm("tenancy.move_tenant")
+
+
+# --- The tenant list's "Candidates" page (migration_jobs.admin.candidates) -------------------
+
+def _with_candidates_url(get_urls):
+    def urls(self):
+        view = self.admin_site.admin_view(lambda request: candidates_view(self, request))
+        return [path("candidates/", view, name="tenancy_tenant_candidates"), *get_urls(self)]
+    urls.adds_candidates = True
+    return urls
+
+
+if not getattr(TenantAdmin.get_urls, "adds_candidates", False):
+    TenantAdmin.get_urls = _with_candidates_url(TenantAdmin.get_urls)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from django.conf import settings
 from psycopg import sql
 
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.references import find_bad_references
+from migration_jobs.engine.server_load import connection_load
 from migration_jobs.engine.tables import TableSpec, row_counts
 
 MIN_SERVER_VERSION = 140000
@@ -116,11 +118,22 @@ def check_server(conn, label: str, report: PreflightReport, *, need_create_db: b
                                   ).fetchone()[0]
         report.add(f"{label}: privileges", can_create, f"CREATE on database: {can_create}",
                    "the app's database user needs CREATE on its database to make tenant schemas")
-    max_conn, used, reserved = conn.execute(
-        "SELECT current_setting('max_connections')::int, (SELECT count(*) FROM pg_stat_activity), "
-        "current_setting('superuser_reserved_connections')::int").fetchone()
-    free = max_conn - reserved - used
-    report.add(f"{label}: connection capacity", free >= connections_needed,
-               f"{used} of {max_conn} connections in use ({reserved} reserved), this move needs {connections_needed}",
+    load = connection_load(conn)
+    # A server that receives a tenant database keeps TENANT_SERVER_MIN_FREE_CONNECTIONS spare besides.
+    spare = settings.TENANT_SERVER_MIN_FREE_CONNECTIONS if need_create_db else 0
+    report.add(f"{label}: connection capacity", load.free >= connections_needed + spare,
+               f"{load.used} of {load.max_connections} connections in use ({load.reserved} reserved), this move "
+               f"needs {connections_needed}" + (f" and {spare} must stay free" if spare else ""),
                "raise max_connections on that server or free connections (each dedicated tenant also needs "
-               "its own pool per app process)")
+               "its own pool per app process), or choose another server")
+
+
+def check_tenant_databases(report: PreflightReport, label: str, *, placed: int, moving: int,
+                           limit: int | None) -> None:
+    """The server takes one more tenant database: under its max_tenant_databases (None: no
+    limit), counting the tenants placed there and the other moves on their way there."""
+    held = placed + moving
+    report.add(f"{label}: tenant databases", limit is None or held < limit,
+               f"{held} tenant databases ({placed} placed, {moving} other moves on the way), limit "
+               f"{'none' if limit is None else limit}",
+               "raise the server's max_tenant_databases or choose another server")

@@ -19,7 +19,7 @@ def convert_legacy_triggers(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('migration_jobs', '0005_samples_rounds_health'),
+        ('migration_jobs', '0006_tenant_size_sample'),
     ]
 
     operations = [

@@ -7,6 +7,8 @@ the django-q2 tasks call these functions and nothing below them.
 - archives: export, archive checks, restore.
 - tenants: changing a tenant's name, settings and (through a run) placement.
 - reports: a run as a dict, durations for humans, verifying a tenant in place, leftovers.
+- candidates: the tenants that should move, with their sizes and growth.
+- capacity: how full each database server is; the least loaded one; refusing a full one.
 
 Every refusal is a `migration_jobs.exceptions` class (all `TenantMoveError`); nothing is
 changed when one is raised before a run exists.
@@ -21,6 +23,7 @@ from migration_jobs.services.moves import (active_run, cancel, check_move, check
                                            request_placement, request_retire, resumable_run, roll_back,
                                            rollback_unfinished, set_read_share, set_status, undo_move,
                                            why_not_cancel, why_waiting, worker_connections, worker_count)
+from migration_jobs.services.capacity import capacities, check_room, least_loaded
 from migration_jobs.services.reports import (FULL, REF, ROW, human_duration, human_refusal, leftovers, one_line,
                                              run_dict, run_history, run_report, run_state, run_steps, step_labels,
                                              verify, verify_via_cluster, writes_refused)
@@ -44,4 +47,5 @@ __all__ = [
     "PLACEMENT_ALIASES", "READ_SHARES", "TARGETS", "boolean", "check_reachable", "get_run", "get_server",
     "get_tenant", "known_fields", "placement", "server_name", "tenant_by_id", "tenant_id",
     "change_tenant", "check_tenant_change",
+    "capacities", "check_room", "least_loaded",
 ]

@@ -9,6 +9,7 @@ import psycopg
 
 from migration_jobs.exceptions import BadRequest, NotFound, Refused
 from migration_jobs.models import MigrationRun
+from migration_jobs.services.capacity import check_room
 from tenancy.models import DatabaseServer, Placement, Tenant
 from tenancy.servers import ensure_default_server
 
@@ -127,9 +128,12 @@ def check_reachable(server: DatabaseServer) -> None:
 
 
 def reachable_server(name: str | None) -> DatabaseServer:
-    """The named server (the default one without a name), checked reachable."""
+    """The named server (the default one without a name) for a new tenant database: checked
+    reachable and with room for it (services.capacity: under its max_tenant_databases, with
+    TENANT_SERVER_MIN_FREE_CONNECTIONS connections to spare), else Refused in one line."""
     server = get_server(name)
     check_reachable(server)
+    check_room(server)
     return server
 
 
