@@ -5,6 +5,8 @@ must be running (`make db`). With DATABASE_URL any PostgreSQL 14+ server is used
 """
 from pathlib import Path
 
+from redis.connection import parse_url as redis_url_keywords
+
 from project import embedded_pg
 from project.env import BASE_DIR, app_database_name, embedded_pg_dir, env
 
@@ -153,9 +155,13 @@ BACKUP_DIR = Path(env("TENANT_BACKUP_DIR", default=str(VAR_DIR / "backups")))
 # one attempt only, and tasks are no-ops when their run is already running or finished.
 MIGRATION_TASK_TIMEOUT = env.int("MIGRATION_TASK_TIMEOUT", default=6 * 3600)
 Q_CLUSTER = {
-    "name": "tenant-moves",
-    "orm": "default",
+    # Separates projects (and test runs) sharing one broker: the queue's name and the salt
+    # tasks are signed with (with SECRET_KEY), so every web and worker process must agree.
+    "name": env("Q_NAME", default="tenant-moves"),
     "workers": env.int("Q_WORKERS", default=2),
+    # A cluster takes at most one task it cannot start yet (plus the one its pusher holds):
+    # moves are long, and a move prefetched by a busy machine would wait while others idle.
+    "queue_limit": env.int("Q_QUEUE_LIMIT", default=1),
     "timeout": MIGRATION_TASK_TIMEOUT,
     "retry": MIGRATION_TASK_TIMEOUT + 1800,
     "max_attempts": 1,
@@ -165,6 +171,16 @@ Q_CLUSTER = {
     "sync": env.bool("Q_SYNC", default=False),
     "poll": 0.5,
 }
+# Q_BROKER_URL=redis://[:password@]host:6379/0 switches to django-q2's Redis broker, for
+# `manage.py qcluster` on any number of machines (README "Deployment"). Redis hands each task
+# to one cluster and forgets it (no acknowledgement, no re-delivery: `retry`, `max_attempts`
+# and `ack_failures` only matter to the ORM broker); the run lock still lets one worker only
+# execute a run. Parsed into keywords so the password sits under a key error reports hide.
+# Unset: the ORM broker, in the shared database (nothing else to run).
+if _broker_url := env("Q_BROKER_URL", default=""):
+    Q_CLUSTER["redis"] = redis_url_keywords(_broker_url)
+else:
+    Q_CLUSTER["orm"] = "default"
 
 LOGGING = {
     "version": 1,

@@ -29,6 +29,7 @@ from migration_jobs.engine.tables import TableSpec
 from migration_jobs.engine.verify import fingerprint
 
 FENCE_TABLE = "tenant_move_fence"
+FENCE_DDL_LOCK = 74_212  # first key of pg_advisory_xact_lock(int, int): the fence objects' DDL
 BYPASS = "SET LOCAL tenant_move.bypass = 'on'"
 LOCK_TIMEOUT = "3s"
 
@@ -265,6 +266,10 @@ def changed_keys(conn, place: Place, run_id: int, since_round: int) -> dict[str,
 
 def _ensure_fence_objects(conn, place: Place) -> None:
     fence = sql.Identifier(place.schema, FENCE_TABLE)
+    # Moves starting at once (several workers) would race: two CREATE TABLE IF NOT EXISTS
+    # collide on the catalog ("duplicate key ... pg_type"), two CREATE OR REPLACE FUNCTION on
+    # the function's row. One at a time, for this transaction only.
+    conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (FENCE_DDL_LOCK,))
     conn.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
         tenant_id bigint PRIMARY KEY, reason text NOT NULL, since timestamptz NOT NULL DEFAULT now())""").format(fence))
     conn.execute(sql.SQL("""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger
