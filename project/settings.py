@@ -196,6 +196,10 @@ LOGGING = {
 TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
 # Host names whose tenant (or absence of one) each process remembers, least recently used out.
 TENANT_HOST_CACHE_SIZE = env.int("TENANT_HOST_CACHE_SIZE", default=10000)
+# Connections a process keeps open to dedicated tenant databases (all threads together): past
+# it, idle ones close, least recently used first (tenancy/connection_budget.py). Size it so
+# processes x budget fits the target servers' max_connections, or put a pooler in between.
+TENANT_MAX_DEDICATED_CONNECTIONS = env.int("TENANT_MAX_DEDICATED_CONNECTIONS", default=20)
 # Staff paths: never tenant-gated (no tenant lookup, no suspension 503), whatever the host.
 TENANT_UNGATED_PATHS = env.list("TENANT_UNGATED_PATHS", default=["/admin", "/api", "/" + STATIC_URL.strip("/"),
                                                                   "/metrics"])

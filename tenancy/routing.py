@@ -20,6 +20,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection, connections
 
+from tenancy import connection_budget
 from tenancy.models import Domain, Placement, ReadSwitch, Tenant
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ def dedicated_settings(credential) -> dict:
 def _register_alias(alias: str, credential) -> None:
     if alias not in connections.settings:
         connections.settings[alias] = dedicated_settings(credential)
+        connection_budget.track(alias)  # its connections count against the process's budget
 
 
 def is_dedicated_alias(alias: str) -> bool:
