@@ -200,6 +200,9 @@ TENANT_HOST_CACHE_SIZE = env.int("TENANT_HOST_CACHE_SIZE", default=10000)
 # it, idle ones close, least recently used first (tenancy/connection_budget.py). Size it so
 # processes x budget fits the target servers' max_connections, or put a pooler in between.
 TENANT_MAX_DEDICATED_CONNECTIONS = env.int("TENANT_MAX_DEDICATED_CONNECTIONS", default=20)
+# Poolers (PgBouncer...) in front of target servers, for tenant connections only:
+# "server_name=host:port,..." (README "Deployment"); the engine always connects directly.
+TENANT_DEDICATED_POOLERS = env.dict("TENANT_DEDICATED_POOLERS", default={})
 # Staff paths: never tenant-gated (no tenant lookup, no suspension 503), whatever the host.
 TENANT_UNGATED_PATHS = env.list("TENANT_UNGATED_PATHS", default=["/admin", "/api", "/" + STATIC_URL.strip("/"),
                                                                   "/metrics"])

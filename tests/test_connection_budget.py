@@ -9,8 +9,10 @@ made once for the module.
 """
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from django.conf import settings
@@ -21,7 +23,7 @@ from psycopg import sql
 from migration_jobs.engine import provision
 from tenancy import connection_budget
 from tenancy.models import DatabaseCredential, DatabaseServer, default_server_values, tenant_host
-from tenancy.routing import is_dedicated_alias
+from tenancy.routing import is_dedicated_alias, routes
 from tenancy.servers import ensure_default_server
 from tenancy.shared_db import shared_password
 
@@ -202,3 +204,62 @@ def test_threads_close_each_others_idle_connections_between_requests(dedicated_t
     go_on.set()
     holder.join(60)
     assert not errors, errors
+
+
+@contextmanager
+def tcp_relay(host: str, port: int):
+    """A TCP relay to host:port on a free local port (stands in for PgBouncer, not installed
+    here): yields (its port, a list of the connections it accepted)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted, sockets = [], [listener]
+
+    def pump(source, sink):
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve_relay():
+        while True:
+            try:
+                client, address = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((host, port))
+            sockets.extend([client, upstream])
+            accepted.append(address)
+            threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=serve_relay, daemon=True).start()
+    try:
+        yield listener.getsockname()[1], accepted
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_tenant_connections_go_through_the_servers_pooler(dedicated_tenants, persistent, client, settings):
+    """TENANT_DEDICATED_POOLERS: the tenants' requests connect to the pooler's address, without
+    server-side cursors (transaction pooling); still within the budget."""
+    server = ensure_default_server()
+    with tcp_relay(server.host, int(server.port)) as (relay_port, accepted):
+        settings.TENANT_DEDICATED_POOLERS = {"default": f"127.0.0.1:{relay_port}"}
+        routes.clear()
+        for tenant in dedicated_tenants[:BUDGET + 3]:
+            serve(client, tenant)
+            assert connection_budget.open_connections() <= BUDGET
+        assert len(accepted) == BUDGET + 3, "every tenant connection went through the pooler's address"
+        pooled = [conn for conn in connections.all(initialized_only=True)
+                  if is_dedicated_alias(conn.alias) and conn.connection is not None]
+        assert {(c.settings_dict["PORT"], c.settings_dict["DISABLE_SERVER_SIDE_CURSORS"]) for c in pooled} == {
+            (str(relay_port), True)}
+        for conn in pooled:
+            conn.close()
