@@ -5,6 +5,8 @@ must be running (`make db`). With DATABASE_URL any PostgreSQL 14+ server is used
 """
 from pathlib import Path
 
+from redis.connection import parse_url as redis_url_keywords
+
 from project import embedded_pg
 from project.env import BASE_DIR, app_database_name, embedded_pg_dir, env
 
@@ -155,9 +157,13 @@ BACKUP_DIR = Path(env("TENANT_BACKUP_DIR", default=str(VAR_DIR / "backups")))
 # one attempt only, and tasks are no-ops when their run is already running or finished.
 MIGRATION_TASK_TIMEOUT = env.int("MIGRATION_TASK_TIMEOUT", default=6 * 3600)
 Q_CLUSTER = {
-    "name": "tenant-moves",
-    "orm": "default",
+    # Separates projects (and test runs) sharing one broker: the queue's name and the salt
+    # tasks are signed with (with SECRET_KEY), so every web and worker process must agree.
+    "name": env("Q_NAME", default="tenant-moves"),
     "workers": env.int("Q_WORKERS", default=2),
+    # A cluster takes at most one task it cannot start yet (plus the one its pusher holds):
+    # moves are long, and a move prefetched by a busy machine would wait while others idle.
+    "queue_limit": env.int("Q_QUEUE_LIMIT", default=1),
     "timeout": MIGRATION_TASK_TIMEOUT,
     "retry": MIGRATION_TASK_TIMEOUT + 1800,
     "max_attempts": 1,
@@ -167,6 +173,16 @@ Q_CLUSTER = {
     "sync": env.bool("Q_SYNC", default=False),
     "poll": 0.5,
 }
+# Q_BROKER_URL=redis://[:password@]host:6379/0 switches to django-q2's Redis broker, for
+# `manage.py qcluster` on any number of machines (README "Deployment"). Redis hands each task
+# to one cluster and forgets it (no acknowledgement, no re-delivery: `retry`, `max_attempts`
+# and `ack_failures` only matter to the ORM broker); the run lock still lets one worker only
+# execute a run. Parsed into keywords so the password sits under a key error reports hide.
+# Unset: the ORM broker, in the shared database (nothing else to run).
+if _broker_url := env("Q_BROKER_URL", default=""):
+    Q_CLUSTER["redis"] = redis_url_keywords(_broker_url)
+else:
+    Q_CLUSTER["orm"] = "default"
 
 LOGGING = {
     "version": 1,
@@ -182,6 +198,13 @@ LOGGING = {
 TENANT_ROUTE_LISTENER = env.bool("TENANT_ROUTE_LISTENER", default=True)
 # Host names whose tenant (or absence of one) each process remembers, least recently used out.
 TENANT_HOST_CACHE_SIZE = env.int("TENANT_HOST_CACHE_SIZE", default=10000)
+# Connections a process keeps open to dedicated tenant databases (all threads together): past
+# it, idle ones close, least recently used first (tenancy/connection_budget.py). Size it so
+# processes x budget fits the target servers' max_connections, or put a pooler in between.
+TENANT_MAX_DEDICATED_CONNECTIONS = env.int("TENANT_MAX_DEDICATED_CONNECTIONS", default=20)
+# Poolers (PgBouncer...) in front of target servers, for tenant connections only:
+# "server_name=host:port,..." (README "Deployment"); the engine always connects directly.
+TENANT_DEDICATED_POOLERS = env.dict("TENANT_DEDICATED_POOLERS", default={})
 # Staff paths: never tenant-gated (no tenant lookup, no suspension 503), whatever the host.
 TENANT_UNGATED_PATHS = env.list("TENANT_UNGATED_PATHS", default=["/admin", "/api", "/" + STATIC_URL.strip("/"),
                                                                   "/metrics"])

@@ -1,4 +1,6 @@
-"""The database router: tenant-scoped models go to the current tenant's dedicated database."""
+"""The database router: tenant-scoped models go to the current tenant's dedicated database,
+within the process's budget of dedicated connections (tenancy/connection_budget.py)."""
+from tenancy import connection_budget
 from tenancy.context import current_route
 from tenancy.routing import is_dedicated_alias, tenant_app_labels
 
@@ -16,6 +18,9 @@ class TenantRouter:
             return None
         route = current_route()
         if route is not None and route.db_alias:
+            # The request's other alias (its read switch's copy) is in use too: never closed for room.
+            other = route.read_route.db_alias if route.read_route is not None else None
+            connection_budget.use(route.db_alias, (other,) if other else ())
             return route.db_alias
         return None
 

@@ -20,6 +20,7 @@ import psycopg
 from django.conf import settings
 from django.db import connection, connections
 
+from tenancy import connection_budget
 from tenancy.models import Domain, Placement, ReadSwitch, Tenant
 
 log = logging.getLogger(__name__)
@@ -200,16 +201,35 @@ def dedicated_alias(tenant_id: int, credential) -> str:
     return f"{DEDICATED_ALIAS_PREFIX}{tenant_id}_c{credential.pk}_{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
+def pooler_of(server) -> tuple[str, str] | None:
+    """(host, port) of the pooler in front of this server for tenant connections, if any
+    (settings.TENANT_DEDICATED_POOLERS: server name -> host:port)."""
+    address = getattr(settings, "TENANT_DEDICATED_POOLERS", {}).get(server.name)
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
 def dedicated_settings(credential) -> dict:
-    """Django connection settings for a tenant's dedicated database (plain PostgreSQL backend)."""
+    """Django connection settings for a tenant's dedicated database (plain PostgreSQL backend).
+
+    Through the server's pooler when one is configured: only these connections (DML as the
+    tenant role, one transaction at a time) go there, with no server-side cursors (a pooler in
+    transaction mode hands each transaction to any server session; Django binds parameters on
+    the client and prepares nothing by default). The engine's own connections (provisioning,
+    copy, verify) keep the server's own address (README "Deployment")."""
     base = dict(connections.settings["default"])
+    pooled = pooler_of(credential.server)
+    host, port = pooled or (credential.server.host, str(credential.server.port))
     base.update({
         "ENGINE": "django.db.backends.postgresql",
         "NAME": credential.database,
         "USER": credential.role,
         "PASSWORD": credential.password(),
-        "HOST": credential.server.host,
-        "PORT": str(credential.server.port),
+        "HOST": host,
+        "PORT": port,
+        "DISABLE_SERVER_SIDE_CURSORS": base.get("DISABLE_SERVER_SIDE_CURSORS", False) or pooled is not None,
         "OPTIONS": {},
         "TEST": {"NAME": credential.database, "MIRROR": None, "CHARSET": None, "COLLATION": None,
                  "MIGRATE": True, "CREATE_DB": False},
@@ -220,6 +240,7 @@ def dedicated_settings(credential) -> dict:
 def _register_alias(alias: str, credential) -> None:
     if alias not in connections.settings:
         connections.settings[alias] = dedicated_settings(credential)
+        connection_budget.track(alias)  # its connections count against the process's budget
 
 
 def is_dedicated_alias(alias: str) -> bool:

@@ -181,6 +181,9 @@ def with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20) 
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_TIMEOUT)))
+                # Moves starting at once (several workers) would race on the catalog: two CREATE
+                # TABLE IF NOT EXISTS collide ("duplicate key ... pg_type"). One at a time.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (GUARD_DDL_LOCK,))
                 for statement in statements:
                     conn.execute(statement)
             return
@@ -188,6 +191,9 @@ def with_lock_retry(conn, statements: list[sql.Composable], attempts: int = 20) 
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
+
+
+GUARD_DDL_LOCK = 74_212  # first key of pg_advisory_xact_lock(int, int): the guard objects' DDL
 
 
 def ensure_objects(conn, schema: str) -> None:

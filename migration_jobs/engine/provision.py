@@ -38,6 +38,7 @@ from psycopg import sql
 from tenancy.backend.roles import schema_role
 
 TENANT_ROLE_SUFFIX = "_rw"
+SHARED_PRIVILEGES_LOCK = 74_213  # first key of pg_advisory_lock(int, int): the shared database's grants
 
 # Catalogs and views that list every database, role or session of the server (tenant names):
 # hidden from PUBLIC in tenant databases and in the shared database (superusers only can).
@@ -129,13 +130,29 @@ def hide_catalogs(execute, granted, catalogs=HIDDEN_CATALOGS) -> None:
             execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
 
 
+@contextmanager
+def _one_at_a_time(cursor):
+    """Moves starting together (several workers) check and revoke the same privileges: two
+    REVOKEs of one catalog row fail the second with "tuple concurrently updated". Serialized
+    by an advisory lock: till the end of the caller's transaction, or else of this block."""
+    if default_connection.in_atomic_block:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, 0)", [SHARED_PRIVILEGES_LOCK])
+        yield
+        return
+    cursor.execute("SELECT pg_advisory_lock(%s, 0)", [SHARED_PRIVILEGES_LOCK])
+    try:
+        yield
+    finally:
+        cursor.execute("SELECT pg_advisory_unlock(%s, 0)", [SHARED_PRIVILEGES_LOCK])
+
+
 def lock_down_shared_database() -> None:
     """No CONNECT/TEMP for PUBLIC on the shared database (and `postgres`/`template1` of the
     embedded cluster), no CREATE in its public schema, the listing catalogs hidden.
 
     Only when the app's role is a superuser or owns the shared database: the owner keeps
     its own privileges, so the app is never locked out. Idempotent."""
-    with default_connection.cursor() as cursor:
+    with default_connection.cursor() as cursor, _one_at_a_time(cursor):
         run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
 
         def granted(query, args):

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 import psycopg
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
+from django_q.conf import Conf
 
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
@@ -118,8 +119,18 @@ def is_parked(run: MigrationRun) -> bool:
     return run.status == RunStatus.RUNNING and run.next_round_at is not None
 
 
+# The process that loaded this module. In `manage.py qcluster` that is the cluster's main
+# process (Django's setup imports it through the admin), which django-q2 forks its workers from.
+_LOADED_IN = os.getpid()
+
+
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """Who executes a run: `host:pid`, and in a qcluster worker also the cluster's main pid and
+    queue (`host:1240 (qcluster 1234 tenant-moves)`): where to look for it, on which machine."""
+    host, pid = socket.gethostname(), os.getpid()
+    if pid == _LOADED_IN:
+        return f"{host}:{pid}"[:100]
+    return f"{host}:{pid} (qcluster {_LOADED_IN} {Conf.CLUSTER_NAME})"[:100]
 
 
 @contextmanager
