@@ -70,10 +70,13 @@ class CatchUp(Step):
             lag = _record_lag(ctx)
             ctx.save_details(step, round=number, applied=applied, last_round=result.changes)
             ctx.checkpoint("catch_up:round")
-            hold = MigrationRun.objects.values_list("hold_cutover", flat=True).get(pk=ctx.run.pk)
+            hold, read_percent = MigrationRun.objects.values_list("hold_cutover", "read_percent").get(pk=ctx.run.pk)
             if hold:
                 number = _keep_in_sync(ctx, step, number)
-                if ctx.park_when_held:  # a queue worker: wait in the database, not in the worker
+                # A queue worker waits in the database, not in the worker, between rounds (the
+                # scheduler's ~30 s pace). Not while reads are served from the target: those must
+                # stay as fresh as a round every MIGRATION_CATCHUP_INTERVAL keeps them.
+                if ctx.park_when_held and not read_percent:
                     raise Parked(timezone.now() + timedelta(seconds=settings.MIGRATION_HELD_ROUND_INTERVAL))
                 time.sleep(settings.MIGRATION_CATCHUP_INTERVAL)
                 continue
