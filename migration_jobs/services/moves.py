@@ -344,6 +344,8 @@ def set_read_share(run: MigrationRun, percent: int) -> MigrationRun:
         locked.save(update_fields=["read_percent", "hold_cutover"])
         catching_up = locked.status == RunStatus.RUNNING and locked.current_step == "catch_up"
         set_read_switch(run.tenant_id, percent if catching_up else 0, run.target_placement, run.target_schema)
+    if percent and executor.is_parked(locked):  # reads now come from the target: sync it at once, and on
+        enqueue(locked, resume=True)            # (a run serving reads keeps its worker, steps/online.py)
     run.refresh_from_db()
     return run
 
