@@ -1,16 +1,14 @@
 """Which tenants a plan takes, and how big they are.
 
-`candidate_tenants()` is the fleet's own small answer to "which tenants should move"
-(issue 12, bullet 1 owns the full one: migration_jobs.services.candidates); the integrator
-points it there. Sizes are exact row counts of the shared tables (migration_jobs' row
-counting), one query per tenant over one connection.
+`candidate_tenants()` takes migration_jobs' candidates (the same list as the candidates page and
+`tenant_candidates`), shared tenants only: a plan moves tenants out of the shared database.
+`tenant_rows` counts exactly for the estimates: one query per table and tenant, one connection.
 """
 from __future__ import annotations
 
-from django.conf import settings
-
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.tables import row_counts, tenant_tables
+from migration_jobs.services.candidates import candidates
 from tenancy.models import Placement, Tenant
 
 
@@ -29,13 +27,12 @@ def shared_tenants() -> list[Tenant]:
 
 
 def candidate_tenants() -> list[Tenant]:
-    """Shared tenants that should move: at least TENANT_DEDICATED_THRESHOLD_ROWS rows, or a
-    dedicated reason (infrastructure, compliance). Each carries `.rows` (its row count)."""
-    tenants = shared_tenants()
-    rows = tenant_rows(tenants)
+    """Shared tenants that should move, as the candidates page and `tenant_candidates` list them
+    (at least TENANT_DEDICATED_THRESHOLD_ROWS rows by PostgreSQL's statistics, or a dedicated
+    reason), biggest first. Each carries `.rows` (the estimate; the plan counts exactly)."""
     found = []
-    for tenant in tenants:
-        tenant.rows = rows[tenant.pk]
-        if tenant.rows >= settings.TENANT_DEDICATED_THRESHOLD_ROWS or tenant.dedicated_reason:
-            found.append(tenant)
+    for candidate in candidates():
+        if candidate.tenant.placement == Placement.SHARED:
+            candidate.tenant.rows = candidate.rows or 0
+            found.append(candidate.tenant)
     return found

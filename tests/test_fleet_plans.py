@@ -484,3 +484,15 @@ def test_admin_plan_pages_and_actions(tenants, staff, queued):
     assert plan.status == PlanStatus.CANCELLED and active_runs() == 0
     page = staff.get(f"/admin/fleet/moveplan/{plan.pk}/change/").content.decode()
     assert 'id="plan-state">cancelled [2/2]<' in page
+
+
+def test_all_candidates_takes_the_candidates_list(tenants, settings):
+    """--all-candidates is the candidates page's list, shared tenants only: over the threshold
+    (here by statistics after ANALYZE) or with a dedicated reason."""
+    settings.TENANT_DEDICATED_THRESHOLD_ROWS = 10**9
+    Tenant.objects.filter(slug="fc").update(dedicated_reason="compliance", dedicated_note="auditor asks")
+    code, out, err = run_cmd("plan_moves", "--all-candidates", "--to", "schema", "--dry-run")
+    assert code == 0, err
+    words = set(out.replace(",", " ").split())
+    assert "fc" in words and not words & {"fa", "fb", "fd"}, out
+    assert not MovePlan.objects.exists()  # a dry run makes nothing
