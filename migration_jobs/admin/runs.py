@@ -28,6 +28,15 @@ def _read_share_action(percent: int):
     return action
 
 
+def _moment(field: str, description: str, sortable: bool = True):
+    """A display of the run's datetime `field` to the second."""
+    @admin.display(description=description, ordering=field if sortable else None)
+    def display(modeladmin, run):
+        return human_time(getattr(run, field))
+
+    return display
+
+
 # --- Run history --------------------------------------------------------------------------
 
 class StaffViewOnly(ReadOnlyAdmin):
@@ -159,29 +168,10 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
         return lag_text(run)
 
     # Moments to the second (the admin's own date format has none).
-    @admin.display(description="created", ordering="created_at")
-    def created(self, run):
-        return human_time(run.created_at)
-
-    @admin.display(description="started", ordering="started_at")
-    def started(self, run):
-        return human_time(run.started_at)
-
-    @admin.display(description="finished", ordering="finished_at")
-    def finished(self, run):
-        return human_time(run.finished_at)
-
-    @admin.display(description="heartbeat")
-    def heartbeat(self, run):
-        return human_time(run.heartbeat_at)
-
-    @admin.display(description="freeze started")
-    def freeze_started(self, run):
-        return human_time(run.freeze_started_at)
-
-    @admin.display(description="freeze ended")
-    def freeze_ended(self, run):
-        return human_time(run.freeze_ended_at)
+    created, started, finished = (_moment(f"{name}_at", name) for name in ("created", "started", "finished"))
+    heartbeat = _moment("heartbeat_at", "heartbeat", sortable=False)
+    freeze_started = _moment("freeze_started_at", "freeze started", sortable=False)
+    freeze_ended = _moment("freeze_ended_at", "freeze ended", sortable=False)
 
     @admin.display(description="state", ordering="status")
     def state(self, run):
