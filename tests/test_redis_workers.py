@@ -1,6 +1,6 @@
 """Workers beyond one machine: two separate `manage.py qcluster` processes on django-q2's Redis
-broker (Q_BROKER_URL) share the moves of six seeded tenants, each run executed by exactly one
-worker, every moved tenant verified row for row.
+broker (Q_BROKER_URL) share a fleet plan moving six seeded tenants, two at once: each run
+executed by exactly one worker, both clusters ran moves, every moved tenant verified row for row.
 
 Redis: the machine's at 127.0.0.1:6379 if it answers, else a `redis-server` this module starts
 on a free port. Without either the test skips, except in CI (CI or REQUIRE_REDIS=1 set): there
@@ -26,9 +26,11 @@ from django_q.models import Task
 from redis.connection import parse_url as redis_url_keywords
 
 from benchmarks.seeding import seed
+from fleet import services as plan_services
+from fleet.models import MovePlan, PlanStatus
 from migration_jobs import services
 from migration_jobs.engine.places import place_of, shared_place
-from migration_jobs.models import ACTIVE_STATUSES, MigrationRun, RunStatus
+from migration_jobs.models import MigrationRun, RunStatus
 from tenancy.models import Tenant
 from tests.helpers import fingerprints
 from tests.qcluster import qclusters
@@ -106,10 +108,11 @@ def redis_broker(redis_url, monkeypatch):
 
 # --- The work -----------------------------------------------------------------------------
 
-def queue_work(tenants: list[Tenant]) -> list[str]:
-    """Queue a move of each tenant to a dedicated database, as the admin does (the one part to
-    change when a fleet plan does the queueing); returns the django-q2 task ids."""
-    return [services.enqueue(services.request_move(tenant, "database", via="admin")) for tenant in tenants]
+def queue_work(tenants: list[Tenant]) -> MovePlan:
+    """A fleet plan moving these tenants to dedicated databases, two at once, started as the
+    admin starts one: the plan's advance tasks start the runs on whichever cluster is free."""
+    return plan_services.create_plan(tenants=[t.slug for t in tenants], target="database", online=False,
+                                     max_parallel=2, on_failure="skip", start=True)
 
 
 def redeliver(tenants: list[Tenant]) -> list[str]:
@@ -140,17 +143,19 @@ def test_two_qclusters_on_redis_share_the_moves(redis_broker, cleanup, tmp_path)
     assert all(sum(fp.rows for fp in tables.values()) > 0 for tables in before.values())
 
     with qclusters(2, tmp_path, env=redis_broker) as clusters:
-        task_ids = queue_work(tenants)
-        task_ids += redeliver(tenants)
-        wait_for("every move to end", lambda: MigrationRun.objects.filter(tenant__in=tenants).count() == TENANTS
-                 and not MigrationRun.objects.filter(tenant__in=tenants, status__in=ACTIVE_STATUSES).exists(),
+        plan = queue_work(tenants)
+        wait_for("the plan to end", lambda: MovePlan.objects.get(pk=plan.pk).status not in (
+            PlanStatus.SCHEDULED, PlanStatus.RUNNING), clusters)
+        # The same run tasks delivered again (a broker delivering twice): each a no-op.
+        task_ids = redeliver(tenants)
+        wait_for("every redelivered task's result", lambda: Task.objects.filter(id__in=task_ids).count() == len(task_ids),
                  clusters)
-        # Every task, duplicates included, went through a cluster and returned (none failed).
-        done = wait_for("every task's result", lambda: (
-            tasks if len(tasks := list(Task.objects.filter(id__in=task_ids))) == len(task_ids) else None), clusters)
         cluster_pids = {cluster.pid for cluster in clusters}
 
-    failed = [(t.name, t.result) for t in done if not t.success]
+    assert MovePlan.objects.get(pk=plan.pk).status == PlanStatus.DONE
+    assert MigrationRun.objects.filter(tenant__in=tenants).count() == TENANTS  # one run per tenant, no more
+    # Every task, the plan's advances and the duplicates included, went through a cluster and returned.
+    failed = [(t.name, t.result) for t in Task.objects.filter(success=False)]
     assert not failed, f"tasks failed: {failed}"
     runs = list(MigrationRun.objects.filter(tenant__in=tenants).select_related("tenant"))
     assert [(r.tenant.slug, r.status, r.error) for r in runs if r.status != RunStatus.SUCCEEDED] == []
