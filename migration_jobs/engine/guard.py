@@ -149,7 +149,8 @@ def _function_statement(schema: str) -> sql.Composable:
 
 def _trigger_statement(schema: str, table: str, name: str) -> sql.Composable:
     event, transitions = TRIGGERS[name]
-    return sql.SQL("CREATE TRIGGER {name} AFTER {event} ON {table} REFERENCING {transitions} "
+    # OR REPLACE (PostgreSQL 14+): two moves that both found it missing create it one after the other.
+    return sql.SQL("CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {table} REFERENCING {transitions} "
                    "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()").format(
         name=sql.Identifier(name), event=sql.SQL(event), table=sql.Identifier(schema, table),
         transitions=sql.SQL(transitions), fn=sql.Identifier(schema, FUNCTION))
