@@ -1,6 +1,7 @@
 """Helpers shared by several test modules: commands, snapshots and fingerprints of a
 tenant's rows, archive rewriting, a small ORM-made tenant, cleanup of places."""
 import hashlib
+import html
 import io
 import json
 import tarfile
@@ -17,6 +18,7 @@ from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.utils import timezone
+from django.utils.html import strip_tags
 from psycopg import sql
 
 from api.models import ApiToken
@@ -185,9 +187,11 @@ def make_token(user, name="t", revoked=False, created_by=None, scope="read-write
     return plaintext
 
 
-def texts(response) -> list[str]:
-    """The messages this request added (earlier ones may still wait in the cookie)."""
-    return [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
+def texts(response, as_html: bool = False) -> list[str]:
+    """The messages this request added (earlier ones may still wait in the cookie), as the
+    user reads them, or as sent (`as_html`): a refusal's message links the run it names."""
+    sent = [str(m) for m in get_messages(response.wsgi_request)._queued_messages]
+    return sent if as_html else [html.unescape(strip_tags(m)) for m in sent]
 
 
 def wait_for_catch_up_round(run, rounds: int, timeout: float = 120.0) -> None:

@@ -181,7 +181,7 @@ def test_a_refusal_names_the_run_in_the_way_as_a_link(staff, make_tenant, cleanu
     page = staff.post(tenants, data).content.decode()  # the confirmation page lists it, linked
     assert f"already has an active run ({link}, queued)" in page
     response = staff.post(tenants, {**data, "confirm": "yes"})
-    assert any(f"busy: refused: tenant busy already has an active run ({link}, queued)" in t for t in texts(response))
+    assert any(f"busy: refused: tenant busy already has an active run ({link}, queued)" in t for t in texts(response, as_html=True))
     services.cancel(run)
     assert f"run {run.pk}" in staff.get(page_url(run)).content.decode()
 
