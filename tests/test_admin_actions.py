@@ -45,7 +45,7 @@ def test_move_to_schema_confirm_then_run(staff, make_tenant, cleanup):
     tenant.refresh_from_db()
     assert (tenant.placement, tenant.status) == (Placement.SCHEMA, Status.ACTIVE)
     assert place_counts(tenant) == before
-    [message] = texts(done)
+    [message] = texts(done, as_html=True)
     assert "succeeded" in message
     assert f'<a href="{reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])}">run {run.pk}</a>' \
         in message
@@ -166,7 +166,7 @@ def test_suspend_is_refused_while_a_run_owns_the_status(staff, make_tenant):
     done = act(staff, "suspend", [tenant], confirm="yes")
 
     link = f'<a href="/admin/migration_jobs/migrationrun/{run.pk}/change/">run {run.pk}</a>'  # one click away
-    assert texts(done) == [f"iris: refused: tenant iris is being moved by {link}; its status is managed by that run"]
+    assert texts(done, as_html=True) == [f"iris: refused: tenant iris is being moved by {link}; its status is managed by that run"]
     assert Tenant.objects.get(pk=tenant.pk).status == Status.ACTIVE
 
 
