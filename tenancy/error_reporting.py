@@ -9,7 +9,8 @@ it appears in what is emitted:
   a tenant alias registered by the router is covered without a query),
 - every tenant role password and server admin password, decrypted from the database
   (cached for CACHE_SECONDS, read on a separate connection when the request's is broken),
-- SECRET_KEY (and fallbacks), TENANT_ENCRYPTION_KEY and the old keys,
+- SECRET_KEY (and fallbacks), TENANT_ENCRYPTION_KEY and the old keys, the SMTP password and
+  the Redis broker's password (Q_BROKER_URL),
 - anything shaped like an API token (`tmt_<prefix>_<secret>`; only hashes are stored).
 
 The filter cleanses frame variables, request data, META, cookies and settings (by key name
@@ -50,7 +51,9 @@ _busy = threading.local()
 def _settings_secrets() -> set[str]:
     found = {settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", ()),
              getattr(settings, "TENANT_ENCRYPTION_KEY", ""), *getattr(settings, "TENANT_ENCRYPTION_OLD_KEYS", ()),
-             getattr(settings, "EMAIL_HOST_PASSWORD", "")}
+             getattr(settings, "EMAIL_HOST_PASSWORD", ""),
+             # The Redis broker's (Q_BROKER_URL), parsed into django-q2's settings.
+             (getattr(settings, "Q_CLUSTER", {}).get("redis") or {}).get("password") or ""}
     for alias_settings in list(connections.settings.values()):
         found.add(alias_settings.get("PASSWORD") or "")
     for db in settings.DATABASES.values():

@@ -220,3 +220,31 @@ def test_staff_paths_are_never_tenant_gated(client, make_tenant):
     assert client.get("/admin/login/", HTTP_HOST="localhost").status_code == 200
     assert client.get("/api/admin/tenants", HTTP_HOST="localhost").status_code == 401
     assert client.get("/administrator/", HTTP_HOST="localhost").status_code == 503  # a prefix, not a path
+
+
+def test_reports_redact_the_smtp_and_redis_broker_passwords(settings, rf):
+    """Passwords of the e-mail server and of the Redis broker (Q_BROKER_URL, parsed into
+    Q_CLUSTER["redis"]) are secrets too, wherever they appear in a report or a log line."""
+    import logging
+    import sys as _sys
+
+    from django.views.debug import get_exception_reporter_class
+
+    from tenancy.error_reporting import RedactingFormatter, forget_cached_secrets
+
+    settings.EMAIL_HOST_PASSWORD = "smtp-pw-Hq72x"
+    settings.Q_CLUSTER = {**settings.Q_CLUSTER, "redis": {"host": "redis.example", "password": "redis-pw-Tk39z"}}
+    forget_cached_secrets()
+    secrets = ["smtp-pw-Hq72x", "redis-pw-Tk39z"]
+    try:
+        url = "redis://:redis-pw-Tk39z@redis.example:6379/0"  # noqa: F841 - shown in the report
+        raise ConnectionError("could not reach redis://:redis-pw-Tk39z@redis.example (smtp-pw-Hq72x)")
+    except ConnectionError:
+        info = _sys.exc_info()
+    reporter = get_exception_reporter_class(rf.get("/"))(rf.get("/"), *info)
+    html, text = reporter.get_traceback_html(), reporter.get_traceback_text()
+    assert "could not reach" in text
+    _assert_hidden(html, *secrets)
+    _assert_hidden(text, *secrets)
+    record = logging.LogRecord("django_q", logging.ERROR, __file__, 1, "broker: %s", (secrets[1],), info)
+    _assert_hidden(RedactingFormatter("%(message)s").format(record), *secrets)
