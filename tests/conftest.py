@@ -61,8 +61,9 @@ def _drop_databases_and_roles(conn, predicate):
 
 
 def _owner_pid(name: str):
-    """The pytest process a test database or role belongs to (see project/test_settings.py)."""
-    match = re.match(r"^test_repairshop_(\d+)$", name) or re.match(r"^test(\d+)_", name)
+    """The pytest process a test database or role belongs to (see project/test_settings.py;
+    pytest-django adds `_gw<n>` to the database name of each xdist worker)."""
+    match = re.match(r"^test_repairshop_(\d+)(?:_gw\d+)?$", name) or re.match(r"^test(\d+)_", name)
     return int(match.group(1)) if match else None
 
 

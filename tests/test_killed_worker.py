@@ -32,7 +32,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -41,6 +40,7 @@ from django.db import connection
 from psycopg import sql
 
 from tenancy.shared_db import shared_conninfo
+from tests.qcluster import manage_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,16 +63,8 @@ def debug(text: str) -> None:
 
 def _env(appname: str) -> dict:
     """The environment of a subprocess: this test's database, names and backup folder."""
-    db = connection.settings_dict["NAME"]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "APP_DATABASE_NAME": db,
-           "TENANT_DATABASE_PREFIX": settings.TENANT_DATABASE_PREFIX,
-           "TENANT_BACKUP_DIR": str(settings.BACKUP_DIR), "PGAPPNAME": appname, "LOG_LEVEL": "WARNING",
-           # The freeze is held open by this test on purpose: the drain must wait, not give up.
-           "MIGRATION_DRAIN_TIMEOUT": "900", "PYTHONUNBUFFERED": "1"}
-    if os.environ.get("DATABASE_URL"):
-        parts = urlsplit(os.environ["DATABASE_URL"])
-        env["DATABASE_URL"] = urlunsplit(parts._replace(path="/" + db))
-    return env
+    # The freeze is held open by this test on purpose: the drain must wait, not give up.
+    return manage_env(PGAPPNAME=appname, LOG_LEVEL="WARNING", MIGRATION_DRAIN_TIMEOUT="900")
 
 
 def manage(*args, appname=WORKER_APP, **popen):

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
-from django.conf import settings
-from django.db import connection
 from django_q.conf import Conf
 from django_q.models import Task
 from playwright.sync_api import expect, sync_playwright
 
 from tenancy.routing import routes
+from tests import qcluster as qcluster_processes
 from tests.helpers import staff_user
 
 DEFAULT_BROWSER = "/usr/bin/chromium"
@@ -151,36 +146,17 @@ def shot(page, name: str) -> Path:
     return path
 
 
-def database_url() -> str:
-    """This process's test database as a DATABASE_URL (quoted: passwords may hold any character)."""
-    conf = connection.settings_dict
-    return (f"postgres://{quote(conf['USER'], safe='')}:{quote(conf['PASSWORD'] or '', safe='')}@"
-            f"{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{quote(conf['NAME'], safe='')}")
-
-
 class QCluster:
-    """`manage.py qcluster` on this test process's database; started by the test, stopped after."""
+    """`manage.py qcluster` on this test process's database (tests/qcluster.py); started by the
+    test, stopped after."""
 
     def __init__(self, log_path: Path):
         self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
+        self.cluster: qcluster_processes.QCluster | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings", "DATABASE_URL": database_url(),
-               "TENANT_DATABASE_PREFIX": settings.TENANT_DATABASE_PREFIX, "TENANT_BACKUP_DIR": str(settings.BACKUP_DIR),
-               "Q_SYNC": "0", "Q_WORKERS": "2", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-        env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"qcluster exited with {self.proc.returncode}:\n{self.tail()}", pytrace=False)
-            if b"running." in self.log_path.read_bytes():  # "Q Cluster ... running."
-                return
-            time.sleep(0.1)
-        pytest.fail(f"qcluster did not start within {timeout:.0f}s:\n{self.tail()}", pytrace=False)
+        self.cluster = qcluster_processes.start_qcluster(self.log_path, {"Q_SYNC": "0", "Q_WORKERS": "2"})
+        qcluster_processes.wait_ready(self.cluster, timeout)
 
     def wait_for_task(self, name: str, timeout: float = 60.0) -> Task:
         """The cluster's record of the task `name` once it has run (success or not)."""
@@ -193,20 +169,12 @@ class QCluster:
         pytest.fail(f"the cluster did not run task {name} within {timeout:.0f}s:\n{self.tail()}", pytrace=False)
 
     def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return "\n".join(self.cluster.output().splitlines()[-lines:]) if self.cluster else ""
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        proc, self.proc = self.proc, None
-        if proc.poll() is None:
-            proc.terminate()  # django-q2 stops its workers and exits
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the cluster and its workers only
-                proc.wait(10)
-        self.log.close()
+        cluster, self.cluster = self.cluster, None
+        if cluster is not None:
+            cluster.stop()
 
 
 @pytest.fixture
