@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 
-from api import views
+from api import plans, views
 from api.auth import api_view
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -32,6 +32,8 @@ TENANT_ID = {"name": "tenant_id", "in": "path", "required": True, "description":
              "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}}
 RUN_ID = {"name": "run_id", "in": "path", "required": True, "description": "A migration run's id",
           "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}}
+PLAN_ID = {"name": "plan_id", "in": "path", "required": True, "description": "A move plan's id",
+           "schema": {"type": "integer", "minimum": 1, "maximum": 9223372036854775807}}
 RESTORE_OPTIONS = [
     {"name": "into", "in": "query", "schema": {"type": "string", "enum": ["shared", "schema", "database"]},
      "description": "Placement to restore into"},
@@ -65,6 +67,19 @@ SCHEMA = {
             "MoveRequest": {"type": "object", "required": ["to"], "additionalProperties": False, "properties": {
                 "to": {"type": "string", "enum": ["shared", "schema", "database", "dedicated"]},
                 "server": {"type": "string"}, "dry_run": {"type": "boolean"}}},
+            "PlanRequest": {"type": "object", "required": ["to"], "additionalProperties": False, "properties": {
+                "tenants": {"type": "array", "items": {"type": "string"}, "description": "Slugs or ids"},
+                "selection": {"type": "string", "enum": ["chosen", "candidates", "shared"]},
+                "to": {"type": "string", "enum": ["schema", "database"]},
+                "servers": {"type": "array", "items": {"type": "string"}},
+                "online": {"type": "boolean"}, "max_parallel": {"type": "integer", "minimum": 1},
+                "order": {"type": "string", "enum": ["biggest_first", "smallest_first", "as_listed"]},
+                "window_start": {"type": "string", "format": "date-time"},
+                "window_end": {"type": "string", "format": "date-time"},
+                "on_failure": {"type": "string", "enum": ["stop", "skip"]},
+                "name": {"type": "string", "maxLength": 200},
+                "dry_run": {"type": "boolean", "description": "Check and estimate only; create nothing"},
+                "start": {"type": "boolean", "description": "Start at once (else a draft)"}}},
         },
     },
     "paths": {
@@ -116,6 +131,42 @@ SCHEMA = {
                         {"202": _json("Queued"), **_errors(400, 404, 409)},
                         requestBody={"required": True, "content": {"application/json": {
                             "schema": {"$ref": "#/components/schemas/MoveRequest"}}}})},
+        "/api/admin/candidates": {"get": _op(
+            "The tenants that should move (row count, size, growth, reason)",
+            views.api_permissions(plans.candidate_list, "GET"), {"200": _json("Candidates"), **_errors(400)},
+            parameters=[{"name": "exact", "in": "query", "schema": {"type": "boolean"},
+                         "description": "Count rows exactly (slower) instead of reading statistics"},
+                        {"name": "all", "in": "query", "schema": {"type": "boolean"},
+                         "description": "Every tenant, not only those that should move"}])},
+        "/api/admin/plans": {
+            "get": _op("Move plans (the latest 100)", views.api_permissions(plans.plan_list, "GET"),
+                       {"200": _json("Plans")}),
+            "post": _op("Create a move plan (a draft, or started with start=true; dry_run=true estimates only)",
+                        views.api_permissions(plans.plan_list, "POST"),
+                        {"200": _json("The estimate (dry run)"), "201": _json("The plan"),
+                         **_errors(400, 404, 409)},
+                        requestBody={"required": True, "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/PlanRequest"}}}})},
+        "/api/admin/plans/{plan_id}": {
+            "parameters": [PLAN_ID],
+            "get": _op("A plan: progress (done / running / waiting / failed, rows, rate, ETA) and its tenants",
+                       views.api_permissions(plans.plan_detail, "GET"), {"200": _json("The plan"), **_errors(404)})},
+        "/api/admin/plans/{plan_id}/start": {
+            "parameters": [PLAN_ID],
+            "post": _op("Start a draft plan", views.api_permissions(plans.plan_start, "POST"),
+                        {"200": _json("The plan"), **_errors(404, 409)})},
+        "/api/admin/plans/{plan_id}/pause": {
+            "parameters": [PLAN_ID],
+            "post": _op("Pause a plan: no new move starts", views.api_permissions(plans.plan_pause, "POST"),
+                        {"200": _json("The plan"), **_errors(404, 409)})},
+        "/api/admin/plans/{plan_id}/resume": {
+            "parameters": [PLAN_ID],
+            "post": _op("Resume a paused plan", views.api_permissions(plans.plan_resume, "POST"),
+                        {"200": _json("The plan"), **_errors(404, 409)})},
+        "/api/admin/plans/{plan_id}/cancel": {
+            "parameters": [PLAN_ID],
+            "post": _op("Cancel a plan: no new move; running moves are rolled back", views.api_permissions(plans.plan_cancel, "POST"),
+                        {"200": _json("The plan"), **_errors(404, 409)})},
         "/api/admin/migrations/{run_id}": {
             "parameters": [RUN_ID],
             "get": _op("A run's status and report", views.api_permissions(views.migration_run, "GET"),

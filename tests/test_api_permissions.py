@@ -16,13 +16,14 @@ from django.urls import URLPattern, URLResolver
 from django.utils import timezone
 
 from api.models import ApiCall, ApiToken
+from fleet.models import MovePlan
 from migration_jobs.models import MigrationRun
 from tenancy.models import Tenant
 from tests.helpers import make_token, staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-VIEW = ["tenancy.view_tenant", "migration_jobs.view_migrationrun"]
+VIEW = ["tenancy.view_tenant", "migration_jobs.view_migrationrun", "fleet.view_moveplan"]
 FULL = VIEW + ["tenancy.change_tenant", "tenancy.move_tenant", "tenancy.export_tenant_data",
                "tenancy.restore_tenant_data"]
 
@@ -37,7 +38,7 @@ def call(token, method, url, body=None):
 
 def state():
     return (sorted(Tenant.objects.values_list("pk", "slug", "name", "placement", "status", "settings")),
-            MigrationRun.objects.count())
+            MigrationRun.objects.count(), sorted(MovePlan.objects.values_list("pk", "status")))
 
 
 @pytest.fixture
@@ -48,7 +49,16 @@ def tenant(make_tenant):
 # (method, url, body, permission-free status for the full user, needs write scope)
 def routes(tenant, run):
     t = tenant.pk
+    plan = MovePlan.objects.create(name="perm plan", target="schema")
     return [
+        ("GET", "/api/admin/candidates", None, 200, False),
+        ("GET", "/api/admin/plans", None, 200, False),
+        ("GET", f"/api/admin/plans/{plan.pk}", None, 200, False),
+        ("POST", "/api/admin/plans", {"tenants": [tenant.slug], "to": "schema", "dry_run": True}, 200, True),
+        ("POST", f"/api/admin/plans/{plan.pk}/pause", None, 409, True),  # a draft: refused after the check
+        ("POST", f"/api/admin/plans/{plan.pk}/resume", None, 409, True),
+        ("POST", f"/api/admin/plans/{plan.pk}/cancel", None, 200, True),
+        ("POST", f"/api/admin/plans/{plan.pk}/start", None, 409, True),  # cancelled just above
         ("GET", "/api/admin/tenants", None, 200, False),
         ("GET", f"/api/admin/tenants/{t}", None, 200, False),
         ("GET", f"/api/admin/tenants/{t}/migrations", None, 200, False),
@@ -211,7 +221,7 @@ def test_the_schema_describes_every_route():
                 needed = set(pattern.callback.api_permissions[method.upper()])
                 assert set(paths[path][method]["x-permissions"]) == needed, (route, method)
         checked += 1
-    assert checked == len(paths) == 10
+    assert checked == len(paths) == 17
 
 
 # --- fuzzing ------------------------------------------------------------------------------------

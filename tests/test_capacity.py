@@ -188,3 +188,18 @@ def test_a_queued_move_checks_capacity_again_in_its_preflight(make_tenant, secon
     assert "0 tenant databases (0 placed, 0 other moves on the way), limit 0" in done.error
     assert Tenant.objects.get(pk=tenant.pk).placement == "shared"
     assert not provision.database_exists(second_server, tenant.database_name)
+
+
+def test_the_move_confirmation_preselects_the_least_loaded_server(staff, make_tenant, second_server):
+    tenant = make_tenant("pick")
+    default = ensure_default_server()
+    default.max_tenant_databases = 0  # full: the second server is the one that can take it
+    default.save()
+    page = staff.post(reverse("admin:tenancy_tenant_changelist"),
+                      {"action": "move_to_database", "_selected_action": [tenant.pk]})
+    html = page.content.decode()
+    options = dict(re.findall(r'<option value="([^"]+)"( selected)?>', html))
+    assert options == {"default": "", "second": " selected"}, options
+    assert "least loaded" in html
+    assert "(full: a move there is refused)" in html
+    assert not MigrationRun.objects.exists()

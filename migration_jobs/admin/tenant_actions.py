@@ -47,10 +47,13 @@ def _move(modeladmin, request, queryset, target: str):
         where = "its own schema (tenant_<slug>) in the shared database"
         place = lambda t: f"schema {t.schema_name}"  # noqa: E731
     else:
-        default = ensure_default_server()
-        servers = [(c.server.name, f"{c.server.name} ({c.server.host}:{c.server.port}) — {capacity_note(c)}",
-                    c.server.pk == default.pk)
-                   for c in capacity.capacities(DatabaseServer.objects.order_by("-is_default", "name"), timeout=2)]
+        # Preselected: the least loaded server that can take a database (the default when none can).
+        found = capacity.capacities(DatabaseServer.objects.order_by("-is_default", "name"), timeout=2)
+        ranked = capacity.rank(found)
+        chosen = ranked[0].server.pk if ranked else ensure_default_server().pk
+        servers = [(c.server.name, f"{c.server.name} ({c.server.host}:{c.server.port}) — {capacity_note(c)}"
+                    + (" — least loaded" if ranked and c.server.pk == chosen and len(found) > 1 else ""),
+                    c.server.pk == chosen) for c in found]
         where = "its own database, with its own login role, on the server chosen below"
         place = lambda t: f"database {t.database_name}"  # noqa: E731
     items, refused = split_by_check(
