@@ -35,6 +35,7 @@ from django.db import connections
 from django.conf import settings
 from psycopg import sql
 
+from migration_jobs.engine import templates
 from tenancy.backend.roles import schema_role
 
 TENANT_ROLE_SUFFIX = "_rw"
@@ -115,19 +116,24 @@ def _is_superuser(cursor) -> bool:
     return bool(cursor.fetchone()[0])
 
 
-def hide_catalogs(execute, granted, catalogs=HIDDEN_CATALOGS) -> None:
+def hide_catalogs(execute, value, catalogs=HIDDEN_CATALOGS) -> None:
     """REVOKE SELECT on the listing catalogs from PUBLIC in the current database (a superuser's
-    connection: `execute` runs one composed statement, `granted(query, args)` says whether a
-    privilege check query is true). Only what is still granted: concurrent callers (two moves
-    starting together) rarely update the same catalog row."""
-    for name in catalogs:
-        qualified = f"pg_catalog.{name}"
-        if granted("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege('public', %s, 'SELECT')",
-                   (qualified, qualified)):
+    connection: `execute` runs one composed statement, `value(query, args)` returns the first
+    column of a query's first row). Only what is still granted, found in one query: concurrent
+    callers (two moves starting together) rarely update the same catalog row."""
+    granted = value(
+        "SELECT coalesce(array_agg(name), '{}') FROM ("
+        "  SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass('pg_catalog.' || name) IS NOT NULL "
+        "     AND has_table_privilege('public', 'pg_catalog.' || name, 'SELECT') "
+        "  UNION ALL "  # signatures, told apart by their parenthesis
+        "  SELECT sig FROM unnest(%s::text[]) AS sig WHERE has_function_privilege('public', 'pg_catalog.' || sig, "
+        "     'EXECUTE')) AS hidden",
+        (list(catalogs), list(HIDDEN_FUNCTIONS)))
+    for name in granted:
+        if name in HIDDEN_FUNCTIONS:
+            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(name)))
+        else:
             execute(sql.SQL("REVOKE SELECT ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", name)))
-    for signature in HIDDEN_FUNCTIONS:
-        if granted("SELECT has_function_privilege('public', %s, 'EXECUTE')", (f"pg_catalog.{signature}",)):
-            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
 
 
 @contextmanager
@@ -155,9 +161,11 @@ def lock_down_shared_database() -> None:
     with default_connection.cursor() as cursor, _one_at_a_time(cursor):
         run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
 
-        def granted(query, args):
+        def value(query, args):
             cursor.execute(query, list(args))
-            return bool(cursor.fetchone()[0])
+            return cursor.fetchone()[0]
+
+        granted = lambda query, args: bool(value(query, args))  # noqa: E731
 
         superuser = _is_superuser(cursor)
         cursor.execute("SELECT current_database(), pg_get_userbyid(datdba) = current_user FROM pg_database "
@@ -175,7 +183,7 @@ def lock_down_shared_database() -> None:
         if granted("SELECT has_schema_privilege('public', 'public', 'CREATE')", ()):
             run(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
         if superuser:
-            hide_catalogs(run, granted, HIDDEN_SHARED_CATALOGS)
+            hide_catalogs(run, value, HIDDEN_SHARED_CATALOGS)
 
 
 # --- Schema placement ----------------------------------------------------------------------
@@ -236,14 +244,32 @@ def drop_schema_role(schema: str) -> None:
                     default_connection.connection))
 
 
-def ensure_schema(schema: str, verbosity: int = 0) -> None:
-    """The schema with every tenant-app table, exactly as the migrations say, and its role."""
+def ensure_schema(schema: str, verbosity: int = 0) -> bool:
+    """The schema with every tenant-app table, exactly as the migrations say, and its role:
+    a new (empty) schema is cloned from the template schema (engine/templates.py), one made by
+    an earlier attempt or version, or that the template cannot be cloned into, is migrated.
+    Returns whether migrations ran."""
     create_schema(schema)
     default_connection.set_schema_to_public()
     ensure_schema_role(schema)  # default privileges first: the tables below get the grants
-    call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
+
+    def execute(query, args):
+        with default_connection.cursor() as cursor:
+            if isinstance(query, sql.Composable):
+                query = query.as_string(default_connection.connection)
+            cursor.execute(query, args)
+            return cursor.fetchall()
+
+    if templates.is_current(execute, schema):
+        migrated = False
+    elif not templates.has_tables(execute, schema) and templates.clone_schema(schema):
+        return False  # made after the default privileges: granted already
+    else:
+        call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
+        migrated = True
     default_connection.set_schema_to_public()
     ensure_schema_role(schema)  # tables a crashed earlier attempt made before the defaults
+    return migrated
 
 
 def drop_schema(schema: str) -> None:
@@ -290,11 +316,14 @@ def lock_down_database(server, database: str, role: str) -> None:
 
 
 def ensure_database(server, database: str, role: str) -> None:
-    """The database, reachable by `role` only (besides the admin), with no tables yet."""
+    """The database, reachable by `role` only (besides the admin): a copy of the server's
+    template (engine/templates.py: the tenant tables at the current migration), or, when no
+    template can be had, empty (migrate_tables makes its tables)."""
     with admin_connection(server) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
-                sql.Identifier(database)))
+            if not templates.create_database_from_template(server, conn, database):
+                conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    sql.Identifier(database)))
     lock_down_database(server, database, role)
     if server.is_default:
         lock_down_shared_database()  # tenant roles log in to this server: no way into the shared DB
@@ -308,15 +337,19 @@ def ensure_database(server, database: str, role: str) -> None:
                              "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}").format(admin, rl))
 
 
+def _grant_tables(conn, role: str) -> None:
+    rl = sql.Identifier(role)
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(rl))
+    conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}").format(rl))
+
+
 def grant_existing(server, database: str, role: str) -> None:
     """Grant DML on tables that exist already (made before the default privileges were set),
     and lock the database down as ensure_database does (databases made by older versions
     gave their role TEMP and PUBLIC CONNECT)."""
     lock_down_database(server, database, role)
     with admin_connection(server, database) as conn:
-        rl = sql.Identifier(role)
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(rl))
-        conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}").format(rl))
+        _grant_tables(conn, role)
 
 
 def migrate_database(server, database: str, verbosity: int = 0) -> None:
@@ -325,11 +358,25 @@ def migrate_database(server, database: str, verbosity: int = 0) -> None:
         call_command(DjangoMigrate(), database=alias, interactive=False, verbosity=verbosity)
 
 
+def migrate_tables(server, database: str, role: str) -> bool:
+    """The tenant tables of a database made by ensure_database, at the current migration, with
+    DML granted to `role`. A copy of the template is current already (one connection, a few
+    statements); an empty database (made without a template, or by an earlier version) is
+    migrated. Returns whether migrations ran."""
+    with admin_connection(server, database) as conn:
+        current = templates.is_current(lambda query, args: conn.execute(query, args).fetchall(), "public")
+        if current:
+            _grant_tables(conn, role)
+            return False
+    migrate_database(server, database)
+    grant_existing(server, database, role)
+    return True
+
+
 def provision_database(server, database: str, role: str, password: str) -> None:
     ensure_role(server, role, password)
     ensure_database(server, database, role)
-    migrate_database(server, database)
-    grant_existing(server, database, role)
+    migrate_tables(server, database, role)
 
 
 def drop_database(server, database: str, role: str | None = None) -> None:

@@ -82,22 +82,25 @@ class Provision(Step):
 
 
 class CreateTables(Step):
-    name, label = "create_tables", "Apply migrations on the target"
+    name, label = "create_tables", "Create the tables on the target"
 
     def run(self, ctx, step):
         """The tenant tables, as the migrations make them, with no fence left on the tenant."""
         guard_not_live(ctx)
         run = ctx.run
+        # A copy of the template (provision) is at the current migration already; a place an
+        # earlier attempt or version made empty is migrated as before.
         if run.target_placement == Placement.DATABASE:
-            provision.migrate_database(run.target_server, run.target_database)
-            provision.grant_existing(run.target_server, run.target_database, provision.role_name(run.target_database))
+            migrated = provision.migrate_tables(run.target_server, run.target_database,
+                                                provision.role_name(run.target_database))
         else:
-            provision.ensure_schema(run.target_schema)
+            migrated = provision.ensure_schema(run.target_schema)
         load.check_same_columns(ctx.source, ctx.target, ctx.tables)
         # A place the tenant left by moving back keeps a legacy fence on its rows; the copy
         # replaces those rows, and the tenant must be writable there after the switch.
         fences.remove(ctx.target, ctx.tenant.pk, ctx.tables)
-        return f"{len(ctx.tables)} tables migrated on {ctx.target}"
+        how = "migrated" if migrated else "at the current migration (from the template)"
+        return f"{len(ctx.tables)} tables {how} on {ctx.target}"
 
 
 class Copy(Step):
