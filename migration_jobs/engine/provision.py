@@ -288,14 +288,33 @@ def database_exists(server, database: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
 
+def _ensure_role(conn, role: str, password: str) -> None:
+    verifier = sql.Literal(scram_verifier(password))
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else \
+        "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}"
+    conn.execute(sql.SQL(statement).format(sql.Identifier(role), verifier))
+
+
 def ensure_role(server, role: str, password: str) -> None:
     """A LOGIN role with this password (created, or its password reset when it exists)."""
-    verifier = sql.Literal(scram_verifier(password))
     with admin_connection(server) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else \
-            "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}"
-        conn.execute(sql.SQL(statement).format(sql.Identifier(role), verifier))
+        _ensure_role(conn, role, password)
+
+
+def _lock_down_on_server(conn, database: str, role: str) -> None:
+    """The database's own privileges (on a connection to any database of its server)."""
+    db, rl = sql.Identifier(database), sql.Identifier(role)
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {db} FROM PUBLIC; REVOKE ALL ON DATABASE {db} FROM {rl}; "
+                         "GRANT CONNECT ON DATABASE {db} TO {rl}").format(db=db, rl=rl))
+
+
+def _lock_down_inside(conn, role: str) -> None:
+    """Inside the database (a connection to it): its public schema and catalogs."""
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO {}").format(
+        sql.Identifier(role)))
+    if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
 
 
 def lock_down_database(server, database: str, role: str) -> None:
@@ -303,44 +322,40 @@ def lock_down_database(server, database: str, role: str) -> None:
     PUBLIC nothing; the listing catalogs hidden when the admin is a superuser. Idempotent,
     also for databases made before (see grant_existing)."""
     with admin_connection(server) as conn:
-        db, rl = sql.Identifier(database), sql.Identifier(role)
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, rl))
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, rl))
+        _lock_down_on_server(conn, database, role)
     with admin_connection(server, database) as conn:
-        rl = sql.Identifier(role)
-        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(rl))
-        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
+        _lock_down_inside(conn, role)
 
 
-def ensure_database(server, database: str, role: str) -> None:
+def ensure_database(server, database: str, role: str, password: str | None = None) -> None:
     """The database, reachable by `role` only (besides the admin): a copy of the server's
     template (engine/templates.py: the tenant tables at the current migration), or, when no
-    template can be had, empty (migrate_tables makes its tables)."""
+    template can be had, empty (migrate_tables makes its tables). With `password`, the role
+    is made (or its password reset) too. Two connections in all."""
     with admin_connection(server) as conn:
+        if password is not None:
+            _ensure_role(conn, role, password)
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
             if not templates.create_database_from_template(server, conn, database):
                 conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
                     sql.Identifier(database)))
-    lock_down_database(server, database, role)
+        _lock_down_on_server(conn, database, role)
     if server.is_default:
         lock_down_shared_database()  # tenant roles log in to this server: no way into the shared DB
     with admin_connection(server, database) as conn:
-        admin = sql.Identifier(server.conninfo()["user"])
-        rl = sql.Identifier(role)
+        _lock_down_inside(conn, role)
         # Whatever the admin creates later (migrations) is usable by the tenant role too.
-        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                             "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(admin, rl))
-        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                             "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}").format(admin, rl))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+                             "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {rl}; "
+                             "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+                             "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {rl}").format(
+            admin=sql.Identifier(server.conninfo()["user"]), rl=sql.Identifier(role)))
 
 
 def _grant_tables(conn, role: str) -> None:
-    rl = sql.Identifier(role)
-    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(rl))
-    conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}").format(rl))
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {rl}; "
+                         "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {rl}").format(
+        rl=sql.Identifier(role)))
 
 
 def grant_existing(server, database: str, role: str) -> None:
@@ -374,8 +389,7 @@ def migrate_tables(server, database: str, role: str) -> bool:
 
 
 def provision_database(server, database: str, role: str, password: str) -> None:
-    ensure_role(server, role, password)
-    ensure_database(server, database, role)
+    ensure_database(server, database, role, password)
     migrate_tables(server, database, role)
 
 

@@ -39,7 +39,6 @@ import psycopg
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection as default_connection
-from django.db import Error as DjangoDatabaseError
 from django.db import transaction
 from psycopg import sql
 
@@ -117,20 +116,18 @@ def has_tables(execute, schema: str) -> bool:
 
 # --- Databases -------------------------------------------------------------------------------
 
-def database_template(server) -> str:
-    """The server's template database at the current migration state, built if missing."""
+def database_template(server, conn) -> str:
+    """The server's template database at the current migration state, built if missing
+    (`conn`: an admin connection to the server's maintenance database)."""
     name = template_name(settings.TENANT_DATABASE_PREFIX)
-    from migration_jobs.engine.provision import admin_connection
-
-    with admin_connection(server) as conn:
-        if _database_exists(conn, name):
-            return name
-        conn.execute("SELECT pg_advisory_lock(%s, 0)", (TEMPLATE_LOCK,))
-        try:
-            if not _database_exists(conn, name):  # another builder may have finished meanwhile
-                _build_database_template(server, conn, name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s, 0)", (TEMPLATE_LOCK,))
+    if _database_exists(conn, name):
+        return name
+    conn.execute("SELECT pg_advisory_lock(%s, 0)", (TEMPLATE_LOCK,))
+    try:
+        if not _database_exists(conn, name):  # another builder may have finished meanwhile
+            _build_database_template(server, conn, name)
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, 0)", (TEMPLATE_LOCK,))
     return name
 
 
@@ -165,13 +162,14 @@ def create_database_from_template(server, conn, database: str) -> bool:
     connection to the server). False (nothing made) when the template cannot be had: the
     caller creates an empty database and migrates it."""
     try:
-        template = database_template(server)
+        template = database_template(server, conn)
         strategy = sql.SQL(f" STRATEGY {CLONE_STRATEGY}") if conn.info.server_version >= 150000 else sql.SQL("")
         conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}{}").format(
             sql.Identifier(database), sql.Identifier(template), strategy))
         return True
-    except psycopg.Error as exc:  # e.g. a build that failed, or a template dropped by a newer version
-        logger.warning("database %s made without a template (%s)", database, type(exc).__name__)
+    except Exception as exc:  # noqa: BLE001 - a failed build, a template dropped by a newer version, ...
+        # ... the move goes on the way it always did.
+        logger.warning("database %s made without a template (%s: %s)", database, type(exc).__name__, exc)
         return False
 
 
@@ -289,14 +287,17 @@ SELECT 'refuse', 0, 'function or type ' || name, NULL::text[], NULL::text
            AND y.typcategory <> 'A') AS own
 UNION ALL
 SELECT 'table', 1, t.relname::text,
+       -- the columns to copy rows of, for a table that ever had any (django_migrations)
+       CASE WHEN pg_relation_size(t.oid) > 0 THEN
        (SELECT array_agg(a.attname::text ORDER BY a.attnum) FROM pg_attribute a
-         WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''),
+         WHERE a.attrelid = t.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') END,
        obj_description(t.oid, 'pg_class')
   FROM tbl t
 UNION ALL
-SELECT 'sequence', 2, t.relname, ARRAY[a.attname::text, s.relname::text], NULL::text
+SELECT 'sequence', 2, t.relname, ARRAY[a.attname::text, pg_sequence_last_value(s.oid)::text], NULL::text
   FROM tbl t JOIN pg_attribute a ON a.attrelid = t.oid AND a.attidentity <> ''
   JOIN pg_class s ON s.oid = pg_get_serial_sequence(format('%%I.%%I', %(ns)s, t.relname), a.attname)::regclass
+ WHERE pg_sequence_last_value(s.oid) IS NOT NULL  -- used: the clone's goes on from the same value
 UNION ALL
 SELECT 'key', 3, t.relname, ARRAY[k.conname::text, pg_get_constraintdef(k.oid)], obj_description(k.conindid, 'pg_class')
   FROM tbl t JOIN pg_constraint k ON k.conrelid = t.oid AND k.contype IN ('p', 'u', 'x')
@@ -332,18 +333,18 @@ def clone_statements(cursor, template: str, schema: str) -> list[sql.Composable]
     for kind, _, table, items, comment in plan:
         new = sql.Identifier(schema, table)
         if kind == "table":
-            columns = sql.SQL(", ").join(map(sql.Identifier, items))
-            statements += [
-                sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)").format(new, sql.Identifier(template, table)),
-                sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
-                    new, columns, columns, sql.Identifier(template, table))]
+            statements.append(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)").format(
+                new, sql.Identifier(template, table)))
+            if items:
+                columns = sql.SQL(", ").join(map(sql.Identifier, items))
+                statements.append(sql.SQL("INSERT INTO {} ({}) OVERRIDING SYSTEM VALUE SELECT {} FROM {}").format(
+                    new, columns, columns, sql.Identifier(template, table)))
             if comment is not None:
                 statements.append(sql.SQL("COMMENT ON TABLE {} IS {}").format(new, sql.Literal(comment)))
         elif kind == "sequence":
-            column, sequence = items
-            statements.append(sql.SQL("SELECT setval(pg_get_serial_sequence(format('%I.%I', {}, {}), {}), "
-                                      "last_value, is_called) FROM {}").format(
-                sql.Literal(schema), sql.Literal(table), sql.Literal(column), sql.Identifier(template, sequence)))
+            column, last_value = items
+            statements.append(sql.SQL("SELECT setval(pg_get_serial_sequence(format('%I.%I', {}, {}), {}), {})").format(
+                sql.Literal(schema), sql.Literal(table), sql.Literal(column), sql.Literal(int(last_value))))
         elif kind == "key":
             name, definition = items
             statements.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
@@ -375,7 +376,7 @@ def clone_schema(schema: str) -> bool:
                                          *statements])
             cursor.execute(script.as_string(cursor.connection))  # one round trip
         return True
-    except (NotClonable, DjangoDatabaseError, psycopg.Error) as exc:
+    except Exception as exc:  # noqa: BLE001 - a failed build, a template it cannot copy: migrations instead
         logger.warning("schema %s made by migrations, not from the template (%s: %s)", schema,
                        type(exc).__name__, exc)
         return False

@@ -63,8 +63,8 @@ class Provision(Step):
             password = credential.password()  # resumed: keep the role's password
         else:
             password = provision.new_password()
-        provision.ensure_role(server, role, password)
-        provision.ensure_database(server, database, role)
+        # A copy of the server's template: the tables come at the current migration already.
+        provision.ensure_database(server, database, role, password)
         if credential is None:
             credential = DatabaseCredential(tenant=ctx.tenant)
         credential.server, credential.database, credential.role = server, database, role
