@@ -86,12 +86,6 @@ def template_name(tenant_prefix: str) -> str:
     return f"{template_prefix(tenant_prefix)}{migration_state().key}"
 
 
-def is_template(name: str) -> bool:
-    """A template database or schema (or one being built), never a tenant's."""
-    return any(name.startswith(template_prefix(prefix))
-               for prefix in (settings.TENANT_DATABASE_PREFIX, settings.TENANT_SCHEMA_PREFIX))
-
-
 _PLACE_TABLES = """
 SELECT to_regclass(format('%%I.django_migrations', %(schema)s::text)) IS NOT NULL,
        (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
