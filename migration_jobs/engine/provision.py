@@ -327,15 +327,17 @@ def lock_down_database(server, database: str, role: str) -> None:
         _lock_down_inside(conn, role)
 
 
-def ensure_database(server, database: str, role: str, password: str | None = None) -> None:
+def ensure_database(server, database: str, role: str, password: str | None = None) -> bool:
     """The database, reachable by `role` only (besides the admin): a copy of the server's
     template (engine/templates.py: the tenant tables at the current migration), or, when no
     template can be had, empty (migrate_tables makes its tables). With `password`, the role
-    is made (or its password reset) too. Two connections in all."""
+    is made (or its password reset) too. Two connections in all. Returns whether the database
+    was made now."""
     with admin_connection(server) as conn:
         if password is not None:
             _ensure_role(conn, role, password)
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
+        made = not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if made:
             if not templates.create_database_from_template(server, conn, database):
                 conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
                     sql.Identifier(database)))
@@ -350,6 +352,7 @@ def ensure_database(server, database: str, role: str, password: str | None = Non
                              "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
                              "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {rl}").format(
             admin=sql.Identifier(server.conninfo()["user"]), rl=sql.Identifier(role)))
+    return made
 
 
 def _grant_tables(conn, role: str) -> None:

@@ -365,9 +365,14 @@ def clone_schema(schema: str) -> bool:
     try:
         template = schema_template()
         with transaction.atomic(), default_connection.cursor() as cursor:
+            # SET LOCAL outlives a released savepoint: the caller's search_path is put back.
+            cursor.execute("SELECT current_setting('search_path')")
+            search_path = cursor.fetchone()[0]
             statements = clone_statements(cursor, template, schema)
             script = sql.SQL("; ").join([sql.SQL("SET LOCAL search_path = {}").format(sql.Identifier(schema)),
-                                         *statements])
+                                         *statements,
+                                         sql.SQL("SELECT set_config('search_path', {}, true)").format(
+                                             sql.Literal(search_path))])
             cursor.execute(script.as_string(cursor.connection))  # one round trip
         return True
     except Exception as exc:  # noqa: BLE001 - a failed build, a template it cannot copy: migrations instead

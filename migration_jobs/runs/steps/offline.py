@@ -53,8 +53,9 @@ class Provision(Step):
         guard_not_live(ctx)
         run, schema = ctx.run, ctx.run.target_schema
         if run.target_placement == Placement.SCHEMA:
+            fresh = not provision.schema_exists(schema)
             provision.create_schema(schema)
-            ctx.save_details(step, schema=schema)
+            ctx.save_details(step, schema=schema, fresh=fresh)  # fresh: made by this step, no fence can be there
             return f"schema {schema} ready"
         server, database = run.target_server, run.target_database
         role = provision.role_name(database)
@@ -64,13 +65,14 @@ class Provision(Step):
         else:
             password = provision.new_password()
         # A copy of the server's template: the tables come at the current migration already.
-        provision.ensure_database(server, database, role, password)
+        fresh = provision.ensure_database(server, database, role, password)
         if credential is None:
             credential = DatabaseCredential(tenant=ctx.tenant)
         credential.server, credential.database, credential.role = server, database, role
         credential.set_password(password)
         credential.save()
-        ctx.save_details(step, server=server.name, database=database, role=role, credential_id=credential.pk)
+        ctx.save_details(step, server=server.name, database=database, role=role, credential_id=credential.pk,
+                         fresh=fresh)
         return f"database {database} and role {role} ready on server {server.name}"
 
     def rollback(self, ctx, step):
@@ -97,8 +99,10 @@ class CreateTables(Step):
             migrated = provision.ensure_schema(run.target_schema)
         load.check_same_columns(ctx.source, ctx.target, ctx.tables)
         # A place the tenant left by moving back keeps a legacy fence on its rows; the copy
-        # replaces those rows, and the tenant must be writable there after the switch.
-        fences.remove(ctx.target, ctx.tenant.pk, ctx.tables)
+        # replaces those rows, and the tenant must be writable there after the switch. (A place
+        # this run's provision made, recorded only once made, has none.)
+        if not ctx.step("provision").details.get("fresh"):
+            fences.remove(ctx.target, ctx.tenant.pk, ctx.tables)
         how = "migrated" if migrated else "at the current migration (from the template)"
         return f"{len(ctx.tables)} tables {how} on {ctx.target}"
 
