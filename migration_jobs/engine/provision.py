@@ -35,6 +35,7 @@ from django.db import connections
 from django.conf import settings
 from psycopg import sql
 
+from migration_jobs.engine import templates
 from tenancy.backend.roles import schema_role
 
 TENANT_ROLE_SUFFIX = "_rw"
@@ -115,19 +116,24 @@ def _is_superuser(cursor) -> bool:
     return bool(cursor.fetchone()[0])
 
 
-def hide_catalogs(execute, granted, catalogs=HIDDEN_CATALOGS) -> None:
+def hide_catalogs(execute, value, catalogs=HIDDEN_CATALOGS) -> None:
     """REVOKE SELECT on the listing catalogs from PUBLIC in the current database (a superuser's
-    connection: `execute` runs one composed statement, `granted(query, args)` says whether a
-    privilege check query is true). Only what is still granted: concurrent callers (two moves
-    starting together) rarely update the same catalog row."""
-    for name in catalogs:
-        qualified = f"pg_catalog.{name}"
-        if granted("SELECT to_regclass(%s) IS NOT NULL AND has_table_privilege('public', %s, 'SELECT')",
-                   (qualified, qualified)):
+    connection: `execute` runs one composed statement, `value(query, args)` returns the first
+    column of a query's first row). Only what is still granted, found in one query: concurrent
+    callers (two moves starting together) rarely update the same catalog row."""
+    granted = value(
+        "SELECT coalesce(array_agg(name), '{}') FROM ("
+        "  SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass('pg_catalog.' || name) IS NOT NULL "
+        "     AND has_table_privilege('public', 'pg_catalog.' || name, 'SELECT') "
+        "  UNION ALL "  # signatures, told apart by their parenthesis
+        "  SELECT sig FROM unnest(%s::text[]) AS sig WHERE has_function_privilege('public', 'pg_catalog.' || sig, "
+        "     'EXECUTE')) AS hidden",
+        (list(catalogs), list(HIDDEN_FUNCTIONS)))
+    for name in granted:
+        if name in HIDDEN_FUNCTIONS:
+            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(name)))
+        else:
             execute(sql.SQL("REVOKE SELECT ON {} FROM PUBLIC").format(sql.Identifier("pg_catalog", name)))
-    for signature in HIDDEN_FUNCTIONS:
-        if granted("SELECT has_function_privilege('public', %s, 'EXECUTE')", (f"pg_catalog.{signature}",)):
-            execute(sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(sql.SQL(signature)))
 
 
 @contextmanager
@@ -155,9 +161,11 @@ def lock_down_shared_database() -> None:
     with default_connection.cursor() as cursor, _one_at_a_time(cursor):
         run = lambda statement: cursor.execute(statement.as_string(default_connection.connection))  # noqa: E731
 
-        def granted(query, args):
+        def value(query, args):
             cursor.execute(query, list(args))
-            return bool(cursor.fetchone()[0])
+            return cursor.fetchone()[0]
+
+        granted = lambda query, args: bool(value(query, args))  # noqa: E731
 
         superuser = _is_superuser(cursor)
         cursor.execute("SELECT current_database(), pg_get_userbyid(datdba) = current_user FROM pg_database "
@@ -175,7 +183,7 @@ def lock_down_shared_database() -> None:
         if granted("SELECT has_schema_privilege('public', 'public', 'CREATE')", ()):
             run(sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"))
         if superuser:
-            hide_catalogs(run, granted, HIDDEN_SHARED_CATALOGS)
+            hide_catalogs(run, value, HIDDEN_SHARED_CATALOGS)
 
 
 # --- Schema placement ----------------------------------------------------------------------
@@ -236,14 +244,32 @@ def drop_schema_role(schema: str) -> None:
                     default_connection.connection))
 
 
-def ensure_schema(schema: str, verbosity: int = 0) -> None:
-    """The schema with every tenant-app table, exactly as the migrations say, and its role."""
+def ensure_schema(schema: str, verbosity: int = 0) -> bool:
+    """The schema with every tenant-app table, exactly as the migrations say, and its role:
+    a new (empty) schema is cloned from the template schema (engine/templates.py), one made by
+    an earlier attempt or version, or that the template cannot be cloned into, is migrated.
+    Returns whether migrations ran."""
     create_schema(schema)
     default_connection.set_schema_to_public()
     ensure_schema_role(schema)  # default privileges first: the tables below get the grants
-    call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
+
+    def execute(query, args):
+        with default_connection.cursor() as cursor:
+            if isinstance(query, sql.Composable):
+                query = query.as_string(default_connection.connection)
+            cursor.execute(query, args)
+            return cursor.fetchall()
+
+    if templates.is_current(execute, schema):
+        migrated = False
+    elif not templates.has_tables(execute, schema) and templates.clone_schema(schema):
+        return False  # made after the default privileges: granted already
+    else:
+        call_command("migrate_schemas", tenant=True, schema_name=schema, interactive=False, verbosity=verbosity)
+        migrated = True
     default_connection.set_schema_to_public()
     ensure_schema_role(schema)  # tables a crashed earlier attempt made before the defaults
+    return migrated
 
 
 def drop_schema(schema: str) -> None:
@@ -262,14 +288,33 @@ def database_exists(server, database: str) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is not None
 
 
+def _ensure_role(conn, role: str, password: str) -> None:
+    verifier = sql.Literal(scram_verifier(password))
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else \
+        "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}"
+    conn.execute(sql.SQL(statement).format(sql.Identifier(role), verifier))
+
+
 def ensure_role(server, role: str, password: str) -> None:
     """A LOGIN role with this password (created, or its password reset when it exists)."""
-    verifier = sql.Literal(scram_verifier(password))
     with admin_connection(server) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        statement = "ALTER ROLE {} WITH LOGIN PASSWORD {}" if exists else \
-            "CREATE ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD {}"
-        conn.execute(sql.SQL(statement).format(sql.Identifier(role), verifier))
+        _ensure_role(conn, role, password)
+
+
+def _lock_down_on_server(conn, database: str, role: str) -> None:
+    """The database's own privileges (on a connection to any database of its server)."""
+    db, rl = sql.Identifier(database), sql.Identifier(role)
+    conn.execute(sql.SQL("REVOKE ALL ON DATABASE {db} FROM PUBLIC; REVOKE ALL ON DATABASE {db} FROM {rl}; "
+                         "GRANT CONNECT ON DATABASE {db} TO {rl}").format(db=db, rl=rl))
+
+
+def _lock_down_inside(conn, role: str) -> None:
+    """Inside the database (a connection to it): its public schema and catalogs."""
+    conn.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM PUBLIC; GRANT USAGE ON SCHEMA public TO {}").format(
+        sql.Identifier(role)))
+    if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+        hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
 
 
 def lock_down_database(server, database: str, role: str) -> None:
@@ -277,35 +322,43 @@ def lock_down_database(server, database: str, role: str) -> None:
     PUBLIC nothing; the listing catalogs hidden when the admin is a superuser. Idempotent,
     also for databases made before (see grant_existing)."""
     with admin_connection(server) as conn:
-        db, rl = sql.Identifier(database), sql.Identifier(role)
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
-        conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM {}").format(db, rl))
-        conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, rl))
+        _lock_down_on_server(conn, database, role)
     with admin_connection(server, database) as conn:
-        rl = sql.Identifier(role)
-        conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
-        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(rl))
-        if conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
-            hide_catalogs(conn.execute, lambda query, args: conn.execute(query, args).fetchone()[0])
+        _lock_down_inside(conn, role)
 
 
-def ensure_database(server, database: str, role: str) -> None:
-    """The database, reachable by `role` only (besides the admin), with no tables yet."""
+def ensure_database(server, database: str, role: str, password: str | None = None) -> bool:
+    """The database, reachable by `role` only (besides the admin): a copy of the server's
+    template (engine/templates.py: the tenant tables at the current migration), or, when no
+    template can be had, empty (migrate_tables makes its tables). With `password`, the role
+    is made (or its password reset) too. Two connections in all. Returns whether the database
+    was made now."""
     with admin_connection(server) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
-                sql.Identifier(database)))
-    lock_down_database(server, database, role)
+        if password is not None:
+            _ensure_role(conn, role, password)
+        made = not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if made:
+            if not templates.create_database_from_template(server, conn, database):
+                conn.execute(sql.SQL("CREATE DATABASE {} ENCODING 'UTF8' TEMPLATE template0").format(
+                    sql.Identifier(database)))
+        _lock_down_on_server(conn, database, role)
     if server.is_default:
         lock_down_shared_database()  # tenant roles log in to this server: no way into the shared DB
     with admin_connection(server, database) as conn:
-        admin = sql.Identifier(server.conninfo()["user"])
-        rl = sql.Identifier(role)
+        _lock_down_inside(conn, role)
         # Whatever the admin creates later (migrations) is usable by the tenant role too.
-        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                             "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}").format(admin, rl))
-        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public "
-                             "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}").format(admin, rl))
+        conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+                             "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {rl}; "
+                             "ALTER DEFAULT PRIVILEGES FOR ROLE {admin} IN SCHEMA public "
+                             "GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {rl}").format(
+            admin=sql.Identifier(server.conninfo()["user"]), rl=sql.Identifier(role)))
+    return made
+
+
+def _grant_tables(conn, role: str) -> None:
+    conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {rl}; "
+                         "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {rl}").format(
+        rl=sql.Identifier(role)))
 
 
 def grant_existing(server, database: str, role: str) -> None:
@@ -314,9 +367,7 @@ def grant_existing(server, database: str, role: str) -> None:
     gave their role TEMP and PUBLIC CONNECT)."""
     lock_down_database(server, database, role)
     with admin_connection(server, database) as conn:
-        rl = sql.Identifier(role)
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}").format(rl))
-        conn.execute(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {}").format(rl))
+        _grant_tables(conn, role)
 
 
 def migrate_database(server, database: str, verbosity: int = 0) -> None:
@@ -325,11 +376,24 @@ def migrate_database(server, database: str, verbosity: int = 0) -> None:
         call_command(DjangoMigrate(), database=alias, interactive=False, verbosity=verbosity)
 
 
-def provision_database(server, database: str, role: str, password: str) -> None:
-    ensure_role(server, role, password)
-    ensure_database(server, database, role)
+def migrate_tables(server, database: str, role: str) -> bool:
+    """The tenant tables of a database made by ensure_database, at the current migration, with
+    DML granted to `role`. A copy of the template is current already (one connection, a few
+    statements); an empty database (made without a template, or by an earlier version) is
+    migrated. Returns whether migrations ran."""
+    with admin_connection(server, database) as conn:
+        current = templates.is_current(lambda query, args: conn.execute(query, args).fetchall(), "public")
+        if current:
+            _grant_tables(conn, role)
+            return False
     migrate_database(server, database)
     grant_existing(server, database, role)
+    return True
+
+
+def provision_database(server, database: str, role: str, password: str) -> None:
+    ensure_database(server, database, role, password)
+    migrate_tables(server, database, role)
 
 
 def drop_database(server, database: str, role: str | None = None) -> None:

@@ -53,8 +53,9 @@ class Provision(Step):
         guard_not_live(ctx)
         run, schema = ctx.run, ctx.run.target_schema
         if run.target_placement == Placement.SCHEMA:
+            fresh = not provision.schema_exists(schema)
             provision.create_schema(schema)
-            ctx.save_details(step, schema=schema)
+            ctx.save_details(step, schema=schema, fresh=fresh)  # fresh: made by this step, no fence can be there
             return f"schema {schema} ready"
         server, database = run.target_server, run.target_database
         role = provision.role_name(database)
@@ -63,14 +64,15 @@ class Provision(Step):
             password = credential.password()  # resumed: keep the role's password
         else:
             password = provision.new_password()
-        provision.ensure_role(server, role, password)
-        provision.ensure_database(server, database, role)
+        # A copy of the server's template: the tables come at the current migration already.
+        fresh = provision.ensure_database(server, database, role, password)
         if credential is None:
             credential = DatabaseCredential(tenant=ctx.tenant)
         credential.server, credential.database, credential.role = server, database, role
         credential.set_password(password)
         credential.save()
-        ctx.save_details(step, server=server.name, database=database, role=role, credential_id=credential.pk)
+        ctx.save_details(step, server=server.name, database=database, role=role, credential_id=credential.pk,
+                         fresh=fresh)
         return f"database {database} and role {role} ready on server {server.name}"
 
     def rollback(self, ctx, step):
@@ -82,22 +84,27 @@ class Provision(Step):
 
 
 class CreateTables(Step):
-    name, label = "create_tables", "Apply migrations on the target"
+    name, label = "create_tables", "Create the tables on the target"
 
     def run(self, ctx, step):
         """The tenant tables, as the migrations make them, with no fence left on the tenant."""
         guard_not_live(ctx)
         run = ctx.run
+        # A copy of the template (provision) is at the current migration already; a place an
+        # earlier attempt or version made empty is migrated as before.
         if run.target_placement == Placement.DATABASE:
-            provision.migrate_database(run.target_server, run.target_database)
-            provision.grant_existing(run.target_server, run.target_database, provision.role_name(run.target_database))
+            migrated = provision.migrate_tables(run.target_server, run.target_database,
+                                                provision.role_name(run.target_database))
         else:
-            provision.ensure_schema(run.target_schema)
+            migrated = provision.ensure_schema(run.target_schema)
         load.check_same_columns(ctx.source, ctx.target, ctx.tables)
         # A place the tenant left by moving back keeps a legacy fence on its rows; the copy
-        # replaces those rows, and the tenant must be writable there after the switch.
-        fences.remove(ctx.target, ctx.tenant.pk, ctx.tables)
-        return f"{len(ctx.tables)} tables migrated on {ctx.target}"
+        # replaces those rows, and the tenant must be writable there after the switch. (A place
+        # this run's provision made, recorded only once made, has none.)
+        if not ctx.step("provision").details.get("fresh"):
+            fences.remove(ctx.target, ctx.tenant.pk, ctx.tables)
+        how = "migrated" if migrated else "at the current migration (from the template)"
+        return f"{len(ctx.tables)} tables {how} on {ctx.target}"
 
 
 class Copy(Step):
