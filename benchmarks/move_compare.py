@@ -7,7 +7,9 @@ in one process on the same generated tenant, for each size (issue 13's table):
       order, every index in place (a hand-written move within one server);
   (d-db) the engine's full run to a dedicated database; (d-schema) to a dedicated schema:
       every step with its seconds and round trips (the step's details), and the verify
-      step's rows/s (the tenant's rows / the step's seconds).
+      step's rows/s (the tenant's rows / the step's seconds); and (d-schema, pipe) the same
+      schema move with MIGRATION_COPY_IN_SERVER off, its rows piped through this process as
+      to a database (what the in-server copy saves).
 
 Then the ratios the issue asks for: full database move / (b) and full schema move / (e)
 (goal at most 1.0x), verification rows/s (goal 1M/s), the full database move's seconds at
@@ -19,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from django.test import override_settings
 from psycopg import sql
 
 from migration_jobs.engine.places import shared_place
@@ -56,7 +59,7 @@ class Comparison:
     slug: str
     pipe: Measurement | None = None
     insert_select: Measurement | None = None
-    engine: dict = field(default_factory=dict)  # "database" | "schema" -> EngineRun
+    engine: dict = field(default_factory=dict)  # "database" | "schema" | "schema-pipe" -> EngineRun
 
     @property
     def ok(self) -> bool:
@@ -129,6 +132,9 @@ def compare_size(tenant, source_rows: dict[str, int], say: Say) -> Comparison:
     for kind in ("database", "schema"):
         say(f"  (d) engine full run to a dedicated {kind} ...")
         result.engine[kind] = engine_run(tenant, kind, total)
+    say("  (d) engine full run to a dedicated schema, rows piped through this process ...")
+    with override_settings(MIGRATION_COPY_IN_SERVER=False):
+        result.engine["schema-pipe"] = engine_run(tenant, "schema", total)
     return result
 
 
@@ -170,7 +176,7 @@ def _x(value: float | None, base: float | None) -> str:
 
 
 def format_comparison(c: Comparison) -> str:
-    db, schema = c.engine.get("database"), c.engine.get("schema")
+    db, schema, piped = c.engine.get("database"), c.engine.get("schema"), c.engine.get("schema-pipe")
     pipe = c.pipe.seconds if c.pipe else None
     insert = c.insert_select.seconds if c.insert_select else None
     rows = []
@@ -180,22 +186,25 @@ def format_comparison(c: Comparison) -> str:
             rows.append((label, f"{m.seconds:.2f}", f"{m.rows / m.seconds:,.0f}", "1.00x", "-",
                          f"{m.peak_rss_mib:.1f}", m.check))
     for label, run, base in (("(d) engine full run -> database", db, pipe),
-                             ("(d) engine full run -> schema", schema, insert)):
+                             ("(d) engine full run -> schema", schema, insert),
+                             ("(d) engine full run -> schema, pipe copy", piped, insert)):
         if run:
             rows.append((label, f"{run.seconds:.2f}", f"{c.rows / run.seconds:,.0f}", _x(run.seconds, base),
                          f"{run.round_trips:,}", f"{run.peak_rss_mib:.1f}", run.check))
     out = [f"\nTenant {c.slug}: {c.rows:,} rows; one run of each, same rows",
            *_table(("method", "seconds", "rows/s", "vs bare", "round trips", "peak RSS Δ MiB", "check"), rows,
                    {1, 2, 3, 4, 5})]
-    names = list(dict.fromkeys([*(db.steps if db else {}), *(schema.steps if schema else {})]))
+    runs = (db, schema, piped)
+    names = list(dict.fromkeys(name for run in runs if run for name in run.steps))
     def cells(run, name):
         x = run.steps.get(name) if run else None
         if not x:
             return ["-", "-"]
         return [f"{x['seconds']:.2f}", "-" if x["round_trips"] is None else str(x["round_trips"])]
 
-    steps = [(name, *cells(db, name), *cells(schema, name)) for name in names]
-    out += ["", *_table(("step", "database s", "round trips", "schema s", "round trips"), steps, {1, 2, 3, 4})]
+    steps = [(name, *(cell for run in runs for cell in cells(run, name))) for name in names]
+    out += ["", *_table(("step", "database s", "round trips", "schema s", "round trips", "schema (pipe) s",
+                         "round trips"), steps, {1, 2, 3, 4, 5, 6})]
     rates = [f"{kind} {rate:,.0f} rows/s" for kind in ("database", "schema")
              if (rate := c.verify_rate(kind)) is not None]
     if rates:
@@ -224,6 +233,11 @@ def format_goals(results: list[Comparison]) -> str:
         if rate is not None:
             goal(f"verification ({kind}) {rate:,.0f} rows/s (goal >= {GOAL_VERIFY_ROWS_PER_SECOND:,})",
                  rate >= GOAL_VERIFY_ROWS_PER_SECOND)
+    inside, piped = (big.engine.get(k) for k in ("schema", "schema-pipe"))
+    if inside and piped and "copy" in inside.steps and "copy" in piped.steps:
+        a, b = inside.steps["copy"]["seconds"], piped.steps["copy"]["seconds"]
+        lines.append(f"  copy step to a schema: in server {a:.2f} s, piped through this process {b:.2f} s "
+                     f"({_x(a, b)} of the pipe's time)")
     for c in results:
         run = c.engine.get("database")
         if run and c.rows <= GOAL_SMALL_ROWS:

@@ -8,9 +8,11 @@ The guarantees are copy.copy_tenant's:
   pg_export_snapshot) and every table's transaction imports it (SET TRANSACTION SNAPSHOT),
   so every table is read as of the same instant;
 - one transaction per table (empty + fill + commit): a crash keeps the finished tables and
-  `skip` resumes with the rest;
-- tables in parallel when the target has no foreign keys between them (load.py drops them
-  first), one by one in FK order otherwise;
+  `skip` resumes with the rest; tables in parallel. That needs a target without foreign keys
+  between the tables (load.py drops them first): a transaction that imported the snapshot
+  does not see rows committed after it, so a child table's FK check would miss the parents
+  another transaction committed. With foreign keys in place, every table not done is copied
+  in ONE transaction, in FK order (correct, resumable only as a whole);
 - the first error stops every worker (their running statement is cancelled, their
   transaction rolled back) and is raised once every thread has ended.
 
@@ -61,28 +63,32 @@ def insert_select_statement(source: Place, target: Place, table: TableSpec) -> s
         dst=target.table(table.name), cols=cols, src=source.table(table.name), tenant=sql.Identifier("tenant_id"))
 
 
-def copy_table_in_server(conn: psycopg.Connection, source: Place, target: Place, table: TableSpec,
-                         tenant_id: int, snapshot: str, referenced: bool) -> TableCopy:
-    """One table in one transaction on `conn` (autocommit): import the snapshot, empty the
-    target table, INSERT ... SELECT, measure, commit. Rolled back on any error."""
-    started = time.monotonic()
+def copy_tables_in_server(conn: psycopg.Connection, source: Place, target: Place, tables: list[TableSpec],
+                          tenant_id: int, snapshot: str, referenced: set[str]) -> dict[str, TableCopy]:
+    """The tables in one transaction on `conn` (autocommit): import the snapshot, then for each
+    table empty it in the target, INSERT ... SELECT and measure; commit. Rolled back on any
+    error."""
+    results = {}
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
     try:
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-        _empty_target_table(conn, target, table, tenant_id, referenced)
-        with conn.cursor() as cur:
-            cur.execute(insert_select_statement(source, target, table), (tenant_id,))
-            rows = cur.rowcount
-            size = 0
-            if target.kind != "shared":  # a shared table holds every tenant: its size says nothing
-                cur.execute("SELECT pg_relation_size(%s::regclass)",
-                            (sql.Identifier(target.schema, table.name).as_string(conn),))
-                size = cur.fetchone()[0]
+        for table in tables:
+            started = time.monotonic()
+            _empty_target_table(conn, target, table, tenant_id, table.name in referenced)
+            with conn.cursor() as cur:
+                cur.execute(insert_select_statement(source, target, table), (tenant_id,))
+                rows = cur.rowcount
+                size = 0
+                if target.kind != "shared":  # a shared table holds every tenant: its size says nothing
+                    cur.execute("SELECT pg_relation_size(%s::regclass)",
+                                (sql.Identifier(target.schema, table.name).as_string(conn),))
+                    size = cur.fetchone()[0]
+            results[table.name] = TableCopy(rows=rows, bytes=size, seconds=round(time.monotonic() - started, 6))
         conn.execute("COMMIT")
     except BaseException:
         _rollback_quietly(conn)
         raise
-    return TableCopy(rows=rows, bytes=size, seconds=round(time.monotonic() - started, 6))
+    return results
 
 
 def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], *,
@@ -121,9 +127,13 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
             sizes = _source_sizes(coordinator, source, [t.name for t in todo])
             todo.sort(key=lambda t: -sizes.get(t.name, 0))  # biggest first: balanced workers
         workers = max(1, min(workers, len(todo)))
-        pending: queue.SimpleQueue[TableSpec] = queue.SimpleQueue()
-        for spec in todo:
-            pending.put(spec)
+        # A transaction that imported the snapshot cannot see rows committed after it: with
+        # foreign keys in the target, a child table's check would not find the parents that an
+        # earlier table's transaction committed. Then every table goes in one transaction.
+        units = [todo] if fks else [[spec] for spec in todo]
+        pending: queue.SimpleQueue[list[TableSpec]] = queue.SimpleQueue()
+        for unit in units:
+            pending.put(unit)
 
         def worker(number: int):
             conn = None
@@ -134,16 +144,16 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
                 engine_session(conn)
                 while not stop.is_set():
                     try:
-                        spec = pending.get_nowait()
+                        unit = pending.get_nowait()
                     except queue.Empty:
                         return
-                    result = copy_table_in_server(conn, source, target, spec, tenant_id, snapshot,
-                                                  spec.name in referenced)
+                    copied = copy_tables_in_server(conn, source, target, unit, tenant_id, snapshot, referenced)
                     with lock:
-                        results[spec.name] = result
-                    log.info("copied %s in server: %s rows in %.2fs", spec.name, result.rows, result.seconds)
-                    if on_table_done is not None:
-                        on_table_done(spec.name, result)
+                        results.update(copied)
+                    for name, result in copied.items():
+                        log.info("copied %s in server: %s rows in %.2fs", name, result.rows, result.seconds)
+                        if on_table_done is not None:
+                            on_table_done(name, result)
             except BaseException:
                 stop.set()
                 raise

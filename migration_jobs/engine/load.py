@@ -10,6 +10,8 @@ during the copy, back on after it, then statistics.
    (fresh tables have no statistics: the tenant's first queries there would plan blind)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from django.conf import settings
 from psycopg import sql
 
@@ -42,8 +44,8 @@ def load(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], 
     `checkpoint(name)` is a fault-injection hook (tests). `in_server`: copy with INSERT ...
     SELECT inside the server (only possible within one database); None: whenever possible,
     unless the setting MIGRATION_COPY_IN_SERVER is False (to compare with the pipe)."""
-    with target.connect(autocommit=True) as conn:
-        deferral.drop_secondary(conn, target, deferred)
+    with target.connect(autocommit=True) as conn, conn.transaction():
+        deferral.drop_secondary(conn, target, deferred)  # one commit (one WAL flush) for all of them
     if uses_in_server_copy(source, target, in_server):
         copy_tenant_in_server(source, target, tenant_id, tables, skip=skip, workers=workers,
                               on_table_done=on_table_done)
@@ -52,7 +54,27 @@ def load(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], 
     checkpoint("copy:before-indexes")
     with target.connect(autocommit=True) as conn:
         deferral.restore_secondary(conn, target, deferred, workers=workers, maintenance_work_mem=maintenance_work_mem)
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(target.table(t.name) for t in tables)))
+    analyze(target, tables, workers=workers)
+
+
+def analyze(place: Place, tables: list[TableSpec], *, workers: int = 1) -> None:
+    """ANALYZE the tables, spread over `workers` sessions (one ANALYZE of many tables does
+    them one after the other, on one core)."""
+    names = [t.name for t in tables]
+    workers = max(1, min(workers, len(names)))
+
+    def run(group):
+        if group:
+            with place.connect(autocommit=True, application_name="tenant-move analyze") as conn:
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(place.table(n) for n in group)))
+
+    groups = [names[i::workers] for i in range(workers)]
+    if workers == 1:
+        run(groups[0])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant-analyze") as pool:
+        for future in [pool.submit(run, g) for g in groups]:
+            future.result()
 
 
 def uses_in_server_copy(source: Place, target: Place, in_server: bool | None = None) -> bool:
