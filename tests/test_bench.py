@@ -10,12 +10,14 @@ from django.db import connection
 
 from benchmarks.measure import LABELS
 from migration_jobs.models import MigrationRun
+from migration_jobs.runs.plans import MOVE_STEPS
 from benchmarks.seeding import shop_tables
 from tenancy.models import Tenant
 from tests.helpers import run_cmd
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SEEDED = {"largest": 1000, "seed": 3}  # the conftest `seeded` tenants (bench_verify)
+STEP_NAMES = [s.name for s in MOVE_STEPS]
 
 
 def test_bench_migration_prints_all_methods_checks_them_and_cleans_up(server_conninfo):
@@ -49,6 +51,39 @@ def test_bench_migration_prints_all_methods_checks_them_and_cleans_up(server_con
         prefix = f"{settings.TENANT_DATABASE_PREFIX}bench_"
         assert conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall() == []
         assert conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)).fetchall() == []
+
+
+def test_bench_migration_compare_times_every_step_of_both_moves_and_cleans_up(server_conninfo):
+    out = StringIO()
+    call_command("bench_migration", "--compare", "--rows", "2000", stdout=out)
+    text = out.getvalue()
+    methods = {line.split("  ")[0]: line for line in text.splitlines() if line.startswith(("(b)", "(e)", "(d)"))}
+    assert set(methods) == {"(b) bare binary COPY pipe -> database", "(e) bare INSERT ... SELECT -> schema",
+                            "(d) engine full run -> database", "(d) engine full run -> schema",
+                            "(d) engine full run -> schema, pipe copy"}, text
+    for line in methods.values():
+        assert "ok:" in line and "FAIL" not in line, line
+    assert "verify_tenant" in methods["(b) bare binary COPY pipe -> database"]
+    assert "verify_tenant" in methods["(e) bare INSERT ... SELECT -> schema"]
+    steps = {line.split()[0]: line.split()[1:] for line in text.splitlines()
+             if line.split() and line.split()[0] in STEP_NAMES}
+    assert set(steps) == set(STEP_NAMES), text
+    for name, cells in steps.items():  # seconds and round trips: to a database, a schema, a schema piped
+        assert len(cells) == 6 and all(float(c) >= 0 for c in cells), (name, cells)
+        assert int(cells[1]) > 0 and int(cells[3]) > 0 and int(cells[5]) > 0, (name, cells)
+    assert "verification (the verify step): database" in text
+    for goal in ("full database move / bare pipe", "full schema move / INSERT ... SELECT",
+                 "verification (database)", "full database move of", "copy step to a schema: in server"):
+        assert goal in text, text
+
+    assert not Tenant.objects.filter(slug__startswith="bench_").exists()
+    assert not MigrationRun.objects.exists()
+    with connection.cursor() as cur:
+        cur.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", [f"{settings.TENANT_SCHEMA_PREFIX}bench%"])
+        assert cur.fetchall() == []
+    with psycopg.connect(**server_conninfo()) as conn:
+        prefix = f"{settings.TENANT_DATABASE_PREFIX}bench_"
+        assert conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)).fetchall() == []
 
 
 def test_bench_move_back_compares_reuse_with_a_full_copy_and_cleans_up(server_conninfo):

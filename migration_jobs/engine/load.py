@@ -4,16 +4,21 @@ during the copy, back on after it, then statistics.
 0. `check_same_columns`: both sides at the same migration, or nothing is copied.
 1. `secondary_objects`: the target's secondary indexes and constraints, as DDL. The caller
    records them before anything is dropped, so a crash in between can be repaired.
-2. `load`: drop them (idempotent), copy every table not done yet in parallel
-   (copy.copy_tenant), rebuild them in parallel with generous maintenance memory, ANALYZE
+2. `load`: drop them (idempotent), copy every table not done yet in parallel (inside the
+   server with copy_in_server.copy_tenant_in_server when source and target are schemas of
+   one database, through this process with copy.copy_tenant otherwise), rebuild them in parallel with generous maintenance memory, ANALYZE
    (fresh tables have no statistics: the tenant's first queries there would plan blind)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
 from psycopg import sql
 
 from migration_jobs.engine import deferral
 from migration_jobs.engine.archive import column_types
 from migration_jobs.engine.copy import copy_tenant
+from migration_jobs.engine.copy_in_server import copy_tenant_in_server, same_database
 from migration_jobs.engine.places import Place
 from migration_jobs.engine.tables import TableSpec
 from migration_jobs.exceptions import StepFailed
@@ -34,13 +39,47 @@ def secondary_objects(target: Place, tables: list[TableSpec]) -> list:
 
 def load(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], deferred: list, *,
          skip: frozenset = frozenset(), workers: int = 1, maintenance_work_mem: str | None = None,
-         on_table_done=None, checkpoint=lambda name: None) -> None:
+         on_table_done=None, checkpoint=lambda name: None, in_server: bool | None = None) -> None:
     """`on_table_done(name, result)` after each table (from the copying thread);
-    `checkpoint(name)` is a fault-injection hook (tests)."""
-    with target.connect(autocommit=True) as conn:
-        deferral.drop_secondary(conn, target, deferred)
-    copy_tenant(source, target, tenant_id, tables, skip=skip, workers=workers, on_table_done=on_table_done)
+    `checkpoint(name)` is a fault-injection hook (tests). `in_server`: copy with INSERT ...
+    SELECT inside the server (only possible within one database); None: whenever possible,
+    unless the setting MIGRATION_COPY_IN_SERVER is False (to compare with the pipe)."""
+    with target.connect(autocommit=True) as conn, conn.transaction():
+        deferral.drop_secondary(conn, target, deferred)  # one commit (one WAL flush) for all of them
+    if uses_in_server_copy(source, target, in_server):
+        copy_tenant_in_server(source, target, tenant_id, tables, skip=skip, workers=workers,
+                              on_table_done=on_table_done)
+    else:
+        copy_tenant(source, target, tenant_id, tables, skip=skip, workers=workers, on_table_done=on_table_done)
     checkpoint("copy:before-indexes")
     with target.connect(autocommit=True) as conn:
         deferral.restore_secondary(conn, target, deferred, workers=workers, maintenance_work_mem=maintenance_work_mem)
-        conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(target.table(t.name) for t in tables)))
+    analyze(target, tables, workers=workers)
+
+
+def analyze(place: Place, tables: list[TableSpec], *, workers: int = 1) -> None:
+    """ANALYZE the tables, spread over `workers` sessions (one ANALYZE of many tables does
+    them one after the other, on one core)."""
+    names = [t.name for t in tables]
+    workers = max(1, min(workers, len(names)))
+
+    def run(group):
+        if group:
+            with place.connect(autocommit=True, application_name="tenant-move analyze") as conn:
+                conn.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(place.table(n) for n in group)))
+
+    groups = [names[i::workers] for i in range(workers)]
+    if workers == 1:
+        run(groups[0])
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant-analyze") as pool:
+        for future in [pool.submit(run, g) for g in groups]:
+            future.result()
+
+
+def uses_in_server_copy(source: Place, target: Place, in_server: bool | None = None) -> bool:
+    """Whether load copies inside the server: wanted (`in_server`, by default the setting
+    MIGRATION_COPY_IN_SERVER, True) and possible (both places in one database)."""
+    if in_server is None:
+        in_server = getattr(settings, "MIGRATION_COPY_IN_SERVER", True)
+    return bool(in_server) and same_database(source, target)

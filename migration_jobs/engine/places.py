@@ -12,6 +12,8 @@ from psycopg import sql
 
 from tenancy.shared_db import shared_conninfo
 
+from . import roundtrips
+
 # Session settings that make text output (and so checksums) the same on every server.
 CANONICAL_SESSION = {
     "TimeZone": "UTC",
@@ -36,7 +38,7 @@ class Place:
         (Never send BEGIN yourself on a non-autocommit connection: psycopg has already begun
         one, and the server would ignore the isolation level with a mere warning.)"""
         options = " ".join(f"-c {k}={v.replace(' ', '')}" for k, v in (*CANONICAL_SESSION.items(), *self.session))
-        conn = psycopg.connect(**self.conninfo, autocommit=autocommit, application_name=application_name,
+        conn = roundtrips.connect(**self.conninfo, autocommit=autocommit, application_name=application_name,
                                options=options)
         if repeatable_read:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ

@@ -27,6 +27,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 from django_q.conf import Conf
 
+from migration_jobs.engine import roundtrips
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.models import MigrationRun, MigrationStep, RunKind, RunStatus, StepStatus
 from migration_jobs.runs import pickup
@@ -353,11 +354,24 @@ def _run_step(ctx: RunContext, definition: Step, step: MigrationStep) -> None:
         step.started_at = timezone.now()  # a parked step goes on: it started before its first park
     step.status, step.finished_at = StepStatus.RUNNING, None
     step.save()
-    ctx.checkpoint(f"before:{definition.name}")
-    message = definition.run(ctx, step)
-    ctx.checkpoint(f"after:{definition.name}")
+    with _counting_round_trips(step):
+        ctx.checkpoint(f"before:{definition.name}")
+        message = definition.run(ctx, step)
+        ctx.checkpoint(f"after:{definition.name}")
     step.status, step.finished_at, step.message = StepStatus.SUCCEEDED, timezone.now(), message
     step.save()
+
+
+@contextmanager
+def _counting_round_trips(step: MigrationStep):
+    """The statements the step sent, into its details (`round_trips`, `connections`), whether
+    it succeeds or fails (the caller saves the step); a parked step adds up its rounds."""
+    with roundtrips.counting() as counted:
+        try:
+            yield
+        finally:
+            previous = step.details if step.details.get("parks") else {}
+            step.details = {**step.details, **{k: previous.get(k, 0) + v for k, v in counted.as_dict().items()}}
 
 
 def _past_point_of_no_return(run: MigrationRun) -> bool:

@@ -3,6 +3,12 @@ engine's copy step and the engine's full run, on the same generated tenant, in o
 
     manage.py bench_migration --rows 200000 --rows 1000000 --target database
     manage.py bench_migration --rows 200000 --target schema --repeat 3
+    manage.py bench_migration --compare            # 50k and 1M rows, as issue 13 asks
+    manage.py bench_migration --compare --rows 50000
+
+`--compare`: the bare binary pipe into a database, a bare INSERT ... SELECT into a schema, and
+the engine's full runs to a database and to a schema with every step's seconds and round
+trips, the verify step's rows/s, and the ratios of the issue's goals (benchmarks.move_compare).
 
 Prints one table per size (seconds, rows/s, ratios, peak RSS) and, for several sizes, how
 the engine's memory grows with the tenant. Benchmark tenants (`bench_<rows>`) and their
@@ -12,7 +18,7 @@ import logging
 
 from django.core.management.base import CommandError
 
-from benchmarks import move_out
+from benchmarks import move_compare, move_out
 from benchmarks.management.base import BenchCommand
 
 
@@ -28,8 +34,11 @@ class Command(BenchCommand):
         parser.add_argument("--repeat", type=int, default=1, help="Runs per method; the median is reported.")
         parser.add_argument("--keep", action="store_true",
                             help="Keep the benchmark tenants and the last targets (for inspection).")
+        parser.add_argument("--compare", action="store_true",
+                            help="Whole moves vs bare pipe / INSERT ... SELECT, step by step (default sizes 50000 "
+                                 "and 1000000); --target, --baseline-limit, --repeat, --keep do not apply.")
 
-    def handle(self, *args, rows, target, baseline_limit, repeat, keep, **options):
+    def handle(self, *args, rows, target, baseline_limit, repeat, keep, compare, **options):
         def say(text):
             self.stdout.write(text)
             self.stdout.flush()
@@ -39,10 +48,17 @@ class Command(BenchCommand):
         if options["verbosity"] < 2:
             engine_log.setLevel(logging.WARNING)  # per-table INFO lines would break up the tables
         try:
-            results = move_out.run_benchmark(rows or [200_000], kind=target, baseline_limit=baseline_limit or None,
-                                          repeat=repeat, keep=keep, say=say)
+            if compare:
+                results = move_compare.run_compare(rows or [50_000, 1_000_000], say=say)
+            else:
+                results = move_out.run_benchmark(rows or [200_000], kind=target,
+                                                 baseline_limit=baseline_limit or None, repeat=repeat, keep=keep,
+                                                 say=say)
         finally:
             engine_log.setLevel(level)
-        failed = [f"{r.slug} {m}" for r in results for m, runs in r.runs.items() if not all(x.ok for x in runs)]
+        if compare:
+            failed = [r.slug for r in results if not r.ok]
+        else:
+            failed = [f"{r.slug} {m}" for r in results for m, runs in r.runs.items() if not all(x.ok for x in runs)]
         if failed:
             raise CommandError(f"copies that did not match the source: {', '.join(failed)}", returncode=1)
