@@ -349,13 +349,14 @@ def place_snapshots(*places: Place, application_name: str = "tenant-move verify"
 
 def measure_places(places_and_foreign: list[tuple[Place, bool]], tenant_id: int, tables: list[TableSpec], *,
                    workers: int = VERIFY_WORKERS, row_hash_of: RowHash = row_hash,
-                   after: Callable[[list[PlaceSnapshot]], object] | None = None):
+                   after: Callable[[list[PlaceSnapshot]], object] | None = None,
+                   application_name: str = "tenant-move verify"):
     """Fingerprint (and, where asked, other tenants' rows of) every table in each place, all
     places at once, each from one snapshot shared by up to `workers` connections. Returns a
     dict per place: table name -> (Fingerprint, foreign rows or None), None for a table
     missing in that place; with `after`, also what after(snapshots) returns (called while
     every snapshot is still open: more reads in the same views)."""
-    with place_snapshots(*(p for p, _ in places_and_foreign)) as snaps:
+    with place_snapshots(*(p for p, _ in places_and_foreign), application_name=application_name) as snaps:
         works = [_plan(snap, tables, foreign) for snap, (_, foreign) in zip(snaps, places_and_foreign)]
         _share_out(works, tables, workers)
         _measure_all(works, tenant_id, row_hash_of)
