@@ -1,8 +1,9 @@
 """Verify a tenant where it lives now (no move involved): what `verify_tenant`, the admin's
 "Verify" action and the verify task report. Per tenant table, from one REPEATABLE READ
-snapshot per place: the table exists in the place's own schema; the tenant's row count and
-checksum (engine.verify.fingerprint); other tenants' rows (must be 0 in a dedicated place);
-the pk sequence at or past max(pk). A dedicated tenant's legacy rows in the shared tables are
+snapshot of the place (shared by the connections that read its tables in parallel,
+engine.verify.measure_places): the table exists in the place's own schema; the tenant's row
+count and checksum (the same as engine.verify.fingerprint); other tenants' rows (must be 0
+in a dedicated place); the pk sequence at or past max(pk). A dedicated tenant's legacy rows in the shared tables are
 counted for information. The result is plain JSON data: no connection detail, and of an
 error only its class.
 """
@@ -15,7 +16,7 @@ from migration_jobs.engine.places import Place, place_of, shared_place
 from migration_jobs.engine.references import reference_problems
 from migration_jobs.engine.sequences import sequence_positions
 from migration_jobs.engine.tables import TableSpec, row_counts, tables_in_place, tenant_tables
-from migration_jobs.engine.verify import fingerprint, foreign_rows
+from migration_jobs.engine.verify import measure_places
 
 
 def _snapshot(place: Place, name: str):
@@ -30,37 +31,43 @@ def _max_pk(conn, place: Place, table: TableSpec) -> int:
     return int(value or 0)
 
 
-def _measure_place(place: Place, tenant_id: int, tables: list[TableSpec], dedicated: bool) -> dict:
-    out = {}
-    conn = _snapshot(place, "verify-in-place")
-    try:
+def _pk_and_sequences(place: Place, tables: list[TableSpec]):
+    """max(pk) and the pk sequence's position of every present table, read on a connection
+    of the snapshot the fingerprints came from."""
+    def read(snapshots):
+        conn = snapshots[0].first
         present = tables_in_place(conn, place, [t.name for t in tables])
-        for table in tables:
-            entry = {"exists": table.name in present, "rows": None, "checksum": None, "foreign_rows": None,
-                     "max_id": None, "sequence": None, "sequence_ok": None, "problems": []}
-            if not entry["exists"]:
-                entry["problems"].append(f"table missing in {place}")
-                out[table.name] = entry
-                continue
-            fp = fingerprint(conn, place, table, tenant_id)
-            entry["rows"], entry["checksum"] = fp.rows, fp.checksum
-            if dedicated:
-                entry["foreign_rows"] = foreign_rows(conn, place, table, tenant_id)
-                if entry["foreign_rows"]:
-                    entry["problems"].append(f"{entry['foreign_rows']} rows of other tenants")
-            # In the shared tables the sequence serves every tenant: compare with the max of all.
-            entry["max_id"] = _max_pk(conn, place, table)
-            position = sequence_positions(conn, place, [table]).get(table.name)
-            if position is not None:
-                entry["sequence"] = position
-                entry["sequence_ok"] = position >= entry["max_id"]
-                if not entry["sequence_ok"]:
-                    entry["problems"].append(f"sequence at {position}, behind max id {entry['max_id']}")
-            out[table.name] = entry
-    finally:
-        if not conn.closed:
-            conn.execute("ROLLBACK")
-            conn.close()
+        mine = [t for t in tables if t.name in present]
+        return {t.name: _max_pk(conn, place, t) for t in mine}, sequence_positions(conn, place, mine)
+    return read
+
+
+def _measure_place(place: Place, tenant_id: int, tables: list[TableSpec], dedicated: bool) -> dict:
+    (measured,), (max_ids, positions) = measure_places([(place, dedicated)], tenant_id, tables,
+                                                      after=_pk_and_sequences(place, tables),
+                                                      application_name="tenant-move verify-in-place")
+    out = {}
+    for table in tables:
+        entry = {"exists": measured[table.name] is not None, "rows": None, "checksum": None, "foreign_rows": None,
+                 "max_id": None, "sequence": None, "sequence_ok": None, "problems": []}
+        out[table.name] = entry
+        if not entry["exists"]:
+            entry["problems"].append(f"table missing in {place}")
+            continue
+        fp, foreign = measured[table.name]
+        entry["rows"], entry["checksum"] = fp.rows, fp.checksum
+        if dedicated:
+            entry["foreign_rows"] = foreign
+            if foreign:
+                entry["problems"].append(f"{foreign} rows of other tenants")
+        # In the shared tables the sequence serves every tenant: compare with the max of all.
+        entry["max_id"] = max_ids[table.name]
+        position = positions.get(table.name)
+        if position is not None:
+            entry["sequence"] = position
+            entry["sequence_ok"] = position >= entry["max_id"]
+            if not entry["sequence_ok"]:
+                entry["problems"].append(f"sequence at {position}, behind max id {entry['max_id']}")
     return out
 
 

@@ -8,18 +8,36 @@ table the exact sum and the XOR of those hashes (a difference goes unseen with p
 ~2^-64). Types whose hash does not tell values apart as exactly as their text (numeric,
 jsonb, arrays, floats, ...) are hashed as text, printed canonically by Place.connect().
 Format 1 archives carry LEGACY_MD5 (md5 of `ROW(...)::text` per row), still checkable.
+
+Speed (benchmarks/verify_speed.py, `manage.py bench_verify`): the row hash is the cost; the
+cheaper hashes measured were inexact (jsonb numbers, array bounds) or no faster. What pays
+is keeping every core busy: each place is read by VERIFY_WORKERS connections that share one
+exported snapshot (still one consistent view per place), pulling tables largest first, both
+places at once; other tenants' rows are counted through the tenant_id index, not in the scan.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
 from psycopg import sql
 
 from .copy import engine_session
 from .places import Place
-from .tables import TableSpec, tables_in_place
+from .tables import TableSpec
+
+# Connections per place, sharing its snapshot. Both places are read at once, so a move's
+# verify runs 2x this many backends: on the 2-core benchmark machine 2 per place kept both
+# cores busy to the end (the slower side still has two), 3 gained nothing (see the benchmark).
+VERIFY_WORKERS = 2
+# A second connection costs a login (~10-50 ms with SCRAM): worth it only when the place's
+# tables of the tenant are big enough (estimated from the smaller side's table sizes).
+EXTRA_WORKER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -93,16 +111,6 @@ def fingerprint_query(place: Place, table: TableSpec, row_hash_sql: sql.Composab
              tenant=sql.Identifier("tenant_id"), only_keys=only_keys)
 
 
-def _fingerprint_and_foreign_query(place: Place, table: TableSpec, row_hash_sql: sql.Composable) -> sql.Composed:
-    """The same plus the count of other tenants' rows, in one scan of the table
-    (parameter: the tenant id)."""
-    tenant = sql.Identifier("tenant_id")
-    return sql.SQL(
-        "SELECT count(h), {checksum}, count(*) - count(h) FROM "
-        "(SELECT CASE WHEN {tenant} IS NOT DISTINCT FROM %s THEN {hash} END AS h FROM {tbl} OFFSET 0) AS hashed"
-    ).format(checksum=_CHECKSUM[HASH64], hash=row_hash_sql, tbl=place.table(table.name), tenant=tenant)
-
-
 def _fingerprint(rows, total, xor) -> Fingerprint:
     return Fingerprint(rows=int(rows), checksum=f"{int(total)}:{int(xor) & 0xFFFFFFFFFFFFFFFF:016x}")
 
@@ -150,10 +158,12 @@ def combined(parts) -> Fingerprint:
 
 
 def foreign_rows(conn: psycopg.Connection, place: Place, table: TableSpec | str, tenant_id: int) -> int:
-    """Rows of the place's table that are not the tenant's (tenant_id other or NULL)."""
+    """Rows of the place's table that are not the tenant's (tenant_id other or NULL). Written
+    as two ranges and IS NULL so that the tenant_id index answers it: in a dedicated place
+    that costs a few index pages, not a scan (IS DISTINCT FROM reads the whole index)."""
     name = table.name if isinstance(table, TableSpec) else table
-    return int(conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {} IS DISTINCT FROM %s").format(
-        place.table(name), sql.Identifier("tenant_id")), (tenant_id,)).fetchone()[0])
+    return int(conn.execute(sql.SQL("SELECT count(*) FROM {tbl} WHERE {t} < %s OR {t} > %s OR {t} IS NULL").format(
+        tbl=place.table(name), t=sql.Identifier("tenant_id")), (tenant_id, tenant_id)).fetchone()[0])
 
 
 @dataclass
@@ -182,41 +192,184 @@ class VerifyReport:
         return "; ".join(f"{name}: {', '.join(self.tables[name]['problems'])}" for name in self.mismatches)
 
 
-def _measure(place: Place, tenant_id: int, tables: list[TableSpec], count_foreign: bool) -> dict:
-    """Fingerprints (and foreign rows) of every table, from one REPEATABLE READ snapshot."""
-    out = {}
-    with place.connect(autocommit=True, application_name="tenant-move verify") as conn:
-        engine_session(conn)
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+def _present_tables(conn: psycopg.Connection, place: Place, names) -> dict[str, int]:
+    """The tables that exist in the place's own schema, with their size in bytes (heap and
+    TOAST: what a scan reads)."""
+    rows = conn.execute(
+        """SELECT c.relname, pg_table_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = ANY(%s) AND c.relkind IN ('r', 'p')""",
+        (place.schema, list(names))).fetchall()
+    return {name: int(size) for name, size in rows}
+
+
+def _begin_snapshot(conn: psycopg.Connection, snapshot: str | None = None) -> None:
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    if snapshot is not None:
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
+class PlaceSnapshot:
+    """Connections to one place that all see the same snapshot: the first one opens a
+    REPEATABLE READ transaction and exports it (pg_export_snapshot), the others import it
+    (SET TRANSACTION SNAPSHOT) while the first is still open. Every connection stays in its
+    transaction until close(), so a late joiner can always import it."""
+
+    def __init__(self, place: Place, application_name: str = "tenant-move verify"):
+        self.place, self.application_name = place, application_name
+        self.conns: list[psycopg.Connection] = []
+        self._lock = threading.Lock()
+        first = self._connect()
         try:
-            present = tables_in_place(conn, place, [t.name for t in tables])
-            for table in tables:
-                if table.name not in present:
-                    out[table.name] = None
-                    continue
-                if count_foreign:  # a dedicated target: one scan for both
-                    rows, total, xor, foreign = conn.execute(
-                        _fingerprint_and_foreign_query(place, table, row_hash(conn, place, table)),
-                        (tenant_id,)).fetchone()
-                    out[table.name] = (_fingerprint(rows, total, xor), int(foreign))
-                else:
-                    out[table.name] = (fingerprint(conn, place, table, tenant_id), None)
-        finally:
+            _begin_snapshot(first)
+            self.snapshot = first.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        except BaseException:
+            first.close()
+            raise
+        self.conns.append(first)
+
+    def _connect(self) -> psycopg.Connection:
+        return engine_session(self.place.connect(autocommit=True, application_name=self.application_name))
+
+    @property
+    def first(self) -> psycopg.Connection:
+        return self.conns[0]
+
+    def join(self) -> psycopg.Connection:
+        """One more connection in the snapshot (thread-safe; closed by close())."""
+        conn = self._connect()
+        try:
+            _begin_snapshot(conn, self.snapshot)
+        except BaseException:
+            conn.close()
+            raise
+        with self._lock:
+            self.conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        for conn in self.conns:
             try:
-                conn.execute("ROLLBACK")
+                if not conn.closed:
+                    conn.execute("ROLLBACK")
             except psycopg.Error:
                 pass
-    return out
+            finally:
+                conn.close()
+
+
+RowHash = Callable[[psycopg.Connection, Place, TableSpec], sql.Composable]
+
+
+@dataclass
+class _PlaceWork:
+    """What to measure in one place: the tables, largest first, and how many connections."""
+    snap: PlaceSnapshot
+    tables: list[TableSpec]
+    present: dict[str, int]
+    count_foreign: bool
+    workers: int = 1
+    results: dict = field(default_factory=dict)
+
+
+def _plan(snap: PlaceSnapshot, tables: list[TableSpec], count_foreign: bool) -> _PlaceWork:
+    present = _present_tables(snap.first, snap.place, [t.name for t in tables])
+    return _PlaceWork(snap, tables, present, count_foreign)
+
+
+def _share_out(works: list[_PlaceWork], tables: list[TableSpec], workers: int) -> None:
+    """Order each place's tables largest first (longest job first: the last ones to finish
+    are small) and choose its number of connections, by the smaller side's table sizes (a
+    shared table also holds every other tenant)."""
+    def estimate(name):
+        sizes = [w.present[name] for w in works if name in w.present]
+        return min(sizes) if sizes else 0
+    total = sum(estimate(t.name) for t in tables)
+    for work in works:
+        work.tables = sorted((t for t in tables if t.name in work.present), key=lambda t: -estimate(t.name))
+        work.workers = max(1, min(workers, len(work.tables), 1 + total // EXTRA_WORKER_BYTES))
+
+
+def _run(work: _PlaceWork, tenant_id: int, conn: psycopg.Connection, jobs: "queue.SimpleQueue[TableSpec]",
+         row_hash_of: RowHash, stop: threading.Event) -> None:
+    place = work.snap.place
+    while not stop.is_set():
+        try:
+            table = jobs.get_nowait()
+        except queue.Empty:
+            return
+        query = fingerprint_query(place, table, row_hash_of(conn, place, table))
+        fp = _fingerprint(*conn.execute(query, (tenant_id,)).fetchone())
+        foreign = foreign_rows(conn, place, table, tenant_id) if work.count_foreign else None
+        work.results[table.name] = (fp, foreign)
+
+
+def _measure_all(works: list[_PlaceWork], tenant_id: int, row_hash_of: RowHash) -> None:
+    """Every place's tables on its connections at once; the first error stops the others
+    (each finishes its current table) and is raised."""
+    stop = threading.Event()
+    queues = []
+    for work in works:
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for table in work.tables:
+            jobs.put(table)
+        queues.append(jobs)
+
+    def worker(work, jobs, index):
+        try:
+            conn = work.snap.first if index == 0 else work.snap.join()
+            _run(work, tenant_id, conn, jobs, row_hash_of, stop)
+        except BaseException:
+            stop.set()
+            raise
+
+    with ThreadPoolExecutor(max_workers=sum(w.workers for w in works), thread_name_prefix="tenant-verify") as pool:
+        futures = [pool.submit(worker, work, jobs, i) for work, jobs in zip(works, queues) for i in range(work.workers)]
+    for future in futures:
+        future.result()
+
+
+@contextmanager
+def place_snapshots(*places: Place, application_name: str = "tenant-move verify"):
+    """A PlaceSnapshot per place, opened at once (one login each in parallel), all closed on exit."""
+    with ExitStack() as stack, ThreadPoolExecutor(max_workers=len(places)) as pool:
+        futures = [pool.submit(PlaceSnapshot, place, application_name) for place in places]
+        snaps = []
+        error = None
+        for future in futures:
+            try:
+                snaps.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - re-raised once every snapshot is closed
+                error = error or exc
+        for snap in snaps:
+            stack.callback(snap.close)
+        if error is not None:
+            raise error
+        yield snaps
+
+
+def measure_places(places_and_foreign: list[tuple[Place, bool]], tenant_id: int, tables: list[TableSpec], *,
+                   workers: int = VERIFY_WORKERS, row_hash_of: RowHash = row_hash,
+                   after: Callable[[list[PlaceSnapshot]], object] | None = None,
+                   application_name: str = "tenant-move verify"):
+    """Fingerprint (and, where asked, other tenants' rows of) every table in each place, all
+    places at once, each from one snapshot shared by up to `workers` connections. Returns a
+    dict per place: table name -> (Fingerprint, foreign rows or None), None for a table
+    missing in that place; with `after`, also what after(snapshots) returns (called while
+    every snapshot is still open: more reads in the same views)."""
+    with place_snapshots(*(p for p, _ in places_and_foreign), application_name=application_name) as snaps:
+        works = [_plan(snap, tables, foreign) for snap, (_, foreign) in zip(snaps, places_and_foreign)]
+        _share_out(works, tables, workers)
+        _measure_all(works, tenant_id, row_hash_of)
+        extra = after(snaps) if after is not None else None
+    out = [{t.name: work.results.get(t.name) for t in tables} for work in works]
+    return (out, extra) if after is not None else out
 
 
 def verify_tenant(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], *,
-                  target_is_dedicated: bool = True) -> VerifyReport:
+                  target_is_dedicated: bool = True, workers: int = VERIFY_WORKERS) -> VerifyReport:
     """Compare the tenant's rows of every table in source and target (both measured at once,
-    each from its own snapshot). For a dedicated target, any other tenant's row is a mismatch."""
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tenant-verify") as pool:
-        src_future = pool.submit(_measure, source, tenant_id, tables, False)
-        dst_future = pool.submit(_measure, target, tenant_id, tables, target_is_dedicated)
-        src, dst = src_future.result(), dst_future.result()
+    each from one snapshot). For a dedicated target, any other tenant's row is a mismatch."""
+    src, dst = measure_places([(source, False), (target, target_is_dedicated)], tenant_id, tables, workers=workers)
     report = VerifyReport(tenant_id=tenant_id, source=str(source), target=str(target))
     for table in tables:
         s, d = src[table.name], dst[table.name]
@@ -241,4 +394,5 @@ def verify_tenant(source: Place, target: Place, tenant_id: int, tables: list[Tab
     return report
 
 
-__all__ = ["HASH64", "LEGACY_MD5", "Fingerprint", "VerifyReport", "fingerprint", "foreign_rows", "verify_tenant"]
+__all__ = ["HASH64", "LEGACY_MD5", "VERIFY_WORKERS", "Fingerprint", "PlaceSnapshot", "VerifyReport", "fingerprint",
+           "foreign_rows", "measure_places", "place_snapshots", "verify_tenant"]
