@@ -34,7 +34,9 @@ class Preflight(Step):
                    "reactivate the tenant (or finish the run that froze it) first")
         workers = ctx.copy_workers
         with ctx.source.connect() as conn:
-            preflight.check_source(conn, ctx.source, tenant.pk, ctx.tables, report)
+            # A move out's copy proves the references (see check_source): not scanned here.
+            preflight.check_source(conn, ctx.source, tenant.pk, ctx.tables, report,
+                                   references=run.kind != RunKind.MOVE)
             preflight.check_server(conn, "source server", report, need_create_db=False,
                                    connections_needed=workers + 2)
         if ctx.dedicated.kind == "database" and run.kind == RunKind.MOVE:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -138,10 +139,17 @@ class Copy(Step):
                     connection.close()  # this worker thread's ORM connection
             ctx.checkpoint(f"copy:{name}")
 
-        with tee_into(parts):
-            load.load(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, deferred, skip=frozenset(done),
-                      workers=ctx.copy_workers, maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY,
-                      on_table_done=on_table_done, checkpoint=ctx.checkpoint)
+        try:
+            with tee_into(parts):
+                load.load(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, deferred, skip=frozenset(done),
+                          workers=ctx.copy_workers, maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY,
+                          on_table_done=on_table_done, checkpoint=ctx.checkpoint)
+        except psycopg.errors.ForeignKeyViolation as exc:
+            # The target holds only the tenant's rows: its foreign keys find every reference to
+            # another tenant's row, or to none (the preflight leaves that proof to the copy).
+            raise StepFailed(f"rows of tenant {ctx.tenant.slug} point at rows that are not its own (another "
+                             f"tenant's, or none): {exc.diag.message_primary}; `manage.py verify_tenant "
+                             f"{ctx.tenant.slug}` lists them; fix those references first") from None
         step.rows, step.bytes = copied["rows"], copied["bytes"]
         ctx.progress(copied["rows"], copied["bytes"])
         ctx.record_sample(rows_copied=copied["rows"])
