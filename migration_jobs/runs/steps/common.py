@@ -9,8 +9,8 @@ from django.conf import settings
 from migration_jobs.engine import preflight
 from migration_jobs.engine.archive import PartError, assemble_archive, parts_dir, write_archive
 from migration_jobs.engine.archive_read import read_manifest
-from migration_jobs.engine.copy import engine_session
 from migration_jobs.engine.collisions import find_collisions
+from migration_jobs.engine.copy import engine_session
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.target_server import check_target_server
 from migration_jobs.engine.verify import Fingerprint, fingerprint, verify_tenant
