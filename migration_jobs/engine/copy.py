@@ -7,20 +7,25 @@
   a coordinator transaction, imported by every worker), tables in parallel when the target
   has no foreign keys between them (see deferral.py), one target transaction per table
   (a crash keeps the finished tables; `skip` resumes).
+- A *tee* (`tee=`, or `with tee_into(...)` around a caller that copies) gets each table's
+  blocks too, as they are written to the target: a move's archive is made from the copy's
+  own stream (engine/archive.py PartWriter), never by reading the source a second time.
 
 Functions take places and psycopg 3 connections; they never touch the ORM. Identifiers are
 composed with psycopg.sql, values are parameters.
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import selectors
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 import psycopg
 from psycopg import sql
@@ -37,6 +42,35 @@ log = logging.getLogger(__name__)
 BLOCK_SIZE = 1024 * 1024
 # on_bytes / on_progress are called about this often.
 PROGRESS_EVERY = 8 * 1024 * 1024
+
+
+class Sink(Protocol):
+    """Where a tee sends one table's copy: `write(block)` per block (a bytearray nobody changes
+    afterwards), then `finish()` once the table's rows are all written, before its target
+    transaction commits, or `abort()` when the table's copy fails."""
+
+    def write(self, block) -> None: ...
+
+    def finish(self): ...
+
+    def abort(self) -> None: ...
+
+
+# A tee: TableSpec -> Sink, called once per table copied.
+Tee = Callable[[TableSpec], Sink]
+_current_tee: contextvars.ContextVar[Tee | None] = contextvars.ContextVar("copy_tee", default=None)
+
+
+@contextmanager
+def tee_into(tee: Tee | None):
+    """Every copy_tenant called in this block (in this thread) tees its tables into `tee`:
+    a caller several layers up (a move's copy step) can ask for the stream without every
+    function in between passing it along."""
+    token = _current_tee.set(tee)
+    try:
+        yield
+    finally:
+        _current_tee.reset(token)
 
 
 @dataclass(frozen=True)
@@ -81,7 +115,7 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
                table: TableSpec, tenant_id: int, on_bytes: Callable[[int], None] | None = None, *,
                freeze: bool = False, cancel: threading.Event | None = None,
                block_size: int = BLOCK_SIZE, fast_read: bool = True,
-               only: tuple[sql.Composable, tuple] | None = None) -> TableCopy:
+               only: tuple[sql.Composable, tuple] | None = None, sink: Sink | None = None) -> TableCopy:
     """Copy the tenant's rows of one table from `source` to `target`.
 
     Runs in whatever transactions the two connections are in (nothing is committed here).
@@ -91,7 +125,8 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
     transaction. `cancel`: an event checked between blocks; when set, the copy is aborted
     (both COPY operations are terminated) with CopyCancelled. `fast_read=False` reads the
     source through psycopg's Copy.read() (one Python call per row: slower). `only`: (conditions
-    starting with AND, their parameters) to copy part of the tenant's rows.
+    starting with AND, their parameters) to copy part of the tenant's rows. `sink`: gets every
+    block written to the target too (its finish/abort are the caller's).
     """
     started = time.monotonic()
     total = unreported = 0
@@ -104,6 +139,8 @@ def copy_table(src_conn: psycopg.Connection, dst_conn: psycopg.Connection, sourc
                 if cancel is not None and cancel.is_set():
                     raise CopyCancelled(table.name)
                 copy_in.write(memoryview(block))
+                if sink is not None:
+                    sink.write(block)
                 total += len(block)
                 unreported += len(block)
                 if on_bytes is not None and unreported >= PROGRESS_EVERY:
@@ -210,7 +247,8 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                 skip: Iterable[str] = frozenset(), workers: int = 2,
                 on_table_done: Callable[[str, TableCopy], None] | None = None,
                 on_progress: Callable[[dict], None] | None = None,
-                block_size: int = BLOCK_SIZE, synchronous_commit: bool = True) -> dict[str, TableCopy]:
+                block_size: int = BLOCK_SIZE, synchronous_commit: bool = True,
+                tee: Tee | None = None) -> dict[str, TableCopy]:
     """Copy the tenant's rows of every table in `tables` (FK order) but those in `skip`.
 
     All reads come from one snapshot of the source. Each table is emptied in the target
@@ -226,10 +264,13 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
     connection is closed. Returns name -> TableCopy of the tables this call copied.
     `synchronous_commit=False` sets it off on the target sessions: measured no faster (one
     commit per table), and a server crash could then lose a table already reported done.
+    `tee` (default: the one set by tee_into): each table's blocks also go to `tee(spec)`,
+    finished before the table's target transaction commits, aborted when it fails.
     """
     if _same_place(source, target):
         raise ValueError(f"source and target are the same place ({source})")
     skip = frozenset(skip)
+    tee = tee if tee is not None else _current_tee.get()
     todo = [t for t in tables if t.name not in skip]
     if not todo:
         return {}
@@ -295,13 +336,19 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                         spec = pending.get_nowait()
                     except queue.Empty:
                         return
+                    sink = None
                     try:
                         freeze = _empty_target_table(dst, target, spec, tenant_id, spec.name in referenced)
+                        sink = tee(spec) if tee is not None else None
                         result = copy_table(src, dst, source, target, spec, tenant_id, progress(spec.name),
-                                            freeze=freeze, cancel=stop, block_size=block_size)
+                                            freeze=freeze, cancel=stop, block_size=block_size, sink=sink)
+                        if sink is not None:
+                            sink.finish()
                         dst.commit()
                     except BaseException:
                         _rollback_quietly(dst)
+                        if sink is not None:
+                            sink.abort()
                         raise
                     with lock:
                         results[spec.name] = result

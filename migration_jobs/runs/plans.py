@@ -11,11 +11,15 @@ from migration_jobs.runs.steps.online import CatchUp, Cutover, StartCapture, Sto
 from migration_jobs.runs.steps.retire import RetireCheck, RetireDelete, RetireDrop
 from tenancy.models import Placement
 
-MOVE_STEPS = [Preflight(), Suspend(), Backup(), Provision(), CreateTables(), Copy(), Sequences(), Verify(),
+# A move out archives the tenant from its copy's stream (the source is read once): the backup
+# step comes after the copy, offline after the verification whose checksums the archive
+# carries, online before catch-up changes the target. The shared rows are never changed by a
+# move out, so the archive is still made before anything the tenant relies on changes (switch).
+MOVE_STEPS = [Preflight(), Suspend(), Provision(), CreateTables(), Copy(), Sequences(), Verify(), Backup(),
               Switch(), Reactivate()]
 MOVE_BACK_STEPS = [Preflight(), Suspend(), Backup(), CopyBack(), Verify(), Switch(), Reactivate()]
 # Online: the tenant stays active until a sub-second cutover.
-ONLINE_MOVE_STEPS = [Preflight(), Backup(), Provision(), CreateTables(), StartCapture(), Copy(), CatchUp(),
+ONLINE_MOVE_STEPS = [Preflight(), Provision(), CreateTables(), StartCapture(), Copy(), Backup(), CatchUp(),
                      Cutover(), StopCapture()]
 ONLINE_MOVE_BACK_STEPS = [Preflight(), Backup(), StartCapture(), CopyBack(), CatchUp(), Cutover(), StopCapture()]
 # Retiring legacy rows left in the shared tables: deleted in batches.

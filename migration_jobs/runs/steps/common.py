@@ -1,17 +1,21 @@
 """Steps that several kinds of run share: preflight checks, the export, the verification."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from django.conf import settings
 
 from migration_jobs.engine import preflight
-from migration_jobs.engine.archive import write_archive
+from migration_jobs.engine.archive import PartError, assemble_archive, parts_dir, write_archive
 from migration_jobs.engine.archive_read import read_manifest
 from migration_jobs.engine.collisions import find_collisions
+from migration_jobs.engine.copy import engine_session
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.target_server import check_target_server
-from migration_jobs.engine.verify import verify_tenant
+from migration_jobs.engine.verify import Fingerprint, fingerprint, verify_tenant
 from migration_jobs.exceptions import StepFailed
-from migration_jobs.models import RunKind
+from migration_jobs.models import RunKind, StepStatus
 from migration_jobs.runs.steps.base import Step
 from tenancy.models import Status
 
@@ -30,7 +34,9 @@ class Preflight(Step):
                    "reactivate the tenant (or finish the run that froze it) first")
         workers = ctx.copy_workers
         with ctx.source.connect() as conn:
-            preflight.check_source(conn, ctx.source, tenant.pk, ctx.tables, report)
+            # A move out's copy proves the references (see check_source): not scanned here.
+            preflight.check_source(conn, ctx.source, tenant.pk, ctx.tables, report,
+                                   references=run.kind != RunKind.MOVE)
             preflight.check_server(conn, "source server", report, need_create_db=False,
                                    connections_needed=workers + 2)
         if ctx.dedicated.kind == "database" and run.kind == RunKind.MOVE:
@@ -50,23 +56,81 @@ class Preflight(Step):
         return report.summary()
 
 
+def archive_path(ctx) -> Path:
+    """The run's archive of the tenant (its parts, while a move copies: archive.parts_dir)."""
+    return settings.BACKUP_DIR / f"{ctx.tenant.slug}-run{ctx.run.pk}.tar"
+
+
+def remove_parts(ctx) -> str:
+    folder = parts_dir(archive_path(ctx))
+    if not folder.exists():
+        return "nothing to undo"
+    shutil.rmtree(folder, ignore_errors=True)
+    return "archive parts removed"
+
+
 class Backup(Step):
+    """The run's archive. A move out makes it from its copy's stream (the parts the copy step
+    wrote) with the checksums of exactly those rows: the verify step's (offline: the tenant is
+    frozen, source and target hold the copied rows) or the target's right after the copy
+    (online: catch-up changes it later). Anything else, or a copy that gave no stream (copied
+    inside the server) or parts from two snapshots (an online copy resumed), reads the source
+    once more (archive.write_archive)."""
     name, label = "backup", "Export the tenant"
 
     def run(self, ctx, step):
-        path = settings.BACKUP_DIR / f"{ctx.tenant.slug}-run{ctx.run.pk}.tar"
+        path = archive_path(ctx)
         if path.exists():
-            manifest = read_manifest(path)  # a resumed run keeps the export it made
+            manifest, made = read_manifest(path), "kept"  # a resumed run keeps the archive it made
         else:
-            manifest = write_archive(ctx.source, ctx.tenant, ctx.tables, path)
+            try:
+                parts, fingerprints = self._from_copy(ctx)
+                manifest = assemble_archive(path, ctx.source, ctx.tenant, ctx.tables, parts, fingerprints)
+                made = "from the copy's stream"
+            except PartError as exc:
+                ctx.save_details(step, not_from_copy=str(exc))
+                manifest, made = write_archive(ctx.source, ctx.tenant, ctx.tables, path), f"read from {ctx.source}"
+        remove_parts(ctx)
         rows = sum(t["rows"] for t in manifest["tables"])
-        ctx.save_details(step, path=str(path), rows=rows, bytes=path.stat().st_size)
-        step.rows = rows
-        step.bytes = path.stat().st_size
-        return f"{rows} rows exported to {path.name} ({path.stat().st_size // 1024} KiB)"
+        size = path.stat().st_size
+        ctx.save_details(step, path=str(path), rows=rows, bytes=size, made=made)
+        step.rows, step.bytes = rows, size
+        return f"{rows} rows archived to {path.name} ({size // 1024} KiB), {made}"
+
+    def _from_copy(self, ctx) -> tuple[dict, dict]:
+        """(parts, fingerprints) for assemble_archive, or PartError saying why not."""
+        run = ctx.run
+        copy = run.steps.filter(name="copy", status=StepStatus.SUCCEEDED).first() \
+            if run.kind == RunKind.MOVE else None
+        if copy is None:
+            raise PartError("no copy before the archive")
+        copied = copy.details.get("tables", {})
+        missing = [t.name for t in ctx.tables if "part" not in copied.get(t.name, {})]
+        if missing:
+            raise PartError(f"no stream of {', '.join(missing)} from the copy (copied inside the server?)")
+        parts = {t.name: copied[t.name]["part"] for t in ctx.tables}
+        verified = run.steps.filter(name="verify", status=StepStatus.SUCCEEDED).exists() and \
+            (run.report.get("verify") or {}).get("ok")
+        if verified:
+            # The tenant was frozen from before the copy: the verified rows are the copied ones.
+            checked = run.report["verify"]["tables"]
+            fingerprints = {name: Fingerprint(checked[name]["target_rows"], checked[name]["target_checksum"])
+                            for name in parts if name in checked}
+        else:
+            if run.online and len({p["attempt"] for p in parts.values()}) > 1:
+                raise PartError("the copy was resumed: its tables come from different snapshots")
+            fingerprints = target_fingerprints(ctx.target, ctx.tenant.pk, ctx.tables)
+        return parts, fingerprints
 
     def rollback(self, ctx, step):
-        return f"export kept at {step.details.get('path', '?')}"
+        return f"export kept at {step.details.get('path', '?')}; {remove_parts(ctx)}"
+
+
+def target_fingerprints(place, tenant_id: int, tables) -> dict[str, Fingerprint]:
+    """Count and checksum of each table of the tenant in `place`, in one snapshot."""
+    with place.connect(repeatable_read=True, read_only=True, application_name="tenant-move backup") as conn:
+        engine_session(conn)
+        return {t.name: fingerprint(conn, place, t, tenant_id) for t in tables}
 
 
 class Verify(Step):

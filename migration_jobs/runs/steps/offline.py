@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
 from migration_jobs.engine import fences, load, provision
+from migration_jobs.engine.archive import ArchiveParts, parts_dir
+from migration_jobs.engine.copy import tee_into
 from migration_jobs.engine.cutover import raise_sequences, wait_for_older_transactions
 from migration_jobs.exceptions import StepFailed
 from migration_jobs.runs.health import after_switch
 from migration_jobs.runs.steps.base import (Step, drop_dedicated, freeze, guard_not_live, set_tenant,
                                             switch_placement, unfreeze, unswitch_placement)
+from migration_jobs.runs.steps.common import archive_path, remove_parts
 from tenancy.models import DatabaseCredential, Placement, Status
 
 
@@ -118,13 +122,21 @@ class Copy(Step):
             # Recorded before anything is dropped, so a crash in between can be repaired.
             deferred = load.secondary_objects(ctx.target, ctx.tables)
             ctx.save_details(step, deferred=deferred)
+        # The copy's stream also becomes the tables' archive parts (the backup step assembles
+        # them); `attempt` tells parts of one snapshot from those of a resumed copy.
+        attempt = step.details.get("attempts", 0) + 1
+        ctx.save_details(step, attempts=attempt)
+        parts = ArchiveParts(parts_dir(archive_path(ctx)))
         lock = threading.Lock()
         copied = {"rows": sum(t["rows"] for t in done.values()), "bytes": sum(t["bytes"] for t in done.values())}
         ctx.record_sample(rows_copied=copied["rows"])  # the chart's rows/s starts here
 
         def on_table_done(name, result):
+            part = parts.take(name)  # finished before the table's transaction committed
             with lock:
                 done[name] = {"rows": result.rows, "bytes": result.bytes, "seconds": round(result.seconds, 3)}
+                if part is not None:
+                    done[name]["part"] = {**part, "rows": result.rows, "attempt": attempt}
                 copied["rows"] += result.rows
                 copied["bytes"] += result.bytes
                 ctx.save_details(step, tables=done)
@@ -134,13 +146,24 @@ class Copy(Step):
                     connection.close()  # this worker thread's ORM connection
             ctx.checkpoint(f"copy:{name}")
 
-        load.load(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, deferred, skip=frozenset(done),
-                  workers=ctx.copy_workers, maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY,
-                  on_table_done=on_table_done, checkpoint=ctx.checkpoint)
+        try:
+            with tee_into(parts):
+                load.load(ctx.source, ctx.target, ctx.tenant.pk, ctx.tables, deferred, skip=frozenset(done),
+                          workers=ctx.copy_workers, maintenance_work_mem=settings.MIGRATION_INDEX_MEMORY,
+                          on_table_done=on_table_done, checkpoint=ctx.checkpoint)
+        except psycopg.errors.ForeignKeyViolation as exc:
+            # The target holds only the tenant's rows: its foreign keys find every reference to
+            # another tenant's row, or to none (the preflight leaves that proof to the copy).
+            raise StepFailed(f"rows of tenant {ctx.tenant.slug} point at rows that are not its own (another "
+                             f"tenant's, or none): {exc.diag.message_primary}; `manage.py verify_tenant "
+                             f"{ctx.tenant.slug}` lists them; fix those references first") from None
         step.rows, step.bytes = copied["rows"], copied["bytes"]
         ctx.progress(copied["rows"], copied["bytes"])
         ctx.record_sample(rows_copied=copied["rows"])
         return f"{copied['rows']} rows, {copied['bytes'] // 1024} KiB in {len(done)} tables"
+
+    def rollback(self, ctx, step):
+        return remove_parts(ctx)
 
 
 class Sequences(Step):
