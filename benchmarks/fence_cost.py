@@ -144,10 +144,11 @@ def _bulk(conn, rows: int) -> float:
 
 
 def run_fence_benchmark(fenced_counts=(0, 100, 1000), inserts: int = 2000, bulk_rows: int = 10_000,
-                        bulk_runs: int = 3, rounds: int = 2, existing_rows: int = 20_000) -> dict:
+                        bulk_runs: int = 3, rounds: int = 2, existing_rows: int = 20_000,
+                        approaches=APPROACHES) -> dict:
     place = shared_place()
     samples = {(a, n): {"single": [], "bulk": [], "triggers": 0, "refused": True}
-               for a in APPROACHES for n in fenced_counts}
+               for a in approaches for n in fenced_counts}
     with place.connect(application_name="bench fences") as conn:
         _setup_schema(conn, existing_rows)
         try:

@@ -69,7 +69,7 @@ class PacedWriter:
         return sum(1 for pk, points in self.expected.items() if found.get(pk) != points)
 
 
-def _phase_stats(log: WriteLog, start: float, end: float) -> dict:
+def phase_stats(log: WriteLog, start: float, end: float) -> dict:
     picked = [lat for at, lat in zip(log.at, log.latency) if start <= at < end]
     seconds = max(end - start, 1e-6)
     if not picked:
@@ -102,7 +102,7 @@ def _move_result(run, direction: str, mine: PacedWriter, theirs: PacedWriter, ba
         "mine_acknowledged": sum(1 for at in mine.log.at if started <= at <= finished),
         "mine_refused": sum(1 for at in mine.log.refused_at if started <= at <= finished),
         "theirs_refused": sum(1 for at in theirs.log.refused_at if started <= at <= finished),
-        "theirs": {name: _phase_stats(theirs.log, *window) for name, window in phases.items()},
+        "theirs": {name: phase_stats(theirs.log, *window) for name, window in phases.items()},
     }
 
 
