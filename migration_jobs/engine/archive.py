@@ -2,12 +2,14 @@
 holding a tenant's rows and a manifest describing them.
 
 Members: `data/<table>.copy.gz` per tenant table in foreign-key order (the tenant's rows in
-binary COPY format, gzip level 3, spooled to a temporary file because a tar header needs the
-size), then `manifest.sha256` (catches a damaged manifest) and `manifest.json` (format
-version, tenant, tables with columns and types, row counts, verify.fingerprint checksums,
-sequence positions, server version, migration state, SHA-256 and size of every member).
-Everything is read in one REPEATABLE READ snapshot, so counts, checksums and data agree.
-Files are written 0600 in folders made 0700. Reading and validation: engine/archive_read.py.
+binary COPY format, in no particular order, gzip level 1, spooled to a temporary file because
+a tar header needs the size), then `manifest.sha256` (catches a damaged manifest) and
+`manifest.json` (format version, tenant, tables with columns and types, row counts,
+verify.fingerprint checksums, sequence positions, server version, migration state, SHA-256
+and size of every member). write_archive reads everything in one REPEATABLE READ snapshot, so
+counts, checksums and data agree; a move's archive is assembled from its copy's stream
+instead (PartWriter, assemble_archive: see below). Files are written 0600 in folders made
+0700. Reading and validation: engine/archive_read.py.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import tarfile
 import tempfile
 import threading
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -90,19 +93,26 @@ class HashingWriter:
 def write_archive(place: Place, tenant, tables: list[TableSpec], path: Path, *, on_table=None) -> dict:
     """Export the tenant's rows from `place` into `path` (written atomically, mode 0600; a
     folder made for it, and the backup folder, are 0700). Returns the manifest."""
+    with _written_atomically(path) as out:
+        return write_archive_to(out, place, tenant, tables, on_table=on_table)
+
+
+@contextmanager
+def _written_atomically(path):
+    """The open `<path>.partial`, a new 0600 file (its folder as write_archive says), fsynced
+    and renamed to `path` at the end of the block; removed on any error."""
     path = Path(path)
     private_dir(path.parent, tighten=_is_backup_dir(path.parent))
     tmp_path = path.with_name(path.name + ".partial")
     try:
         with open_private(tmp_path) as out:
-            manifest = write_archive_to(out, place, tenant, tables, on_table=on_table)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    return manifest
 
 
 # --- File modes ----------------------------------------------------------------------------
@@ -383,30 +393,21 @@ def assemble_archive(path, place: Place, tenant, tables: list[TableSpec], parts:
         size = Path(part["path"]).stat().st_size if Path(part["path"]).exists() else None
         if size != part["compressed_bytes"]:
             raise PartError(f"{table.name}: the part is {size} bytes, recorded {part['compressed_bytes']}")
-    private_dir(path.parent, tighten=_is_backup_dir(path.parent))
-    tmp_path = path.with_name(path.name + ".partial")
-    try:
-        with open_private(tmp_path) as out:
-            with place.connect(read_only=True) as conn, \
-                    tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-                manifest = _manifest_head(conn, place, tenant, tables)
-                mtime = int(timezone.now().timestamp())
-                for table in tables:
-                    part = parts[table.name]
-                    info = tarfile.TarInfo(f"data/{table.name}.copy.gz")
-                    info.size, info.mtime = part["compressed_bytes"], mtime
-                    with open(part["path"], "rb") as raw:
-                        reader = _PartReader(raw)
-                        tar.addfile(info, reader)
-                    if reader.digest.hexdigest() != part["sha256"]:
-                        raise PartError(f"{table.name}: the part's SHA-256 differs from the recorded one")
-                    member = {"member": info.name, "sha256": part["sha256"], "compressed_bytes": info.size}
-                    manifest["tables"].append(_table_entry(conn, place, table, fingerprints[table.name], member))
-                _add_manifest(tar, manifest)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+    with _written_atomically(path) as out:
+        with place.connect(read_only=True) as conn, \
+                tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            manifest = _manifest_head(conn, place, tenant, tables)
+            mtime = int(timezone.now().timestamp())
+            for table in tables:
+                part = parts[table.name]
+                info = tarfile.TarInfo(f"data/{table.name}.copy.gz")
+                info.size, info.mtime = part["compressed_bytes"], mtime
+                with open(part["path"], "rb") as raw:
+                    reader = _PartReader(raw)
+                    tar.addfile(info, reader)
+                if reader.digest.hexdigest() != part["sha256"]:
+                    raise PartError(f"{table.name}: the part's SHA-256 differs from the recorded one")
+                member = {"member": info.name, "sha256": part["sha256"], "compressed_bytes": info.size}
+                manifest["tables"].append(_table_entry(conn, place, table, fingerprints[table.name], member))
+            _add_manifest(tar, manifest)
     return manifest
