@@ -3,6 +3,7 @@ step of a run, and kept under bounds that a statement per row would break."""
 import threading
 
 import pytest
+from django.db import connection
 
 from migration_jobs.engine import provision, roundtrips
 from migration_jobs.engine.places import shared_place
@@ -20,14 +21,22 @@ def test_statements_of_every_thread_are_counted_once_and_only_inside_the_block(d
     place = shared_place()
 
     def orm_in_a_new_thread():
-        Tenant.objects.count()   # the thread's own ORM connection: opened, set up, queried
+        try:
+            Tenant.objects.count()   # the thread's own ORM connection: opened, set up, queried
+        finally:
+            connection.close()       # as the copy's worker threads do
 
-    with roundtrips.counting() as probe:
+    def in_a_thread():
         thread = threading.Thread(target=orm_in_a_new_thread)
         thread.start()
         thread.join()
+
+    in_a_thread()  # Django looks some type oids up on the first connection of the process only
+    with roundtrips.counting() as probe:
+        in_a_thread()
     orm = probe.statements        # the count plus Django's set-up queries of a new connection
     assert probe.connections == 1 and orm >= 1
+    Tenant.objects.exists()               # this thread's ORM connection is open before the blocks
     with place.connect(autocommit=True) as conn:
         conn.execute("SELECT 1")          # outside: not counted
         with roundtrips.counting() as outer:
