@@ -72,12 +72,14 @@ def set_sequences(conn: psycopg.Connection, place: Place, tables: list[TableSpec
 
 
 def all_positions(conn: psycopg.Connection, place: Place, tables: list[TableSpec]) -> dict[str, int]:
-    """The same as sequence_positions, in one query (for the cutover's freeze)."""
+    """The same as sequence_positions, in one query (for the cutover's freeze). Only the tables'
+    own sequences are opened: the pg_sequences view reads every sequence of the database, and
+    one dropped meanwhile (another move's change log, dropped at its cleanup) failed the
+    freeze with "could not open relation with OID"."""
     rows = conn.execute(
-        """SELECT t.name, CASE WHEN s.last_value IS NULL THEN 0 ELSE s.last_value END
-             FROM unnest(%s::text[], %s::text[]) AS t(name, pk)
-             JOIN pg_sequences s
-               ON format('%%I.%%I', s.schemaname, s.sequencename)::regclass
-                  = pg_get_serial_sequence(format('%%I.%%I', %s::text, t.name), t.pk)::regclass""",
-        ([t.name for t in tables], [t.pk for t in tables], place.schema)).fetchall()
+        """SELECT name, coalesce(pg_sequence_last_value(seq), 0)
+             FROM (SELECT t.name, pg_get_serial_sequence(format('%%I.%%I', %s::text, t.name), t.pk)::regclass AS seq
+                     FROM unnest(%s::text[], %s::text[]) AS t(name, pk)) AS found
+            WHERE seq IS NOT NULL""",
+        (place.schema, [t.name for t in tables], [t.pk for t in tables])).fetchall()
     return {name: int(value) for name, value in rows}
