@@ -1,15 +1,16 @@
 """Create and drop the places a tenant can move to.
 
-- A *schema* in the shared database, with the tenant apps' tables made by django-tenants'
-  migrate_schemas (so later `migrate` runs keep working there), and a NOLOGIN role of its
+- A *schema* in the shared database, with the tenant apps' tables cloned from the template
+  schema (engine/templates.py; made by django-tenants' migrate_schemas, whose django_migrations
+  rows come along, so later `migrate` runs keep working there), and a NOLOGIN role of its
   own (tenancy.backend.roles.schema_role) with DML on that schema's tables only: the
   tenant's queries run under it (SET ROLE, tenancy.backend), so they cannot read the shared
   tables nor another tenant's schema.
 - A *database* on a DatabaseServer, owned by the server's admin user, with a per-tenant
   LOGIN role that can connect to that database only and do DML only (no TEMP, no CREATE,
-  the catalogs that list databases, roles and sessions hidden). Tables are made by
-  Django's own migrate on that database; default privileges grant the role access to
-  whatever later migrations create.
+  the catalogs that list databases, roles and sessions hidden). It is a copy of the
+  server's template database (engine/templates.py), whose tables Django's own migrate made;
+  default privileges grant the role access to whatever later migrations create.
 
 PUBLIC has no CONNECT and no TEMP on any database the project makes, nor on the shared
 database when the app's role owns it (or is a superuser), nor on `postgres`/`template1` of
@@ -215,13 +216,11 @@ def ensure_schema_role(schema: str) -> str:
                         "NOREPLICATION NOBYPASSRLS").format(rl))
         if not _is_superuser(cursor):
             run(sql.SQL("GRANT {} TO CURRENT_USER").format(rl))  # for SET ROLE
-        run(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sc, rl))
-        run(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {}"
-                    ).format(sc, rl))
-        run(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {}"
-                    ).format(sc, rl))
-        run(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {} TO {}").format(sc, rl))
-        run(sql.SQL("GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(sc, rl))
+        run(sql.SQL("GRANT USAGE ON SCHEMA {sc} TO {rl}; "  # one round trip
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {sc} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {rl}; "
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {sc} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {rl}; "
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {sc} TO {rl}; "
+                    "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {sc} TO {rl}").format(sc=sc, rl=rl))
     lock_down_shared_database()
     return role
 
