@@ -214,6 +214,9 @@ TENANT_UNGATED_PATHS = env.list("TENANT_UNGATED_PATHS", default=["/admin", "/api
 MIGRATION_COPY_WORKERS = env.int("MIGRATION_COPY_WORKERS", default=2)
 # ... in an online move, where the copy costs no downtime and other tenants need the cores.
 MIGRATION_ONLINE_COPY_WORKERS = env.int("MIGRATION_ONLINE_COPY_WORKERS", default=1)
+# A schema target (same database as the shared tables) is filled by INSERT ... SELECT inside
+# the server; False pipes its rows through this process like a database target (to compare).
+MIGRATION_COPY_IN_SERVER = env.bool("MIGRATION_COPY_IN_SERVER", default=True)
 # maintenance_work_mem of the sessions that build the target's indexes after the load.
 MIGRATION_INDEX_MEMORY = env("MIGRATION_INDEX_MEMORY", default="256MB")
 # How long a freeze waits for transactions begun before it to finish before giving up.

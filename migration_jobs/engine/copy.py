@@ -164,12 +164,13 @@ def _copy_blocks(copy_out: psycopg.Copy, block_size: int) -> Iterator[bytearray]
         yield block
 
 
-def _read_blocks(conn: psycopg.Connection, block_size: int) -> Iterator[bytearray]:
+def _read_blocks(conn: psycopg.Connection, block_size: int, statuses: list | None = None) -> Iterator[bytearray]:
     """The same blocks, read straight from libpq (psycopg's public `pgconn`): a COPY TO
     sends one message per row, and going through psycopg's Copy.read() for each costs
     twice the client CPU (measured: 1.25 s against 0.63 s per million rows), CPU the
     servers want when they share the machine. Consumes the COPY's final result too (the
-    Copy object then has nothing left to do) and raises its error, if any."""
+    Copy object then has nothing left to do) and raises its error, if any. `statuses` gets
+    the command status of each result ("COPY n": the rows sent)."""
     pgconn = conn.pgconn
     block = bytearray()
     with selectors.DefaultSelector() as selector:
@@ -203,6 +204,8 @@ def _read_blocks(conn: psycopg.Connection, block_size: int) -> Iterator[bytearra
     failed = [r for r in results if r.status != psycopg.pq.ExecStatus.COMMAND_OK]
     if failed:
         raise psycopg.errors.error_from_result(failed[0], encoding=conn.info.encoding)
+    if statuses is not None:
+        statuses.extend((r.command_status or b"").decode() for r in results)
     if block:
         yield block
 

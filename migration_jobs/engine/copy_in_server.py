@@ -19,6 +19,11 @@ The guarantees are copy.copy_tenant's:
 Rows come from the INSERT's row count. Bytes are the target table's size after the insert
 (pg_relation_size, heap only): an estimate of what was written, for progress and reports.
 
+With a tee (copy.tee_into: a move's archive parts), each table is copied by
+`COPY (INSERT ... SELECT ... RETURNING <cols>) TO STDOUT (FORMAT binary)`: the same single
+scan inserts the rows inside the server and streams exactly those rows, in the pipe's binary
+format, to the tee; the archive is never made by reading the source a second time.
+
 Not done, on purpose:
 - `synchronous_commit = off`: one commit per table, so at most a few fsyncs per move; the
   WAL of the rows themselves is what costs, and it is written either way.
@@ -42,8 +47,8 @@ from psycopg import sql
 from migration_jobs.exceptions import CopyCancelled
 
 # Private helpers of the pipe copy, shared so both copies empty, order and stop alike.
-from .copy import (TableCopy, _cancel_all, _empty_target_table, _rollback_quietly, _source_sizes,
-                   _target_foreign_keys, engine_session)
+from .copy import (BLOCK_SIZE, Sink, Tee, TableCopy, _cancel_all, _current_tee, _empty_target_table, _read_blocks,
+                   _rollback_quietly, _source_sizes, _target_foreign_keys, engine_session)
 from .places import Place
 from .tables import TableSpec
 
@@ -63,30 +68,59 @@ def insert_select_statement(source: Place, target: Place, table: TableSpec) -> s
         dst=target.table(table.name), cols=cols, src=source.table(table.name), tenant=sql.Identifier("tenant_id"))
 
 
+def insert_and_stream(conn: psycopg.Connection, source: Place, target: Place, table: TableSpec, tenant_id: int,
+                      sink: Sink) -> int:
+    """INSERT ... SELECT the table's rows and send the inserted rows, as a binary COPY stream,
+    to `sink`, in one statement; returns the rows inserted."""
+    statement = sql.SQL("COPY ({insert} RETURNING {cols}) TO STDOUT (FORMAT binary)").format(
+        insert=insert_select_statement(source, target, table),
+        cols=sql.SQL(", ").join(sql.Identifier(c) for c in table.columns))
+    statuses: list[str] = []
+    with conn.cursor() as cur, cur.copy(statement, (tenant_id,)):
+        for block in _read_blocks(conn, BLOCK_SIZE, statuses):
+            sink.write(block)
+    counted = [s for s in statuses if s.startswith("COPY ")]
+    if not counted:
+        raise RuntimeError(f"no row count in the COPY command status {statuses!r}")
+    return int(counted[-1].split()[1])
+
+
 def copy_tables_in_server(conn: psycopg.Connection, source: Place, target: Place, tables: list[TableSpec],
-                          tenant_id: int, snapshot: str, referenced: set[str]) -> dict[str, TableCopy]:
+                          tenant_id: int, snapshot: str, referenced: set[str],
+                          tee: Tee | None = None) -> dict[str, TableCopy]:
     """The tables in one transaction on `conn` (autocommit): import the snapshot, then for each
-    table empty it in the target, INSERT ... SELECT and measure; commit. Rolled back on any
-    error."""
+    table empty it in the target, INSERT ... SELECT (streamed to `tee(table)` when there is a
+    tee) and measure; the sinks are finished, then the transaction commits. Rolled back (and
+    the sinks aborted) on any error."""
     results = {}
+    sinks: list[Sink] = []
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
     try:
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
         for table in tables:
             started = time.monotonic()
             _empty_target_table(conn, target, table, tenant_id, table.name in referenced)
+            sink = tee(table) if tee is not None else None
+            if sink is not None:
+                sinks.append(sink)
+                rows = insert_and_stream(conn, source, target, table, tenant_id, sink)
             with conn.cursor() as cur:
-                cur.execute(insert_select_statement(source, target, table), (tenant_id,))
-                rows = cur.rowcount
+                if sink is None:
+                    cur.execute(insert_select_statement(source, target, table), (tenant_id,))
+                    rows = cur.rowcount
                 size = 0
                 if target.kind != "shared":  # a shared table holds every tenant: its size says nothing
                     cur.execute("SELECT pg_relation_size(%s::regclass)",
                                 (sql.Identifier(target.schema, table.name).as_string(conn),))
                     size = cur.fetchone()[0]
             results[table.name] = TableCopy(rows=rows, bytes=size, seconds=round(time.monotonic() - started, 6))
+        for sink in sinks:
+            sink.finish()  # before the commit: a committed table always has its finished part
         conn.execute("COMMIT")
     except BaseException:
         _rollback_quietly(conn)
+        for sink in sinks:
+            sink.abort()
         raise
     return results
 
@@ -111,6 +145,7 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
     lock = threading.Lock()
     stop = threading.Event()
     live: set[psycopg.Connection] = set()
+    tee = _current_tee.get()  # read here: the worker threads do not inherit the caller's context
 
     coordinator = source.connect(autocommit=True, application_name="tenant-move copy")
     try:
@@ -147,7 +182,7 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
                         unit = pending.get_nowait()
                     except queue.Empty:
                         return
-                    copied = copy_tables_in_server(conn, source, target, unit, tenant_id, snapshot, referenced)
+                    copied = copy_tables_in_server(conn, source, target, unit, tenant_id, snapshot, referenced, tee)
                     with lock:
                         results.update(copied)
                     for name, result in copied.items():

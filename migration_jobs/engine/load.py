@@ -81,5 +81,5 @@ def uses_in_server_copy(source: Place, target: Place, in_server: bool | None = N
     """Whether load copies inside the server: wanted (`in_server`, by default the setting
     MIGRATION_COPY_IN_SERVER, True) and possible (both places in one database)."""
     if in_server is None:
-        in_server = getattr(settings, "MIGRATION_COPY_IN_SERVER", True)
+        in_server = settings.MIGRATION_COPY_IN_SERVER
     return bool(in_server) and same_database(source, target)
