@@ -201,18 +201,18 @@ def test_a_new_migration_state_makes_a_new_template_and_drops_the_old(server, da
 
 def test_a_crashed_build_is_dropped_by_the_next_builder(server, databases, monkeypatch):
     templates.drop_database_templates(server)
-    real = provision.migrate_database
+    real = templates.migrate_database
 
     def migrate_then_die(server, database, verbosity=0):
         real(server, database, verbosity)
         raise RuntimeError("worker killed mid-build")
 
-    monkeypatch.setattr(provision, "migrate_database", migrate_then_die)
+    monkeypatch.setattr(templates, "migrate_database", migrate_then_die)
     with provision.admin_connection(server) as conn, pytest.raises(RuntimeError):
         templates.database_template(server, conn)
     name = templates.template_name(settings.TENANT_DATABASE_PREFIX)
     assert template_databases(server) == [f"{name}{templates.BUILDING_SUFFIX}"]  # never under the final name
-    monkeypatch.setattr(provision, "migrate_database", real)
+    monkeypatch.setattr(templates, "migrate_database", real)
     # The next move builds the template again (the leftover dropped first) and is made from it.
     database, role = databases("tpl_crash")
     provision.provision_database(server, database, role, provision.new_password())

@@ -40,8 +40,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection as default_connection
 from django.db import transaction
+from django.db.migrations.loader import MigrationLoader
 from psycopg import sql
 
+from migration_jobs.engine.server_admin import admin_connection, hide_catalogs, migrate_database
 from tenancy.routing import tenant_app_labels
 from tenancy.shared_db import shared_conninfo
 
@@ -66,8 +68,6 @@ class MigrationState:
 @lru_cache(maxsize=1)
 def migration_state() -> MigrationState:
     """From the migration files on disk (no database), once per process."""
-    from django.db.migrations.loader import MigrationLoader
-
     graph = MigrationLoader(None, ignore_no_migrations=True).graph
     digest = hashlib.sha256(f"django {django.__version__}; tenant apps {sorted(tenant_app_labels())}".encode())
     for app, name in sorted(graph.nodes):
@@ -130,8 +130,6 @@ def _database_exists(conn, name: str) -> bool:
 
 
 def _build_database_template(server, conn, name: str) -> None:
-    from migration_jobs.engine.provision import admin_connection, hide_catalogs, migrate_database
-
     building = f"{name}{BUILDING_SUFFIX}"
     # Under the lock nobody else builds: any other template or build is stale or crashed.
     for (other,) in conn.execute("SELECT datname FROM pg_database WHERE starts_with(datname, %s) AND datname <> %s",
@@ -169,8 +167,6 @@ def create_database_from_template(server, conn, database: str) -> bool:
 
 def drop_database_templates(server) -> list[str]:
     """Drop every template database of the server (the next move builds one again)."""
-    from migration_jobs.engine.provision import admin_connection
-
     with admin_connection(server) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, 0)", (TEMPLATE_LOCK,))
         try:
