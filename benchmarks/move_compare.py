@@ -18,7 +18,6 @@ full runs from the smallest size to the biggest (memory flat). Goals are printed
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from django.test import override_settings
@@ -31,8 +30,8 @@ from tenancy.servers import ensure_default_server
 
 from .bench_tenants import (BenchError, bench_slug, check_can_run, create_bench_tenant, drop_bench_tenant,
                             fresh_target, put_back_in_shared, target_name)
-from .measure import Measurement, RssSampler, measure
-from .move_out import Say, capped_plan, check_copy, copy_bare_pipe, run_engine, tenant_counts
+from .measure import Measurement, measure
+from .move_out import Say, capped_plan, check_copy, copy_bare_pipe, tenant_counts, timed_engine_run
 
 GOAL_SMALL_ROWS = 100_000   # sizes up to this are checked against the 1.5 s goal
 GOAL_SMALL_SECONDS = 1.5
@@ -91,16 +90,13 @@ def copy_insert_select(source, target, tenant_id: int, tables) -> dict:
 def engine_run(tenant, kind: str, total: int) -> EngineRun:
     run = None
     try:
-        with RssSampler() as rss:
-            started = time.monotonic()
-            run = run_engine(tenant, kind)
-            seconds = time.monotonic() - started
+        run, seconds, rss_mib = timed_engine_run(tenant, kind)
         steps = {s.name: {"seconds": s.duration.total_seconds() if s.duration else 0.0,
                           "round_trips": s.details.get("round_trips")} for s in run.steps.order_by("order")}
         ok = run.status == RunStatus.SUCCEEDED and run.report.get("verify", {}).get("ok") and run.rows_copied == total
         check = (f"ok: run's verify step, {run.rows_copied:,} rows" if ok else
                  f"FAIL run {run.pk} {run.status}: {run.error or 'verify not ok or rows differ'}")
-        return EngineRun(kind, seconds, rss.delta_mib, bool(ok), check, steps)
+        return EngineRun(kind, seconds, rss_mib, bool(ok), check, steps)
     finally:
         if run is not None:
             put_back_in_shared(tenant, run)
@@ -115,19 +111,17 @@ def compare_size(tenant, source_rows: dict[str, int], say: Say) -> Comparison:
     full = capped_plan(source_rows, tables, None)
     result = Comparison(rows=total, slug=tenant.slug)
 
-    with fresh_target("database", target_name("database", tenant.slug, "b"), False) as target:
-        say(f"  (b) bare binary COPY pipe into {target} ...")
-        m = measure("b", lambda: (lambda c: (sum(c.values()), {"tables": c}))(
-            copy_bare_pipe(source, target, tenant.pk, tables)))
-        m.ok, m.check = check_copy(target, tables, full, verify_source=source, tenant_id=tenant.pk)
-        result.pipe = m
+    def bare(method: str, kind: str, label: str, copy) -> Measurement:
+        """A hand-written move of the same rows into a fresh target, checked."""
+        with fresh_target(kind, target_name(kind, tenant.slug, method), False) as target:
+            say(f"  ({method}) {label} into {target} ...")
+            m = measure(method, lambda: (lambda c: (sum(c.values()), {"tables": c}))(
+                copy(source, target, tenant.pk, tables)))
+            m.ok, m.check = check_copy(target, tables, full, verify_source=source, tenant_id=tenant.pk)
+            return m
 
-    with fresh_target("schema", target_name("schema", tenant.slug, "e"), False) as target:
-        say(f"  (e) bare INSERT ... SELECT into {target} ...")
-        m = measure("e", lambda: (lambda c: (sum(c.values()), {"tables": c}))(
-            copy_insert_select(source, target, tenant.pk, tables)))
-        m.ok, m.check = check_copy(target, tables, full, verify_source=source, tenant_id=tenant.pk)
-        result.insert_select = m
+    result.pipe = bare("b", "database", "bare binary COPY pipe", copy_bare_pipe)
+    result.insert_select = bare("e", "schema", "bare INSERT ... SELECT", copy_insert_select)
 
     for kind in ("database", "schema"):
         say(f"  (d) engine full run to a dedicated {kind} ...")

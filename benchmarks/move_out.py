@@ -183,6 +183,15 @@ def run_engine(tenant, kind: str):
     return services.execute(run)
 
 
+def timed_engine_run(tenant, kind: str):
+    """(run, seconds, peak RSS growth in MiB) of a full engine run."""
+    with RssSampler() as rss:
+        started = time.monotonic()
+        run = run_engine(tenant, kind)
+        seconds = time.monotonic() - started
+    return run, seconds, rss.delta_mib
+
+
 def bench_size(tenant, source_rows: dict[str, int], result: SizeResult, *, kind: str, baseline_limit: int | None,
                repeat: int, keep: bool, say: Say) -> None:
     tables = tenant_tables()
@@ -227,15 +236,12 @@ def bench_size(tenant, source_rows: dict[str, int], result: SizeResult, *, kind:
         say(f"  (d) engine full run to a dedicated {kind}{tag} ...")
         run = None
         try:
-            with RssSampler() as rss:
-                started = time.monotonic()
-                run = run_engine(tenant, kind)
-                seconds = time.monotonic() - started
+            run, seconds, rss_mib = timed_engine_run(tenant, kind)
             steps = {s.name: s for s in run.steps.all()}
             copy = steps.get("copy")
             step_seconds = {n: s.duration.total_seconds() for n, s in steps.items() if s.duration}
             rows = copy.rows if copy and copy.rows else 0
-            m = Measurement("d", rows=rows, seconds=seconds, peak_rss_mib=rss.delta_mib,
+            m = Measurement("d", rows=rows, seconds=seconds, peak_rss_mib=rss_mib,
                             details={"steps": step_seconds, "run": run.pk, "copy_tables": copy.details.get("tables")
                                      if copy else None})
             verify = run.report.get("verify", {})

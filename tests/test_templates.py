@@ -140,6 +140,15 @@ def schemas():
         provision.drop_schema(schema)
 
 
+def twice_at_once(build) -> None:
+    """Run `build` in two threads at once and wait for both."""
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 # --- Databases ------------------------------------------------------------------------------
 
 def test_a_database_from_the_template_is_what_the_migrations_make(server, databases):
@@ -235,11 +244,7 @@ def test_concurrent_builders_make_one_template(server, caplog):
             errors.append(exc)
 
     with caplog.at_level(logging.INFO, logger="migration_jobs.engine.templates"):
-        threads = [threading.Thread(target=build) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        twice_at_once(build)
     assert not errors
     name = templates.template_name(settings.TENANT_DATABASE_PREFIX)
     assert names == [name, name]
@@ -321,11 +326,7 @@ def test_concurrent_schema_builders_make_one_template(caplog):
             connection.close()
 
     with caplog.at_level(logging.INFO, logger="migration_jobs.engine.templates"):
-        threads = [threading.Thread(target=build) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        twice_at_once(build)
     assert not errors
     name = templates.template_name(settings.TENANT_SCHEMA_PREFIX)
     assert names == [name, name] and template_schemas() == [name]

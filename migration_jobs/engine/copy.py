@@ -369,29 +369,38 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                             live.discard(conn)
                         conn.close()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant-copy") as pool:
-            futures = [pool.submit(worker, i + 1) for i in range(workers)]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = any(f.exception() is not None for f in done)
-            except BaseException:      # KeyboardInterrupt in the caller
-                failed = True
-                stop.set()
-                _cancel_all(live, lock)
-                wait(futures)
-                raise
-            if failed:
-                stop.set()
-                _cancel_all(live, lock)  # a worker blocked in the server (a lock wait) stops too
-                wait(futures)
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        real = [e for e in errors if not isinstance(e, (CopyCancelled, psycopg.errors.QueryCanceled))]
-        if real or errors:
-            raise (real or errors)[0]
+        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy")
         return results
     finally:
         _rollback_quietly(coordinator)
         coordinator.close()
+
+
+def run_workers(worker: Callable[[int], None], workers: int, *, stop: threading.Event,
+                live: set, lock: threading.Lock, thread_name_prefix: str) -> None:
+    """Run `worker(1..workers)` in threads until all end or one fails. The first failure (or
+    an interrupt of the caller) sets `stop` and cancels the server work of every connection in
+    `live` (a worker blocked in the server, in a lock wait or a long statement, stops too);
+    once every thread has ended, the first real error is raised (a cancellation it caused
+    only when there is no other)."""
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix) as pool:
+        futures = [pool.submit(worker, i + 1) for i in range(workers)]
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            failed = any(f.exception() is not None for f in done)
+        except BaseException:      # KeyboardInterrupt in the caller
+            stop.set()
+            _cancel_all(live, lock)
+            wait(futures)
+            raise
+        if failed:
+            stop.set()
+            _cancel_all(live, lock)
+            wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, (CopyCancelled, psycopg.errors.QueryCanceled))]
+    if real or errors:
+        raise (real or errors)[0]
 
 
 def _empty_target_table(conn: psycopg.Connection, target: Place, table: TableSpec, tenant_id: int,

@@ -38,17 +38,14 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
 import psycopg
 from psycopg import sql
 
-from migration_jobs.exceptions import CopyCancelled
-
 # Private helpers of the pipe copy, shared so both copies empty, order and stop alike.
-from .copy import (BLOCK_SIZE, Sink, Tee, TableCopy, _cancel_all, _current_tee, _empty_target_table, _read_blocks,
-                   _rollback_quietly, _source_sizes, _target_foreign_keys, engine_session)
+from .copy import (BLOCK_SIZE, Sink, Tee, TableCopy, _current_tee, _empty_target_table, _read_blocks,
+                   _rollback_quietly, _source_sizes, _target_foreign_keys, engine_session, run_workers)
 from .places import Place
 from .tables import TableSpec
 
@@ -198,25 +195,7 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
                         live.discard(conn)
                     conn.close()
 
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tenant-copy-in-server") as pool:
-            futures = [pool.submit(worker, i + 1) for i in range(workers)]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = any(f.exception() is not None for f in done)
-            except BaseException:      # KeyboardInterrupt in the caller
-                failed = True
-                stop.set()
-                _cancel_all(live, lock)
-                wait(futures)
-                raise
-            if failed:
-                stop.set()
-                _cancel_all(live, lock)  # a worker in the middle of its INSERT stops now
-                wait(futures)
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        real = [e for e in errors if not isinstance(e, (CopyCancelled, psycopg.errors.QueryCanceled))]
-        if real or errors:
-            raise (real or errors)[0]
+        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy-in-server")
         return results
     finally:
         _rollback_quietly(coordinator)
