@@ -23,10 +23,10 @@ from tenancy.servers import ensure_default_server
 # --- Tenant actions -----------------------------------------------------------------------
 
 MOVE_STEPS_TEXT = ("Each tenant is checked first (preflight); then it is frozen (writes are refused for the "
-                   "duration, reads go on; with \"online\" only for a short measured cutover), exported to a "
-                   "backup file, copied, verified table by table (row counts and checksums, and no other "
-                   "tenant's rows), switched to its new place and reactivated. Any failure rolls the run back "
-                   "and leaves the tenant where it is.")
+                   "duration, reads go on; with \"online\" only for a short measured cutover), copied (the "
+                   "backup file written from the same stream), verified table by table (row counts and "
+                   "checksums, and no other tenant's rows), switched to its new place and reactivated. Any "
+                   "failure rolls the run back and leaves the tenant where it is.")
 
 
 def _online_note(tenant) -> str:
