@@ -17,3 +17,7 @@ BACKUP_DIR = VAR_DIR / "test-backups" / str(TEST_RUN_ID)  # noqa: F405
 Q_CLUSTER = {**Q_CLUSTER, "sync": True}  # noqa: F405
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 LOGGING = {"version": 1, "disable_existing_loggers": False}
+# The suite's tenants are small: defer indexes as a big tenant's move does, so that path (its
+# drop, rebuild and crash repair) is what the move tests exercise; tests/test_small_tenant.py
+# sets the production threshold back.
+MIGRATION_DEFER_INDEXES_FROM_ROWS = 0

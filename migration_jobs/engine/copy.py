@@ -251,7 +251,7 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                 on_table_done: Callable[[str, TableCopy], None] | None = None,
                 on_progress: Callable[[dict], None] | None = None,
                 block_size: int = BLOCK_SIZE, synchronous_commit: bool = True,
-                tee: Tee | None = None) -> dict[str, TableCopy]:
+                tee: Tee | None = None, on_worker_end: Callable[[], None] | None = None) -> dict[str, TableCopy]:
     """Copy the tenant's rows of every table in `tables` (FK order) but those in `skip`.
 
     All reads come from one snapshot of the source. Each table is emptied in the target
@@ -269,6 +269,8 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
     commit per table), and a server crash could then lose a table already reported done.
     `tee` (default: the one set by tee_into): each table's blocks also go to `tee(spec)`,
     finished before the table's target transaction commits, aborted when it fails.
+    `on_worker_end()` is called in each worker thread as it ends (to release what the
+    callbacks opened in that thread: a caller's ORM connection).
     """
     if _same_place(source, target):
         raise ValueError(f"source and target are the same place ({source})")
@@ -369,7 +371,8 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                             live.discard(conn)
                         conn.close()
 
-        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy")
+        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy",
+                    on_thread_end=on_worker_end)
         return results
     finally:
         _rollback_quietly(coordinator)
@@ -377,14 +380,22 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
 
 
 def run_workers(worker: Callable[[int], None], workers: int, *, stop: threading.Event,
-                live: set, lock: threading.Lock, thread_name_prefix: str) -> None:
+                live: set, lock: threading.Lock, thread_name_prefix: str,
+                on_thread_end: Callable[[], None] | None = None) -> None:
     """Run `worker(1..workers)` in threads until all end or one fails. The first failure (or
     an interrupt of the caller) sets `stop` and cancels the server work of every connection in
     `live` (a worker blocked in the server, in a lock wait or a long statement, stops too);
     once every thread has ended, the first real error is raised (a cancellation it caused
-    only when there is no other)."""
+    only when there is no other). `on_thread_end()` runs in each thread as its worker ends."""
+    def run(number: int) -> None:
+        try:
+            worker(number)
+        finally:
+            if on_thread_end is not None:
+                on_thread_end()
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name_prefix) as pool:
-        futures = [pool.submit(worker, i + 1) for i in range(workers)]
+        futures = [pool.submit(run, i + 1) for i in range(workers)]
         try:
             done, _ = wait(futures, return_when=FIRST_EXCEPTION)
             failed = any(f.exception() is not None for f in done)

@@ -124,10 +124,12 @@ def copy_tables_in_server(conn: psycopg.Connection, source: Place, target: Place
 
 def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: list[TableSpec], *,
                           skip: Iterable[str] = frozenset(), workers: int = 2,
-                          on_table_done: Callable[[str, TableCopy], None] | None = None) -> dict[str, TableCopy]:
+                          on_table_done: Callable[[str, TableCopy], None] | None = None,
+                          on_worker_end: Callable[[], None] | None = None) -> dict[str, TableCopy]:
     """Copy the tenant's rows of every table in `tables` (FK order) but those in `skip`, from
     `source` to `target` in the same database. Same contract as copy.copy_tenant:
-    `on_table_done(name, TableCopy)` from the worker thread after each commit; the first error
+    `on_table_done(name, TableCopy)` from the worker thread after each commit, `on_worker_end()`
+    in each worker thread as it ends; the first error
     stops the others (their statement cancelled, their table rolled back) and is raised here
     once every thread has ended. Returns name -> TableCopy of the tables this call copied."""
     if not same_database(source, target):
@@ -195,7 +197,8 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
                         live.discard(conn)
                     conn.close()
 
-        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy-in-server")
+        run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy-in-server",
+                    on_thread_end=on_worker_end)
         return results
     finally:
         _rollback_quietly(coordinator)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 from contextlib import contextmanager
 
 import psycopg
@@ -158,10 +157,9 @@ class RunCancelled(StepFailed):
 
 
 def cancel_requested(run_id: int) -> bool:
-    requested = MigrationRun.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first()
-    if threading.current_thread() is not threading.main_thread():
-        connection.close()  # a copy worker thread's own ORM connection
-    return bool(requested)
+    # From a copy's worker thread too (its safe points): the copy closes that thread's ORM
+    # connection when the thread ends (load's on_worker_end).
+    return bool(MigrationRun.objects.filter(pk=run_id).values_list("cancel_requested", flat=True).first())
 
 
 class CancelWatch(Faults):
