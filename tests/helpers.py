@@ -95,6 +95,18 @@ def snapshot(place, tenant_id, **kwargs):
     return {t.name: rows_of(place, t, tenant_id, **kwargs) for t in tenant_tables()}
 
 
+def point_at_another_tenant(tenant) -> int:
+    """Make one of the tenant's devices reference another tenant's customer (in the shared
+    tables, committed); returns the device's id."""
+    other = Tenant.objects.exclude(pk=tenant.pk).first()
+    with shared_place().connect() as conn:
+        theirs = conn.execute("SELECT id FROM shop_customer WHERE tenant_id = %s LIMIT 1", (other.pk,)).fetchone()[0]
+        mine = conn.execute("SELECT id FROM shop_device WHERE tenant_id = %s LIMIT 1", (tenant.pk,)).fetchone()[0]
+        conn.execute("UPDATE shop_device SET customer_id = %s WHERE id = %s", (theirs, mine))
+        conn.commit()
+    return mine
+
+
 def fingerprints(place, tenant_id):
     with place.connect() as conn:
         return {t.name: fingerprint(conn, place, t, tenant_id) for t in tenant_tables()}

@@ -14,8 +14,7 @@ from migration_jobs.engine.places import schema_place, shared_place
 from migration_jobs.engine.tables import row_counts, tenant_tables
 from migration_jobs.models import RunStatus, StepStatus
 from migration_jobs.runs import executor
-from tenancy.models import Tenant
-from tests.helpers import fingerprints, schema_exists
+from tests.helpers import fingerprints, point_at_another_tenant, schema_exists
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -106,12 +105,7 @@ def test_a_table_without_statistics_is_counted_exactly(seeded):
 @pytest.mark.parametrize("target", ["database", "schema"])
 def test_a_reference_to_another_tenants_row_fails_the_copy_and_rolls_back(seeded, target):
     tenant = seeded
-    other = Tenant.objects.exclude(pk=tenant.pk).first()
-    with shared_place().connect() as conn:
-        theirs = conn.execute("SELECT id FROM shop_customer WHERE tenant_id = %s LIMIT 1", (other.pk,)).fetchone()[0]
-        mine = conn.execute("SELECT id FROM shop_device WHERE tenant_id = %s LIMIT 1", (tenant.pk,)).fetchone()[0]
-        conn.execute("UPDATE shop_device SET customer_id = %s WHERE id = %s", (theirs, mine))
-        conn.commit()
+    mine = point_at_another_tenant(tenant)
     before = fingerprints(shared_place(), tenant.pk)
     run = executor.execute(services.request_move(tenant, target).pk)
     assert run.status == RunStatus.ROLLED_BACK, (run.status, run.error)

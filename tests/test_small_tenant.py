@@ -12,8 +12,7 @@ from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import row_counts, tenant_tables
 from migration_jobs.models import RunStatus
 from migration_jobs.runs import executor
-from tenancy.models import Tenant
-from tests.helpers import fingerprints, schema_exists, snapshot
+from tests.helpers import fingerprints, point_at_another_tenant, schema_exists, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -63,12 +62,7 @@ def test_a_small_tenant_moves_with_its_indexes_in_place(seeded, made_places, tar
 @override_settings(MIGRATION_DEFER_INDEXES_FROM_ROWS=THRESHOLD)
 def test_a_reference_to_another_tenants_row_still_fails_the_copy(seeded):
     tenant = seeded
-    other = Tenant.objects.exclude(pk=tenant.pk).first()
-    with shared_place().connect() as conn:
-        theirs = conn.execute("SELECT id FROM shop_customer WHERE tenant_id = %s LIMIT 1", (other.pk,)).fetchone()[0]
-        mine = conn.execute("SELECT id FROM shop_device WHERE tenant_id = %s LIMIT 1", (tenant.pk,)).fetchone()[0]
-        conn.execute("UPDATE shop_device SET customer_id = %s WHERE id = %s", (theirs, mine))
-        conn.commit()
+    point_at_another_tenant(tenant)
     before = fingerprints(shared_place(), tenant.pk)
     for target in ("database", "schema"):
         run = executor.execute(services.request_move(tenant, target).pk)
