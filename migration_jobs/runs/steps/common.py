@@ -4,9 +4,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import psycopg
 from django.conf import settings
 
-from migration_jobs.engine import preflight
+from migration_jobs.engine import preflight, provision
 from migration_jobs.engine.archive import PartError, assemble_archive, parts_dir, write_archive
 from migration_jobs.engine.archive_read import read_manifest
 from migration_jobs.engine.collisions import find_collisions
@@ -15,9 +16,9 @@ from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.target_server import check_target_server
 from migration_jobs.engine.verify import Fingerprint, fingerprint, verify_tenant
 from migration_jobs.exceptions import StepFailed
-from migration_jobs.models import RunKind, StepStatus
+from migration_jobs.models import MigrationRun, RunKind, StepStatus
 from migration_jobs.runs.steps.base import Step
-from tenancy.models import Status
+from tenancy.models import Placement, Status
 
 
 class Preflight(Step):
@@ -42,6 +43,8 @@ class Preflight(Step):
         if ctx.dedicated.kind == "database" and run.kind == RunKind.MOVE:
             check_target_server(run.target_server, run.target_database, report, connections_needed=workers + 2,
                                 tenant_tables=[t.name for t in ctx.tables])
+        if run.kind == RunKind.MOVE:
+            check_target_place(run, report)
         if run.kind == RunKind.MOVE_BACK:
             collisions = find_collisions(ctx.dedicated, shared_place(), tenant.pk, ctx.tables)
             report.add("key collisions", not collisions, f"{collisions or 'none'}",
@@ -54,6 +57,30 @@ class Preflight(Step):
         if not report.ok:
             raise StepFailed("preflight failed: " + report.summary())
         return report.summary()
+
+
+def check_target_place(run, report: preflight.PreflightReport) -> None:
+    """A move out never takes over a schema or database it did not make: one of the target's
+    name that exists already is reused only when an earlier run of this tenant made it (a tenant
+    moved back and out again); anything else would be filled, and dropped by a rollback."""
+    earlier = MigrationRun.objects.filter(tenant_id=run.tenant_id).exclude(pk=run.pk)
+    if run.target_placement == Placement.SCHEMA:
+        name, exists = f"schema {run.target_schema}", provision.schema_exists(run.target_schema)
+        earlier = earlier.filter(target_schema=run.target_schema)
+    else:
+        name = f"database {run.target_database} on server {run.target_server.name}"
+        try:
+            exists = provision.database_exists(run.target_server, run.target_database)
+        except psycopg.OperationalError:
+            return  # unreachable: check_target_server said so
+        earlier = earlier.filter(target_server=run.target_server, target_database=run.target_database)
+    if exists:
+        ours = earlier.exists()
+        report.add("target place", ours,
+                   f"{name} exists, left by an earlier run of this tenant: emptied and reused" if ours else
+                   f"{name} exists and no run of this tenant made it",
+                   "drop or rename it if it is not needed, or choose another target; a move never takes over "
+                   "a schema or database it did not make")
 
 
 def archive_path(ctx) -> Path:
