@@ -20,6 +20,52 @@ from migration_jobs.engine.expansion import ExpansionCap
 from migration_jobs.engine.verify import HASH64, LEGACY_MD5
 from migration_jobs.exceptions import ArchiveError
 
+# What reading an archive's tar headers may cost, whatever the file says: tarfile reads every
+# header of the archive (and keeps it) before a member is looked at, an extended header (pax
+# records, a GNU long name) whole into memory, and expands a sparse member's holes. An archive
+# has one member per tenant table plus two, and needs no extended header beyond a few names.
+MAX_MEMBERS = 1000
+MAX_HEADER_BYTES = 1 << 20  # all extended headers of one archive together
+_EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                     tarfile.SOLARIS_XHDTYPE)
+
+
+class _ArchiveInfo(tarfile.TarInfo):
+    """A tar header read with bounded memory: extended headers count against the archive's
+    MAX_HEADER_BYTES before they are read; sparse members (a few bytes whose holes expand to
+    any size) are refused (ReadError: the readers below make it an ArchiveError)."""
+
+    def _proc_member(self, tar):
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.ReadError(f"sparse member {self.name!r}: not a tenant archive member")
+        if self.type in _EXTENDED_HEADERS:
+            tar.header_bytes += self.size
+            if tar.header_bytes > MAX_HEADER_BYTES:
+                raise tarfile.ReadError(f"extended tar headers larger than {MAX_HEADER_BYTES} bytes")
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):  # noqa: A002 - tarfile's signature
+        raise tarfile.ReadError(f"sparse member {next.name!r}: not a tenant archive member")
+
+    def _apply_pax_info(self, pax_headers, encoding, errors):
+        if any(key.startswith("GNU.sparse.") for key in pax_headers):
+            raise tarfile.ReadError(f"sparse member {self.name!r}: not a tenant archive member")
+        super()._apply_pax_info(pax_headers, encoding, errors)
+
+
+class _ArchiveTar(tarfile.TarFile):
+    """A tar file read with _ArchiveInfo headers and at most MAX_MEMBERS members."""
+
+    tarinfo = _ArchiveInfo
+    header_bytes = 0
+
+    def next(self):
+        info = super().next()
+        if info is not None and len(self.members) > MAX_MEMBERS:
+            raise tarfile.ReadError(f"more than {MAX_MEMBERS} members")
+        return info
+
+
 def read_manifest(path: Path) -> dict:
     """The manifest, unchecked (the backup step reads back its own export)."""
     with tarfile.open(path, "r") as tar:
@@ -35,7 +81,7 @@ _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFil
 def open_archive(path) -> tarfile.TarFile:
     """The archive opened for reading (uncompressed tar only), or ArchiveError."""
     try:
-        return tarfile.open(path, "r:")
+        return _ArchiveTar.open(path, "r:")
     except FileNotFoundError:
         raise ArchiveError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -57,7 +103,7 @@ def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     for m in members:
         if m.name in by_name:
             raise ArchiveError(f"archive holds {m.name} twice")
-        if not m.isfile():
+        if not m.isfile() or m.issparse():
             raise ArchiveError(f"unexpected member {m.name!r} (not a regular file)")
         by_name[m.name] = m
     return by_name
@@ -94,6 +140,7 @@ def check_manifest_shape(manifest) -> None:
     if version not in SUPPORTED_VERSIONS:
         raise ArchiveError(f"unknown archive format version {version!r} "
                            f"(this installation reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    _require(isinstance(manifest.get("source", {}), dict), "source not an object")
     tenant = manifest.get("tenant")
     _require(isinstance(tenant, dict), "tenant missing")
     _require(isinstance(tenant.get("id"), int) and not isinstance(tenant.get("id"), bool), "tenant.id not an integer")
@@ -153,8 +200,10 @@ def validate_archive(path) -> dict:
             raise ArchiveError("archive has no manifest.sha256 (truncated, or not a tenant archive)")
         try:
             manifest = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of too many digits
             raise ArchiveError(f"manifest.json is not valid JSON ({_why(exc)})") from None
+        except RecursionError:
+            raise ArchiveError("manifest.json is not a tenant manifest (nested too deeply)") from None
         check_manifest_shape(manifest)
         expected_members = {MANIFEST, MANIFEST_DIGEST} | {t["member"] for t in manifest["tables"]}
         extra = sorted(set(members) - expected_members)

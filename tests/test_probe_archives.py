@@ -1,0 +1,204 @@
+"""Hostile archives, probed as an attacker would write them (beyond test_hostile_archives and
+test_archive): what reading a tar file's headers costs (pax records, GNU long names, the
+number of members, sparse members), manifests that are valid JSON only in name (nested
+thousands deep, numbers of thousands of digits, fields of the wrong kind) and a manifest
+naming another primary key. Each is refused in one line (exit status 2, API 422) with
+memory bounded, or restored with the sequences past every restored key."""
+import gzip
+import hashlib
+import io
+import json
+import os
+import tarfile
+import tempfile
+import time
+import tracemalloc
+
+import pytest
+from django.test import Client
+
+from migration_jobs.engine.archive import COPY_SIGNATURE
+from migration_jobs.engine import archive_read
+from migration_jobs.engine.archive_read import validate_archive
+from migration_jobs.exceptions import ArchiveError
+from tests.helpers import make_token, run_cmd, shared_state, staff_user
+
+SEEDED = {"largest": 200, "seed": 3}  # the conftest `seeded` tenant, small: these tests need few rows
+
+# An empty binary COPY stream: signature, flags, header extension length, trailer.
+EMPTY_COPY = COPY_SIGNATURE + b"\0\0\0\0" + b"\0\0\0\0" + b"\xff\xff"
+MEMBER = "data/shop_customer.copy.gz"
+
+
+def manifest_doc(**changes) -> dict:
+    """A manifest of the right shape: one empty table (enough to pass validate_archive)."""
+    raw = gzip.compress(EMPTY_COPY, mtime=0)
+    doc = {"format": "tenant-archive", "format_version": 2, "tenant": {"id": 424242, "slug": "probe_tenant"},
+           "migrations": {}, "sequences": {}, "source": {"label": "probe"},
+           "tables": [{"name": "shop_customer", "member": MEMBER, "sha256": hashlib.sha256(raw).hexdigest(),
+                       "compressed_bytes": len(raw), "rows": 0, "checksum": "0:0000000000000000",
+                       "columns": [{"name": "id", "type": "bigint"}, {"name": "tenant_id", "type": "bigint"}]}]}
+    doc.update(changes)
+    return doc
+
+
+def write_tar(path, members, *, head: bytes = b""):
+    """A tar file of (name, bytes) members, after `head` (raw header blocks written first)."""
+    with open(path, "wb") as out:
+        out.write(head)
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def archive_members(manifest: bytes, data: bytes | None = None):
+    """The members of an archive: its table member, manifest.sha256 and manifest.json."""
+    data = gzip.compress(EMPTY_COPY, mtime=0) if data is None else data
+    return [(MEMBER, data), ("manifest.sha256", f"{hashlib.sha256(manifest).hexdigest()}  manifest.json\n".encode()),
+            ("manifest.json", manifest)]
+
+
+def refused(path, *args):
+    """The one `error:` line of `restore_tenant FILE --check` (exit status 2)."""
+    code, out, err = run_cmd("restore_tenant", str(path), "--check", *args)
+    assert code == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: invalid archive"), err
+    return err
+
+
+def peak_bytes(func) -> int:
+    """The peak of Python allocations while `func` runs."""
+    tracemalloc.start()
+    try:
+        func()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def refused_within(path, limit: int) -> str:
+    """validate_archive's ArchiveError, allocating less than `limit` bytes on the way."""
+    message = []
+
+    def check():
+        with pytest.raises(ArchiveError) as exc:
+            validate_archive(path)
+        message.append(str(exc.value))
+
+    peak = peak_bytes(check)
+    assert peak < limit, (peak, message)
+    return message[0]
+
+
+# --- the manifest: JSON that only looks like one ----------------------------------------------
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("manifest, message", [
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "nested too deeply"),
+    (b'{"format": "tenant-archive", "format_version": ' + b"9" * 5000 + b"}", "not valid JSON"),
+])
+def test_a_manifest_nested_too_deeply_or_with_a_huge_number_is_refused_in_one_line(tmp_path, manifest, message):
+    """Before: RecursionError / ValueError escaped validate_archive (a traceback, exit 1; the
+    API answered 500)."""
+    path = write_tar(tmp_path / "bad.tar", archive_members(manifest))
+    assert message in refused(path)
+
+
+@pytest.mark.django_db
+def test_a_manifest_whose_source_is_not_an_object_is_refused_in_one_line(tmp_path):
+    """Before: AttributeError ('str' object has no attribute 'get') after the plan."""
+    manifest = json.dumps(manifest_doc(source="somewhere")).encode()
+    path = write_tar(tmp_path / "bad.tar", archive_members(manifest))
+    assert "source not an object" in refused(path)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_answers_422_for_a_deeply_nested_manifest_and_leaves_no_upload_behind(tmp_path):
+    path = write_tar(tmp_path / "bad.tar", archive_members(b"[" * 100_000 + b"]" * 100_000))
+    token = make_token(staff_user("prober", superuser=True))
+    before = shared_state(), set(os.listdir(tempfile.gettempdir()))
+    response = Client().post("/api/admin/tenants/restore", path.read_bytes(), content_type="application/x-tar",
+                             headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 422, response.content
+    assert "nested too deeply" in response.json()["error"]
+    assert not {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("tenant-restore-")} - before[1]
+    assert shared_state() == before[0]
+
+
+# --- tar headers: read with bounded memory ------------------------------------------------
+
+def pax_header(size: int) -> bytes:
+    """A pax extended header of `size` bytes of distinct records (tarfile parses each into a
+    dict entry), padded to whole blocks."""
+    body, i = io.BytesIO(), 0
+    while body.tell() < size:
+        record = f" k{i}=v\n"
+        length = len(record) + len(str(len(record)))
+        length = len(record) + len(str(length))  # the length counts its own digits
+        body.write(f"{length}{record}".encode())
+        i += 1
+    data = body.getvalue()
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, len(data)
+    return info.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % tarfile.BLOCKSIZE)
+
+
+def gnu_long_name(size: int) -> bytes:
+    info = tarfile.TarInfo("././@LongLink")
+    info.type, info.size = tarfile.GNUTYPE_LONGNAME, size
+    return info.tobuf(tarfile.GNU_FORMAT) + b"a" * size + bytes(-size % tarfile.BLOCKSIZE)
+
+
+@pytest.mark.parametrize("head", [pax_header, gnu_long_name], ids=["pax", "gnu-long-name"])
+def test_extended_tar_headers_are_refused_before_they_are_read_whole(tmp_path, head):
+    """Before: tarfile read a 24 MiB header whole into memory (a 150 MiB pax header of distinct
+    records took 1.9 GB and 40 s; uploads may be 512 MiB)."""
+    path = write_tar(tmp_path / "big-header.tar", archive_members(json.dumps(manifest_doc()).encode()),
+                     head=head(24 << 20))
+    assert "extended tar headers larger than" in refused_within(path, 4 << 20)
+
+
+def test_the_number_of_members_is_bounded_while_the_headers_are_read(tmp_path):
+    """Before: every header was read and kept (1M empty members, a 488 MiB file: 556 MB, 38 s)."""
+    limit = getattr(archive_read, "MAX_MEMBERS", 1000)
+    junk = b"".join(tarfile.TarInfo(f"junk/{i}").tobuf(tarfile.USTAR_FORMAT) for i in range(limit * 20))
+    path = write_tar(tmp_path / "many.tar", archive_members(json.dumps(manifest_doc()).encode()), head=junk)
+    assert f"more than {limit} members" in refused_within(path, 4 << 20)
+
+
+def sparse_member(version: str, data: bytes, realsize: int) -> bytes:
+    """A sparse MEMBER (GNU pax formats 0.1 and 1.0): `data` then holes up to `realsize` bytes,
+    which a reader expands to zeros."""
+    info = tarfile.TarInfo(MEMBER)
+    if version == "0.1":
+        info.pax_headers = {"GNU.sparse.map": f"0,{len(data)}", "GNU.sparse.realsize": str(realsize)}
+        stored = data
+    else:
+        info.name = "GNUSparseFile.0/shop_customer.copy.gz"
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": MEMBER,
+                            "GNU.sparse.realsize": str(realsize)}
+        sparse_map = f"1\n0\n{len(data)}\n".encode()
+        stored = sparse_map + bytes(-len(sparse_map) % tarfile.BLOCKSIZE) + data
+    info.size = len(stored)
+    return info.tobuf(tarfile.PAX_FORMAT) + stored + bytes(-len(stored) % tarfile.BLOCKSIZE)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("version", ["0.1", "1.0"])
+def test_a_sparse_member_is_refused_without_expanding_its_holes(tmp_path, version):
+    """Before: a few KiB whose member declared 1 TB of holes was read (zeros hashed, gzip padding
+    skipped byte by byte: ~0.4 s per MB, days of CPU for one upload)."""
+    data = gzip.compress(EMPTY_COPY, mtime=0)
+    realsize = 4 << 20
+    manifest = manifest_doc()
+    manifest["tables"][0].update(compressed_bytes=realsize,
+                                 sha256=hashlib.sha256(data + bytes(realsize - len(data))).hexdigest())
+    raw = json.dumps(manifest).encode()
+    path = write_tar(tmp_path / "sparse.tar", archive_members(raw)[1:], head=sparse_member(version, data, realsize))
+    started = time.monotonic()
+    assert "sparse member" in refused(path)
+    assert time.monotonic() - started < 1
