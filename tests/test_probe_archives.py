@@ -16,12 +16,15 @@ import tracemalloc
 
 import pytest
 from django.test import Client
+from psycopg import sql
 
 from migration_jobs.engine.archive import COPY_SIGNATURE
 from migration_jobs.engine import archive_read
 from migration_jobs.engine.archive_read import validate_archive
+from migration_jobs.engine.places import shared_place
+from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.exceptions import ArchiveError
-from tests.helpers import make_token, run_cmd, shared_state, staff_user
+from tests.helpers import delete_tenant, make_token, rewrite, run_cmd, shared_state, staff_user
 
 SEEDED = {"largest": 200, "seed": 3}  # the conftest `seeded` tenant, small: these tests need few rows
 
@@ -202,3 +205,36 @@ def test_a_sparse_member_is_refused_without_expanding_its_holes(tmp_path, versio
     started = time.monotonic()
     assert "sparse member" in refused(path)
     assert time.monotonic() - started < 1
+
+
+# --- the manifest names the primary key: not trusted ----------------------------------------
+
+POSITION = "SELECT coalesce(pg_sequence_last_value(%s::regclass), 0)"
+
+@pytest.mark.django_db(transaction=True)
+def test_a_manifest_naming_another_primary_key_does_not_keep_sequences_behind_restored_keys(exported, tmp_path):
+    """A leaf row's key is one the shared sequence has not handed out yet. Restored with an
+    honest manifest, the sequence is set past it. Before: a manifest saying `"pk": "tenant_id"`
+    for that table (digest recomputed) made the restore check max(tenant_id) and find no
+    sequence, so the shared sequence stayed behind the key and other tenants' inserts would
+    collide with it."""
+    tenant, path, _ = exported
+    leaf = next(t for t in reversed(tenant_tables()) if not any(t.name in o.parents for o in tenant_tables()))
+    place = shared_place()
+    with place.connect() as conn:
+        seq = conn.execute("SELECT pg_get_serial_sequence(%s, %s)", (f"public.{leaf.name}", leaf.pk)).fetchone()[0]
+        ahead = conn.execute(POSITION, (seq,)).fetchone()[0] + 50
+        conn.execute(sql.SQL("UPDATE {t} SET {pk} = %s WHERE {pk} = (SELECT min({pk}) FROM {t} WHERE tenant_id = %s)"
+                             ).format(t=place.table(leaf.name), pk=sql.Identifier(leaf.pk)), (ahead, tenant.pk))
+        conn.commit()
+    exported_path = tmp_path / "ahead.tar"
+    code, _, err = run_cmd("export_tenant", tenant.slug, "-o", str(exported_path))
+    assert code == 0, err
+    hostile = rewrite(exported_path, tmp_path / "pk-lie.tar", manifest=lambda m: next(
+        t for t in m["tables"] if t["name"] == leaf.name).update(pk="tenant_id"))
+    delete_tenant(tenant)
+    code, _, err = run_cmd("restore_tenant", str(hostile))
+    assert code == 0, err
+    with place.connect() as conn:
+        position = conn.execute(POSITION, (seq,)).fetchone()[0]
+    assert position >= ahead

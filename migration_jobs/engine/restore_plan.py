@@ -54,7 +54,10 @@ def archive_tables(manifest: dict) -> list[tuple[TableSpec, dict]]:
         if entry is None:
             continue
         cols = tuple(c["name"] for c in entry["columns"])
-        out.append((TableSpec(spec.name, cols, entry.get("pk", spec.pk), spec.parents), entry))
+        # The primary key is this installation's, never the manifest's: the restored keys are
+        # checked and the sequences set past them by it (a manifest naming another column
+        # would leave a shared sequence behind keys it then hands out again).
+        out.append((TableSpec(spec.name, cols, spec.pk, spec.parents), entry))
     return out
 
 
