@@ -49,7 +49,7 @@ def write_tar(path, members, *, head: bytes = b""):
     """A tar file of (name, bytes) members, after `head` (raw header blocks written first)."""
     with open(path, "wb") as out:
         out.write(head)
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name, data in members:
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
@@ -64,11 +64,11 @@ def archive_members(manifest: bytes, data: bytes | None = None):
             ("manifest.json", manifest)]
 
 
-def refused(path, *args):
+def refused(path, *args, kind="invalid archive"):
     """The one `error:` line of `restore_tenant FILE --check` (exit status 2)."""
-    code, out, err = run_cmd("restore_tenant", str(path), "--check", *args)
+    code, out, err = run_cmd("restore_tenant", str(path), *(args or ["--check"]))
     assert code == 2, (out, err)
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: invalid archive"), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: {kind}"), err
     return err
 
 
@@ -117,6 +117,32 @@ def test_a_manifest_whose_source_is_not_an_object_is_refused_in_one_line(tmp_pat
     manifest = json.dumps(manifest_doc(source="somewhere")).encode()
     path = write_tar(tmp_path / "bad.tar", archive_members(manifest))
     assert "source not an object" in refused(path)
+
+
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"  # a terminal title and a cleared screen, if printed as they are
+
+
+def with_escapes(doc):
+    doc["tables"][0]["columns"].append({"name": ESCAPE + "c" * 100_000, "type": "text"})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("change, members, args, message", [
+    (lambda d: d.update(format=ESCAPE + "x" * 100_000), [], (), "not a tenant archive (format"),
+    (lambda d: d["migrations"].update(shop=ESCAPE + "x" * 100_000), [], (), "archive was written at migration"),
+    (lambda d: d["tenant"].update(slug=ESCAPE + "x" * 100_000), [], (), "invalid tenant slug"),
+    (None, [(ESCAPE + "y" * 5000, b"")], (), "members the manifest does not list"),
+    (with_escapes, [], ("--into", "shared"), "is in the archive but not in"),
+], ids=["format", "migration", "slug", "member", "column"])
+def test_values_from_the_archive_are_quoted_escaped_and_short_in_errors(tmp_path, change, members, args, message):
+    """Before: quoted whole and raw: a 100 kB error line (up to the 16 MiB a manifest may hold,
+    also the API's answer) carrying terminal escape sequences to the operator's terminal."""
+    doc = manifest_doc()
+    if change:
+        change(doc)
+    path = write_tar(tmp_path / "noisy.tar", members + archive_members(json.dumps(doc).encode()))
+    err = refused(path, *args, kind="")
+    assert message in err and "\x1b" not in err and "\x07" not in err and len(err) < 800, err[:300]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -30,6 +30,15 @@ _EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile
                      tarfile.SOLARIS_XHDTYPE)
 
 
+def shown(value, *, quoted: bool = False, limit: int = 80) -> str:
+    """A value from the archive as an error message quotes it: control characters escaped (no
+    terminal escape sequence reaches a terminal), at most `limit` characters; `quoted`: as
+    repr() shows it."""
+    text = repr(value) if quoted or not isinstance(value, str) else value
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class _ArchiveInfo(tarfile.TarInfo):
     """A tar header read with bounded memory: extended headers count against the archive's
     MAX_HEADER_BYTES before they are read; sparse members (a few bytes whose holes expand to
@@ -37,7 +46,7 @@ class _ArchiveInfo(tarfile.TarInfo):
 
     def _proc_member(self, tar):
         if self.type == tarfile.GNUTYPE_SPARSE:
-            raise tarfile.ReadError(f"sparse member {self.name!r}: not a tenant archive member")
+            raise tarfile.ReadError(f"sparse member {shown(self.name, quoted=True)}: not a tenant archive member")
         if self.type in _EXTENDED_HEADERS:
             tar.header_bytes += self.size
             if tar.header_bytes > MAX_HEADER_BYTES:
@@ -45,11 +54,11 @@ class _ArchiveInfo(tarfile.TarInfo):
         return super()._proc_member(tar)
 
     def _proc_gnusparse_10(self, next, pax_headers, tar):  # noqa: A002 - tarfile's signature
-        raise tarfile.ReadError(f"sparse member {next.name!r}: not a tenant archive member")
+        raise tarfile.ReadError(f"sparse member {shown(next.name, quoted=True)}: not a tenant archive member")
 
     def _apply_pax_info(self, pax_headers, encoding, errors):
         if any(key.startswith("GNU.sparse.") for key in pax_headers):
-            raise tarfile.ReadError(f"sparse member {self.name!r}: not a tenant archive member")
+            raise tarfile.ReadError(f"sparse member {shown(self.name, quoted=True)}: not a tenant archive member")
         super()._apply_pax_info(pax_headers, encoding, errors)
 
 
@@ -102,9 +111,9 @@ def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     by_name = {}
     for m in members:
         if m.name in by_name:
-            raise ArchiveError(f"archive holds {m.name} twice")
+            raise ArchiveError(f"archive holds {shown(m.name)} twice")
         if not m.isfile() or m.issparse():
-            raise ArchiveError(f"unexpected member {m.name!r} (not a regular file)")
+            raise ArchiveError(f"unexpected member {shown(m.name, quoted=True)} (not a regular file)")
         by_name[m.name] = m
     return by_name
 
@@ -135,10 +144,11 @@ def check_manifest_shape(manifest) -> None:
     """The manifest has every field restore relies on, with the right types."""
     _require(isinstance(manifest, dict), "not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ArchiveError(f"not a tenant archive (format {manifest.get('format')!r}, expected {FORMAT!r})")
+        raise ArchiveError(f"not a tenant archive (format {shown(manifest.get('format'), quoted=True)}, "
+                           f"expected {FORMAT!r})")
     version = manifest.get("format_version")
     if version not in SUPPORTED_VERSIONS:
-        raise ArchiveError(f"unknown archive format version {version!r} "
+        raise ArchiveError(f"unknown archive format version {shown(version, quoted=True)} "
                            f"(this installation reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
     _require(isinstance(manifest.get("source", {}), dict), "source not an object")
     tenant = manifest.get("tenant")
@@ -208,7 +218,7 @@ def validate_archive(path) -> dict:
         expected_members = {MANIFEST, MANIFEST_DIGEST} | {t["member"] for t in manifest["tables"]}
         extra = sorted(set(members) - expected_members)
         if extra:
-            raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(extra[:5])}")
+            raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(map(shown, extra[:5]))}")
         cap = ExpansionCap()
         for table in manifest["tables"]:
             info = members.get(table["member"])
