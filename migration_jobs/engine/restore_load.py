@@ -15,6 +15,8 @@ then the staged rows' fingerprint for the new id must equal the target's.
 """
 from __future__ import annotations
 
+import zlib
+
 import psycopg
 from psycopg import sql
 
@@ -56,7 +58,7 @@ def _copy_in(conn, tar, entry: dict, relation: sql.Composable, spec: TableSpec, 
             while True:
                 try:
                     chunk = gz.read(CHUNK)
-                except (EOFError, OSError) as exc:
+                except (EOFError, OSError, zlib.error) as exc:
                     raise ArchiveError(f"archive is truncated or damaged in {entry['member']} ({exc})") from None
                 if not chunk:
                     break
