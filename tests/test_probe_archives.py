@@ -15,6 +15,7 @@ import time
 import tracemalloc
 
 import pytest
+from django.conf import settings
 from django.test import Client
 from psycopg import sql
 
@@ -24,7 +25,8 @@ from migration_jobs.engine.archive_read import validate_archive
 from migration_jobs.engine.places import shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.exceptions import ArchiveError
-from tests.helpers import delete_tenant, make_token, rewrite, run_cmd, shared_state, staff_user
+from tenancy.models import Tenant
+from tests.helpers import delete_tenant, make_token, rewrite, run_cmd, schema_exists, shared_state, staff_user
 
 SEEDED = {"largest": 200, "seed": 3}  # the conftest `seeded` tenant, small: these tests need few rows
 
@@ -288,3 +290,47 @@ def test_zero_padding_after_a_gzip_member_is_refused_without_reading_it_byte_by_
     for damaged in (gzip.compress(EMPTY_COPY, mtime=0)[:-3], b"PGCOPY not gzip", b""):
         with pytest.raises(ArchiveError, match="is damaged|not a binary COPY"):
             validate_archive(archive_with_member(tmp_path, "damaged.tar", damaged))
+
+
+# --- binary COPY data the server refuses: an invalid archive, not a conflict ----------------
+
+def with_copy_stream(path, out_path, change):
+    """The archive with its last table's COPY stream changed by `change(bytes)` (size and
+    SHA-256 recomputed: it passes validate_archive, the server refuses it)."""
+    with tarfile.open(path) as tar:
+        member = json.load(tar.extractfile("manifest.json"))["tables"][-1]["member"]
+        raw = gzip.compress(change(gzip.decompress(tar.extractfile(member).read())), mtime=0)
+
+    def fix(manifest):
+        next(t for t in manifest["tables"] if t["member"] == member).update(
+            sha256=hashlib.sha256(raw).hexdigest(), compressed_bytes=len(raw))
+
+    return rewrite(path, out_path, members={member: lambda _: raw}, manifest=fix)
+
+
+HEADER = len(COPY_SIGNATURE) + 8  # signature, flags, header extension length (0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_copy_data_the_server_refuses_is_an_invalid_archive_for_the_command_and_the_api(exported, tmp_path, cleanup):
+    """Before: 'restore failed and was rolled back: row field count is 8, expected 7', answered
+    409 Conflict by the API (the archive is bad, not the state here: 422, as README says)."""
+    tenant, path, _ = exported
+    cleanup("probe_copy")
+
+    def one_more_field(stream):  # the first row says it has one more field than it holds
+        count = int.from_bytes(stream[HEADER:HEADER + 2], "big")
+        return stream[:HEADER] + (count + 1).to_bytes(2, "big") + stream[HEADER + 2:]
+
+    bad = with_copy_stream(path, tmp_path / "fields.tar", one_more_field)
+    trailing = with_copy_stream(path, tmp_path / "trailing.tar", lambda s: s + b"more")
+    before = shared_state()
+    err = refused(bad, "--as", "probe_copy", "--into", "schema")
+    assert "is not valid binary COPY data for" in err and "row field count" in err, err
+    token = make_token(staff_user("prober", superuser=True))
+    response = Client().post("/api/admin/tenants/restore?as=probe_copy&into=schema", trailing.read_bytes(),
+                             content_type="application/x-tar", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 422, response.content
+    assert "received copy data after EOF marker" in response.json()["error"]
+    assert shared_state() == before and not Tenant.objects.filter(slug="probe_copy").exists()
+    assert not schema_exists(f"{settings.TENANT_SCHEMA_PREFIX}probe_copy")
