@@ -334,3 +334,42 @@ def test_copy_data_the_server_refuses_is_an_invalid_archive_for_the_command_and_
     assert "received copy data after EOF marker" in response.json()["error"]
     assert shared_state() == before and not Tenant.objects.filter(slug="probe_copy").exists()
     assert not schema_exists(f"{settings.TENANT_SCHEMA_PREFIX}probe_copy")
+
+
+# --- two restores of one archive at once -----------------------------------------------------
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("into", ["shared", "schema", "database"])
+def test_a_restore_planned_before_another_made_the_place_never_drops_it(exported, cleanup, into):
+    """Two uploads of one archive as a new tenant, planned at once: both saw no schema or
+    database. Before: the second reused the place the first made (resetting the database
+    role's password), failed on the first's rows, and dropped the place: the first tenant,
+    restored and committed, lived in a schema or database that no longer existed. (Into the
+    shared tables, the tenant row refused by the model escaped as a ValidationError: a
+    traceback, API 500.)"""
+    from migration_jobs.engine import provision
+    from migration_jobs.engine.restore import _restore_database, _restore_default
+    from migration_jobs.engine.restore_plan import archive_tables, make_plan
+    from migration_jobs.exceptions import RestoreConflict
+    from migration_jobs.services.validation import reachable_server
+    from shop.models import Customer
+    from tenancy.context import tenant_context
+
+    tenant, path, before = exported
+    cleanup("probe_race")
+    if into == "shared":  # the archive's keys are free in the shared tables only once it is gone
+        delete_tenant(tenant)
+    manifest = validate_archive(path)
+    late = make_plan(manifest, into=into, as_slug="probe_race", resolve_server=reachable_server)
+    code, _, err = run_cmd("restore_tenant", str(path), "--as", "probe_race", "--into", into)
+    assert code == 0, err
+    first = Tenant.objects.get(slug="probe_race")
+    state = shared_state()
+    run = _restore_database if into == "database" else _restore_default
+    with pytest.raises(RestoreConflict, match="was made .*meanwhile|already exists"):
+        run(late, path, archive_tables(manifest), None)
+    assert shared_state() == state
+    if into == "database":
+        assert provision.database_exists(first.credential.server, first.database_name)
+    with tenant_context(Tenant.objects.get(pk=first.pk)):  # its place and its credential still work
+        assert Customer.objects.count() == len(before["shop_customer"])
