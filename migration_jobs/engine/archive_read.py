@@ -20,6 +20,61 @@ from migration_jobs.engine.expansion import ExpansionCap
 from migration_jobs.engine.verify import HASH64, LEGACY_MD5
 from migration_jobs.exceptions import ArchiveError
 
+# What reading an archive's tar headers may cost, whatever the file says: tarfile reads every
+# header of the archive (and keeps it) before a member is looked at, an extended header (pax
+# records, a GNU long name) whole into memory, and expands a sparse member's holes. An archive
+# has one member per tenant table plus two, and needs no extended header beyond a few names.
+MAX_MEMBERS = 1000
+MAX_HEADER_BYTES = 1 << 20  # all extended headers of one archive together
+_EXTENDED_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                     tarfile.SOLARIS_XHDTYPE)
+
+
+def shown(value, *, quoted: bool = False, limit: int = 80) -> str:
+    """A value from the archive as an error message quotes it: control characters escaped (no
+    terminal escape sequence reaches a terminal), at most `limit` characters; `quoted`: as
+    repr() shows it."""
+    text = repr(value) if quoted or not isinstance(value, str) else value
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit + 1])
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _ArchiveInfo(tarfile.TarInfo):
+    """A tar header read with bounded memory: extended headers count against the archive's
+    MAX_HEADER_BYTES before they are read; sparse members (a few bytes whose holes expand to
+    any size) are refused (ReadError: the readers below make it an ArchiveError)."""
+
+    def _proc_member(self, tar):
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise tarfile.ReadError(f"sparse member {shown(self.name, quoted=True)}: not a tenant archive member")
+        if self.type in _EXTENDED_HEADERS:
+            tar.header_bytes += self.size
+            if tar.header_bytes > MAX_HEADER_BYTES:
+                raise tarfile.ReadError(f"extended tar headers larger than {MAX_HEADER_BYTES} bytes")
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):  # noqa: A002 - tarfile's signature
+        raise tarfile.ReadError(f"sparse member {shown(next.name, quoted=True)}: not a tenant archive member")
+
+    def _apply_pax_info(self, pax_headers, encoding, errors):
+        if any(key.startswith("GNU.sparse.") for key in pax_headers):
+            raise tarfile.ReadError(f"sparse member {shown(self.name, quoted=True)}: not a tenant archive member")
+        super()._apply_pax_info(pax_headers, encoding, errors)
+
+
+class _ArchiveTar(tarfile.TarFile):
+    """A tar file read with _ArchiveInfo headers and at most MAX_MEMBERS members."""
+
+    tarinfo = _ArchiveInfo
+    header_bytes = 0
+
+    def next(self):
+        info = super().next()
+        if info is not None and len(self.members) > MAX_MEMBERS:
+            raise tarfile.ReadError(f"more than {MAX_MEMBERS} members")
+        return info
+
+
 def read_manifest(path: Path) -> dict:
     """The manifest, unchecked (the backup step reads back its own export)."""
     with tarfile.open(path, "r") as tar:
@@ -35,7 +90,7 @@ _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, gzip.BadGzipFil
 def open_archive(path) -> tarfile.TarFile:
     """The archive opened for reading (uncompressed tar only), or ArchiveError."""
     try:
-        return tarfile.open(path, "r:")
+        return _ArchiveTar.open(path, "r:")
     except FileNotFoundError:
         raise ArchiveError(f"no such file: {path}") from None
     except IsADirectoryError:
@@ -56,9 +111,9 @@ def _members(tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
     by_name = {}
     for m in members:
         if m.name in by_name:
-            raise ArchiveError(f"archive holds {m.name} twice")
-        if not m.isfile():
-            raise ArchiveError(f"unexpected member {m.name!r} (not a regular file)")
+            raise ArchiveError(f"archive holds {shown(m.name)} twice")
+        if not m.isfile() or m.issparse():
+            raise ArchiveError(f"unexpected member {shown(m.name, quoted=True)} (not a regular file)")
         by_name[m.name] = m
     return by_name
 
@@ -89,11 +144,13 @@ def check_manifest_shape(manifest) -> None:
     """The manifest has every field restore relies on, with the right types."""
     _require(isinstance(manifest, dict), "not a JSON object")
     if manifest.get("format") != FORMAT:
-        raise ArchiveError(f"not a tenant archive (format {manifest.get('format')!r}, expected {FORMAT!r})")
+        raise ArchiveError(f"not a tenant archive (format {shown(manifest.get('format'), quoted=True)}, "
+                           f"expected {FORMAT!r})")
     version = manifest.get("format_version")
     if version not in SUPPORTED_VERSIONS:
-        raise ArchiveError(f"unknown archive format version {version!r} "
+        raise ArchiveError(f"unknown archive format version {shown(version, quoted=True)} "
                            f"(this installation reads version {', '.join(map(str, SUPPORTED_VERSIONS))})")
+    _require(isinstance(manifest.get("source", {}), dict), "source not an object")
     tenant = manifest.get("tenant")
     _require(isinstance(tenant, dict), "tenant missing")
     _require(isinstance(tenant.get("id"), int) and not isinstance(tenant.get("id"), bool), "tenant.id not an integer")
@@ -153,13 +210,15 @@ def validate_archive(path) -> dict:
             raise ArchiveError("archive has no manifest.sha256 (truncated, or not a tenant archive)")
         try:
             manifest = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of too many digits
             raise ArchiveError(f"manifest.json is not valid JSON ({_why(exc)})") from None
+        except RecursionError:
+            raise ArchiveError("manifest.json is not a tenant manifest (nested too deeply)") from None
         check_manifest_shape(manifest)
         expected_members = {MANIFEST, MANIFEST_DIGEST} | {t["member"] for t in manifest["tables"]}
         extra = sorted(set(members) - expected_members)
         if extra:
-            raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(extra[:5])}")
+            raise ArchiveError(f"archive holds members the manifest does not list: {', '.join(map(shown, extra[:5]))}")
         cap = ExpansionCap()
         for table in manifest["tables"]:
             info = members.get(table["member"])
@@ -191,8 +250,9 @@ def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo, cap: ExpansionCap 
         raise ArchiveError(f"archive is truncated or damaged in {info.name} ({_why(exc)})") from None
     head, damage = b"", None
     try:
-        with (cap or ExpansionCap()).reader(gzip.GzipFile(fileobj=raw, mode="rb"), info.name, info.size) as gz:
-            head = gz.read(len(COPY_SIGNATURE))
+        with (cap or ExpansionCap()).reader(GzipStream(raw), info.name, info.size) as gz:
+            while len(head) < len(COPY_SIGNATURE) and (part := gz.read(len(COPY_SIGNATURE) - len(head))):
+                head += part  # a read may stop at the end of a gzip member
             while gz.read(CHUNK):
                 pass
     except _READ_ERRORS as exc:
@@ -204,6 +264,52 @@ def _scan_member(tar: tarfile.TarFile, info: tarfile.TarInfo, cap: ExpansionCap 
     if raw.size != info.size:
         raise ArchiveError(f"archive is truncated: {info.name} has {raw.size} of {info.size} bytes")
     return raw.hexdigest(), head, damage
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class GzipStream:
+    """The content of a gzip stream (one member or more, each checked by zlib against its CRC
+    and length) read from `raw`, strictly: only another member may follow a member. (Python's
+    gzip module skips zero bytes after a member one read(1) at a time, ~0.3 s per MB: minutes
+    of CPU for a padded upload, twice, for a stream that decompresses to a few bytes.)"""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self._z = zlib.decompressobj(31)  # 31: gzip header and trailer
+        self._input = b""
+
+    def _more(self) -> bytes:
+        return self.raw.read(CHUNK)
+
+    def read(self, n: int = CHUNK) -> bytes:
+        if n is None or n < 0:
+            n = CHUNK
+        while True:
+            if self._z.eof:
+                rest = self._z.unused_data
+                while len(rest) < len(GZIP_MAGIC) and (more := self._more()):
+                    rest += more
+                if not rest:
+                    return b""
+                if not rest.startswith(GZIP_MAGIC):
+                    raise gzip.BadGzipFile("data after the end of the gzip stream")
+                self._z, self._input = zlib.decompressobj(31), rest
+            if not self._input:
+                self._input = self._more()
+                if not self._input:
+                    raise EOFError("compressed stream ended before the end-of-stream marker was reached")
+            data = self._z.decompress(self._input, n)
+            self._input = self._z.unconsumed_tail
+            if data:
+                return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._input = b""
 
 
 class HashingReader:
@@ -240,7 +346,7 @@ def open_table_stream(tar: tarfile.TarFile, member: str, cap: ExpansionCap | Non
         raw = HashingReader(tar.extractfile(info))
     except (KeyError, *_READ_ERRORS) as exc:
         raise ArchiveError(f"cannot read {member} ({_why(exc)})") from None
-    return (cap or ExpansionCap()).reader(gzip.GzipFile(fileobj=raw, mode="rb"), member, info.size), raw
+    return (cap or ExpansionCap()).reader(GzipStream(raw), member, info.size), raw
 
 
 def summary(manifest: dict) -> dict:

@@ -8,8 +8,10 @@ On any failure a schema or database made by this restore is dropped again.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import psycopg
+from django.core.exceptions import ValidationError
 from django.db import connection as default_connection
 from django.db import DatabaseError as DjangoDatabaseError
 from django.db import transaction
@@ -20,12 +22,13 @@ from migration_jobs.engine.places import database_place, schema_place, shared_pl
 from migration_jobs.engine.restore_ids import allocate_tenant_id, set_tenant_sequence
 from migration_jobs.engine.restore_load import load
 from migration_jobs.engine.restore_plan import Plan, archive_tables, check_migrations, make_plan
-from migration_jobs.exceptions import RestoreFailed
+from migration_jobs.exceptions import RestoreConflict, RestoreFailed
 from tenancy.models import DatabaseCredential, Domain, Placement, Status, Tenant, tenant_host
 
 # Tenant settings that describe how a tenant was made, not the tenant: not carried to a copy
 # restored under another slug.
 NOT_COPIED_SETTINGS = ("seed_demo",)
+RESTORE_PLACE_LOCK = 74_215  # first key of pg_advisory_lock(int, int): a restore making a schema or database
 
 
 def restore_tenant(path, *, into: str | None = None, as_slug: str | None = None, replace: bool = False,
@@ -83,11 +86,24 @@ def _wrap_db_errors(func):
     def wrapper(*args, **kwargs):
         try:
             return func(*args, **kwargs)
+        except ValidationError as exc:  # the tenant row, refused by the model (a concurrent restore made it)
+            raise RestoreConflict(f"restore refused and rolled back: {'; '.join(exc.messages)}") from None
         except (psycopg.Error, DjangoDatabaseError) as exc:
             cause = exc.__cause__ if isinstance(exc, DjangoDatabaseError) else exc
             message = getattr(getattr(cause, "diag", None), "message_primary", None) or type(exc).__name__
             raise RestoreFailed(f"restore failed and was rolled back: {message}") from None
     return wrapper
+
+
+@contextmanager
+def _making(place: str):
+    """One restore at a time checks that `place` (a schema or database name) is free and makes
+    it: the plan checked earlier, and two restores of the same archive planned at once would
+    both "make" it, the one that fails then dropping the other's (session advisory lock on the
+    shared database, on a connection of its own: provisioning may close Django's)."""
+    with shared_place().connect(autocommit=True, application_name="tenant-restore lock") as conn:
+        conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (RESTORE_PLACE_LOCK, place))
+        yield  # the lock goes with the connection
 
 
 @_wrap_db_errors
@@ -96,9 +112,15 @@ def _restore_default(plan: Plan, path, tables, on_table) -> dict:
     created_schema = False
     place = shared_place() if plan.into == Placement.SHARED else schema_place(plan.schema)
     try:
-        if plan.into == Placement.SCHEMA and not provision.schema_exists(plan.schema):
-            created_schema = True
-            provision.ensure_schema(plan.schema)
+        if plan.into == Placement.SCHEMA:
+            with _making(f"schema {plan.schema}"):
+                exists = provision.schema_exists(plan.schema)
+                if exists and (plan.tenant is None or plan.switch_placement):
+                    raise RestoreConflict(f"schema {plan.schema} was made meanwhile (another restore?); "
+                                          "nothing was changed")
+                if not exists:
+                    created_schema = True
+                    provision.ensure_schema(plan.schema)
         if plan.tenant_id is None:
             plan.tenant_id = allocate_tenant_id()
         default_connection.set_schema_to_public()
@@ -135,12 +157,18 @@ def _restore_database(plan: Plan, path, tables, on_table) -> dict:
     role = provision.role_name(database)
     fresh = plan.tenant is None or plan.switch_placement
     password = None
+    made = False  # only a database made by this restore is dropped on failure
     try:
         if plan.tenant_id is None:
             plan.tenant_id = allocate_tenant_id()
         if fresh:
             password = provision.new_password()
-            provision.provision_database(server, database, role, password)
+            with _making(f"database {server.name} {database}"):
+                if provision.database_exists(server, database):
+                    raise RestoreConflict(f"database {database} was made on server {server.name} meanwhile "
+                                          "(another restore?); nothing was changed")
+                made = True
+                provision.provision_database(server, database, role, password)
         place = database_place(server, database)
         staged = plan.tenant_id != plan.archive_tenant_id
         with open_archive(path) as tar, place.connect(application_name="tenant-restore") as conn:
@@ -168,6 +196,6 @@ def _restore_database(plan: Plan, path, tables, on_table) -> dict:
             tenant = Tenant.objects.get(pk=plan.tenant.pk)
         return _result(plan, tenant, loaded)
     except BaseException:
-        if fresh:
+        if made:
             provision.drop_database(server, database, role)
         raise

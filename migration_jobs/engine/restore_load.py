@@ -15,6 +15,8 @@ then the staged rows' fingerprint for the new id must equal the target's.
 """
 from __future__ import annotations
 
+import zlib
+
 import psycopg
 from psycopg import sql
 
@@ -51,17 +53,23 @@ def _copy_in(conn, tar, entry: dict, relation: sql.Composable, spec: TableSpec, 
     gz, raw = open_table_stream(tar, entry["member"], cap)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary)").format(
         relation, sql.SQL(", ").join(map(sql.Identifier, spec.columns)))
-    with conn.cursor() as cur:
-        with cur.copy(statement) as copy:
-            while True:
-                try:
-                    chunk = gz.read(CHUNK)
-                except (EOFError, OSError) as exc:
-                    raise ArchiveError(f"archive is truncated or damaged in {entry['member']} ({exc})") from None
-                if not chunk:
-                    break
-                copy.write(chunk)
-        rows = copied_rows(cur)
+    try:
+        with conn.cursor() as cur:
+            with cur.copy(statement) as copy:
+                while True:
+                    try:
+                        chunk = gz.read(CHUNK)
+                    except (EOFError, OSError, zlib.error) as exc:
+                        raise ArchiveError(f"archive is truncated or damaged in {entry['member']} ({exc})") from None
+                    if not chunk:
+                        break
+                    copy.write(chunk)
+            rows = copied_rows(cur)
+    except (psycopg.DataError, psycopg.errors.ProgramLimitExceeded) as exc:
+        # The server refused the stream itself (field counts, lengths, binary values, bytes
+        # after the trailer): the archive is bad, not the state here. Primary message only.
+        raise ArchiveError(f"{entry['member']} is not valid binary COPY data for {spec.name} "
+                           f"({exc.diag.message_primary or type(exc).__name__}); nothing was restored") from None
     raw.drain()
     if raw.hexdigest() != entry["sha256"]:
         raise ArchiveError(f"checksum mismatch in {entry['member']} while loading; the archive changed")

@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.db.migrations.loader import MigrationLoader
 
 from migration_jobs.engine import provision
+from migration_jobs.engine.archive_read import shown
 from migration_jobs.engine.places import Place, place_of, shared_place
 from migration_jobs.engine.restore_ids import tenant_id_ceiling
 from migration_jobs.engine.tables import TableSpec, row_counts, tenant_tables
@@ -34,11 +35,13 @@ def check_migrations(manifest: dict) -> None:
     graph = loader.graph
     for app, name in sorted(manifest["migrations"].items()):
         if app not in loader.migrated_apps:
-            raise ArchiveError(f"archive was written by an installation with app {app!r}, which this one lacks")
+            raise ArchiveError(f"archive was written by an installation with app {shown(app, quoted=True)}, "
+                               "which this one lacks")
         if (app, name) not in graph.nodes:
             leaves = ", ".join(f"{a}.{n}" for a, n in graph.leaf_nodes(app)) or "none"
-            raise ArchiveError(f"archive was written at migration {app}.{name}, which this installation does not "
-                               f"know (latest here: {leaves}); upgrade the code before restoring it")
+            raise ArchiveError(f"archive was written at migration {shown(app)}.{shown(name)}, which this "
+                               f"installation does not know (latest here: {leaves}); "
+                               "upgrade the code before restoring it")
 
 
 def archive_tables(manifest: dict) -> list[tuple[TableSpec, dict]]:
@@ -54,7 +57,10 @@ def archive_tables(manifest: dict) -> list[tuple[TableSpec, dict]]:
         if entry is None:
             continue
         cols = tuple(c["name"] for c in entry["columns"])
-        out.append((TableSpec(spec.name, cols, entry.get("pk", spec.pk), spec.parents), entry))
+        # The primary key is this installation's, never the manifest's: the restored keys are
+        # checked and the sequences set past them by it (a manifest naming another column
+        # would leave a shared sequence behind keys it then hands out again).
+        out.append((TableSpec(spec.name, cols, spec.pk, spec.parents), entry))
     return out
 
 
@@ -78,11 +84,11 @@ def check_columns(conn, place: Place, tables: list[tuple[TableSpec, dict]]) -> N
         for col in entry["columns"]:
             found = here.get(col["name"])
             if found is None:
-                raise ArchiveError(f"{spec.name}.{col['name']} is in the archive but not in {place}; "
+                raise ArchiveError(f"{spec.name}.{shown(col['name'])} is in the archive but not in {place}; "
                                    "the archive does not fit this installation's tables")
             if found[0] != col["type"]:
-                raise ArchiveError(f"{spec.name}.{col['name']} is {col['type']} in the archive and {found[0]} in "
-                                   f"{place}; run `manage.py migrate` or restore with matching code")
+                raise ArchiveError(f"{spec.name}.{col['name']} is {shown(col['type'])} in the archive and "
+                                   f"{found[0]} in {place}; run `manage.py migrate` or restore with matching code")
         missing = [name for name, (_, nullable, has_default) in here.items()
                    if name not in spec.columns and not nullable and not has_default]
         if missing:
@@ -139,8 +145,8 @@ def make_plan(manifest: dict, *, into: str | None = None, as_slug: str | None = 
     try:
         slug_validator(slug)
     except ValidationError:
-        raise RestoreRefused(f"invalid tenant slug {slug!r}: lower-case letters, digits and _, starting with a "
-                             "letter, at most 40") from None
+        raise RestoreRefused(f"invalid tenant slug {shown(slug, quoted=True)}: lower-case letters, digits and _, "
+                             "starting with a letter, at most 40") from None
     if server_name and into not in (None, "database"):
         raise RestoreRefused("--server applies to database targets only")
     tables = [t for t in tenant_tables()]
