@@ -1,0 +1,103 @@
+"""Regressions found by clicking through the admin in Chromium (no task cluster here: runs stay
+queued, plans never move a tenant; each test takes a few seconds):
+
+- the run history's action bar was missing (the run page's button fragment is named like
+  Django's admin/<app>/<model>/actions.html, so it replaced the bar) and actions.js failed;
+- a double click on a confirmation page's "Yes" posted the move twice and showed the second
+  answer, "refused: ... already has an active run", for a move that had started;
+- a double click on a run page's button did the same ("not cancelled: ...");
+- messages capitalised the slug they start with ("Acme: ...");
+- the plan page's buttons were forms nested in the admin's form: Start posted to the change
+  view (403); the plan form had none of the admin's form styles."""
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from fleet.models import MovePlan
+from migration_jobs import services
+from migration_jobs.models import MigrationRun
+from tests.browser.conftest import shot
+from tests.browser.test_admin_browser import run_action, small_tenants
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+RUNS = "/admin/migration_jobs/migrationrun/"
+
+
+def double_click(page, selector: str) -> None:
+    """Two clicks 150 ms apart, the second while the first's request is on its way (a user's
+    double click on a slow page). The page that comes back is the last answer: the expectations
+    that follow wait for it."""
+    page.evaluate("""(selector) => { const b = document.querySelector(selector);
+                                     b.click(); setTimeout(() => b.click(), 150); }""", selector)
+    page.wait_for_timeout(1000)
+    page.wait_for_load_state()
+
+
+def test_double_clicks_start_and_cancel_one_run(admin_login, make_tenant, cleanup, live_server):
+    (acme,) = small_tenants(make_tenant, cleanup, "acme")
+    page = admin_login()
+
+    run_action(page, live_server, acme, "move_to_database")
+    page.uncheck("#id_online")
+    expect(page.locator("#id_hold_cutover")).to_be_disabled()  # holding means nothing offline
+    double_click(page, "form input[type=submit]")
+    expect(page.locator(".messagelist")).to_contain_text(re.compile(r"^\s*acme: run \d+ \(shared → database\) queued"))
+    expect(page.locator(".messagelist li.error")).to_have_count(0)
+    assert MigrationRun.objects.filter(tenant=acme).count() == 1
+    run = MigrationRun.objects.get(tenant=acme)
+
+    page.goto(f"{live_server.url}{RUNS}{run.pk}/change/")
+    double_click(page, "#run-actions button[value=cancel]")
+    expect(page.locator(".messagelist")).to_contain_text(f"run {run.pk}: cancelled")
+    expect(page.locator(".messagelist li.error")).to_have_count(0)
+    shot(page, "20-double-click-cancel")
+    assert page.errors == []
+
+
+def test_run_history_has_its_action_bar(admin_login, make_tenant, cleanup, live_server):
+    (acme,) = small_tenants(make_tenant, cleanup, "acme")
+    run = services.request_move(acme, "schema")  # queued (no cluster)
+    page = admin_login()
+    page.goto(f"{live_server.url}{RUNS}")
+    expect(page.locator("select[name=action] option[value=cancel_runs]")).to_have_count(1)
+    page.check(f"input[name=_selected_action][value='{run.pk}']")
+    expect(page.locator(".action-counter")).to_contain_text("1 of 1 selected")  # actions.js at work
+    page.select_option("select[name=action]", "cancel_runs")
+    with page.expect_navigation():
+        page.click("button[name=index]")
+    expect(page.locator("h1")).to_have_text("Cancel runs")
+    with page.expect_navigation():
+        page.click("form input[type=submit]")
+    expect(page.locator(".messagelist")).to_contain_text(f"run {run.pk}: cancelled")
+    shot(page, "21-run-history-cancelled")
+    run.refresh_from_db()
+    assert run.status == "cancelled"
+    assert page.errors == []
+
+
+def test_plan_page_buttons_start_pause_cancel(admin_login, make_tenant, cleanup, live_server):
+    acme, beta = small_tenants(make_tenant, cleanup, "acme", "beta")
+    page = admin_login()
+    page.goto(f"{live_server.url}/admin/fleet/moveplan/add/?tenants={acme.pk},{beta.pk}")
+    # The admin's form styles: labels in a column of their own.
+    expect(page.locator("link[href$='admin/css/forms.css']")).to_have_count(1)
+    with page.expect_navigation():
+        page.click("input[name=_save]")
+    plan = MovePlan.objects.get()
+    expect(page.locator("#plan-state")).to_contain_text("draft")
+
+    for label, status in (("Start", "running"), ("Pause", "paused"), ("Cancel", "cancel")):
+        with page.expect_navigation() as nav:
+            page.locator("#plan-actions button", has_text=label).click()
+        assert nav.value.status == 200, f"{label}: {nav.value.status}"
+        expect(page.locator("ul.selected-objects")).to_contain_text(plan.name)  # the confirmation page
+        with page.expect_navigation():
+            page.click("form input[type=submit]")
+        page.wait_for_url(re.compile(rf"/admin/fleet/moveplan/{plan.pk}/change/"))
+        expect(page.locator(".messagelist")).to_contain_text(f"plan {plan.pk}: {label.lower()} done")
+        expect(page.locator("#plan-state")).to_contain_text(status)
+    shot(page, "22-plan-cancelled")
+    expect(page.locator("#plan-actions button")).to_have_count(0)
+    assert page.errors == []
