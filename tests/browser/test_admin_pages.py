@@ -101,3 +101,19 @@ def test_plan_page_buttons_start_pause_cancel(admin_login, make_tenant, cleanup,
     shot(page, "22-plan-cancelled")
     expect(page.locator("#plan-actions button")).to_have_count(0)
     assert page.errors == []
+
+
+def test_a_rolled_back_run_says_why_at_the_top(admin_login, make_tenant, cleanup, live_server):
+    """The reason a run failed is in its header, not only in the record at the bottom."""
+    acme, beta = small_tenants(make_tenant, cleanup, "acme", "beta")
+    failed = services.request_move(acme, "schema")
+    MigrationRun.objects.filter(pk=failed.pk).update(status="rolled_back",
+                                                     error='create_tables: relation "shop_customer" already exists')
+    cancelled = services.cancel(services.request_move(beta, "schema"))
+    page = admin_login()
+    page.goto(f"{live_server.url}{RUNS}{failed.pk}/change/")
+    expect(page.locator("#run-header #run-error")).to_contain_text('relation "shop_customer" already exists')
+    page.goto(f"{live_server.url}{RUNS}{cancelled.pk}/change/")
+    expect(page.locator("#run-header")).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("#run-error")).to_have_count(0)  # cancelled on request: not an error
+    assert page.errors == []
