@@ -117,3 +117,33 @@ def test_a_rolled_back_run_says_why_at_the_top(admin_login, make_tenant, cleanup
     expect(page.locator("#run-header")).to_have_attribute("data-status", "cancelled")
     expect(page.locator("#run-error")).to_have_count(0)  # cancelled on request: not an error
     assert page.errors == []
+
+
+def test_yes_skips_the_tenants_the_confirmation_refused(admin_login, make_tenant, cleanup, place_tenant, live_server):
+    """A selection where one tenant cannot take the action: the confirmation lists it apart as
+    skipped, and "Yes" does not send it again only to report it refused, in red, afterwards."""
+    acme, beta = small_tenants(make_tenant, cleanup, "acme", "beta")
+    place_tenant(acme, "schema")
+    page = admin_login()
+    page.goto(f"{live_server.url}/admin/tenancy/tenant/")
+    for tenant in (acme, beta):
+        page.check(f"input[name=_selected_action][value='{tenant.pk}']")
+    page.select_option("select[name=action]", "move_back_to_shared")
+    with page.expect_navigation():
+        page.click("button[name=index]")
+    expect(page.locator("ul.refused-objects")).to_contain_text("beta")
+    confirm_page_options = page.locator("#id_online")
+    expect(confirm_page_options).to_be_checked()
+    with page.expect_navigation():
+        page.click("form input[type=submit]")
+    expect(page.locator(".messagelist li")).to_have_count(1)
+    expect(page.locator(".messagelist li.error")).to_have_count(0)
+    expect(page.locator(".messagelist")).to_contain_text("acme: run")
+    assert MigrationRun.objects.filter(tenant=acme).count() == 1
+
+    # Nothing that can take the action: no options to set, only the way back.
+    run_action(page, live_server, beta, "move_back_to_shared")
+    expect(page.locator("ul.refused-objects")).to_contain_text("beta")
+    expect(page.locator("#id_online")).to_have_count(0)
+    expect(page.locator("form input[type=submit]")).to_have_count(0)
+    assert page.errors == []
