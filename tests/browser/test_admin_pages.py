@@ -147,3 +147,18 @@ def test_yes_skips_the_tenants_the_confirmation_refused(admin_login, make_tenant
     expect(page.locator("#id_online")).to_have_count(0)
     expect(page.locator("form input[type=submit]")).to_have_count(0)
     assert page.errors == []
+
+
+def test_an_interrupted_run_says_its_worker_is_gone(admin_login, make_tenant, cleanup, live_server):
+    """A run left running with no worker holding it (a crashed or stopped cluster): its header
+    still shows its status, "running", so the page says why it offers Resume and Roll back."""
+    (acme,) = small_tenants(make_tenant, cleanup, "acme")
+    run = services.request_move(acme, "schema")
+    MigrationRun.objects.filter(pk=run.pk).update(status="running", current_step="copy")
+    page = admin_login()
+    page.goto(f"{live_server.url}{RUNS}{run.pk}/change/")
+    expect(page.locator("#run-actions button[value=resume]")).to_be_visible()
+    expect(page.locator("#run-interrupted")).to_contain_text("No worker is executing this run any more")
+    expect(page.locator("#run-interrupted")).to_contain_text("copy")
+    shot(page, "23-interrupted-run")
+    assert page.errors == []
