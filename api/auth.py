@@ -94,7 +94,7 @@ def authenticate(request) -> ApiToken:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("the Authorization header must be 'Bearer <token>'", "invalid_request")
     prefix = ApiToken.prefix_of(token)
-    if prefix and not prefix.isascii():
+    if prefix and not (prefix.isascii() and prefix.isprintable()):  # a NUL would reach PostgreSQL: a 500
         prefix = None
     found = ApiToken.objects.select_related("user", "created_by").filter(prefix=prefix).first() if prefix else None
     if found is None or not found.matches(token):

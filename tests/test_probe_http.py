@@ -212,6 +212,12 @@ def test_every_api_route_refuses_tokens_that_may_not(world):
                     probe.bad.append(f"token {who} {method} {url}: the refusal is not a JSON error")
                 if state() != before:
                     probe.bad.append(f"token {who} {method} {url}: a refused call changed something")
+        # Authorization headers that are no token (a NUL in the prefix reached PostgreSQL: a 500).
+        for header in ("Bearer tmt_a\x00b_c", "Bearer tmt_" + "a" * 3000 + "_x", "Bearer tmt__", "Basic YTpi",
+                       "Bearer \u00e9", "Bearer", "Bearer tmt_%s_x" % ApiToken.objects.first().prefix):
+            response = probe.send(Client(raise_request_exception=False, headers={"Authorization": header}),
+                                  "odd header", "get", url)
+            probe.expect(response, {401}, f"Authorization {header[:20]!r} GET {url}")
     probe.check()
 
 
