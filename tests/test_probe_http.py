@@ -168,6 +168,8 @@ def test_every_url_with_every_kind_of_caller_and_odd_path_values(world):
             elif is_api and not public_api:
                 probe.expect(response, {401}, f"anon {method} {url}")
             response = probe.send(nobody, "nobody", method, url)
+            if is_api and not public_api:  # a session is no token: the csrf-exempt API never takes one
+                probe.expect(response, {401}, f"session {method} {url}")
             model = model_of(pattern)
             if model and model not in readable_by_any_staff and response.status_code == 200:
                 probe.bad.append(f"staff without permissions {method} {url} -> 200")
@@ -275,13 +277,13 @@ def test_admin_lists_filters_actions_and_forms_with_odd_input(world):
     for url, model_admin in changelists.items():
         for action in [*model_admin.actions, "delete_selected", "no_such_action"]:
             name = action if isinstance(action, str) else action.__name__
-            for selected in ("", "abc", "1.5", "%00", "99999999999999999999"):
-                data = {"action": name, "_selected_action": selected.replace("%00", "\x00"), "index": "0"}
-                probe.send(boss, "boss", "post", url, data=data)
-                before = state()
-                probe.send(nobody, "nobody", "post", url, data={**data, "_selected_action": "1", "confirm": "yes"})
-                if state() != before:
-                    probe.bad.append(f"nobody POST {url} action {name}: changed something")
+            for selected in ("", "abc", "1.5", "\x00", "99999999999999999999"):
+                probe.send(boss, "boss", "post", url, data={"action": name, "_selected_action": selected, "index": "0"})
+            before = state()
+            target = world["objects"].get("/".join(url.split("/")[2:4]), 1)  # a real object of the list
+            probe.send(nobody, "nobody", "post", url, data={"action": name, "_selected_action": target, "confirm": "yes"})
+            if state() != before:
+                probe.bad.append(f"nobody POST {url} action {name}: changed something")
     # A move to a server whose name PostgreSQL cannot take, refused before anything runs.
     before = state()
     response = probe.send(boss, "boss", "post", "/admin/tenancy/tenant/",
