@@ -31,6 +31,8 @@ from tests.helpers import make_token, staff_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# Stored in names, errors and messages the pages show: never rendered as markup.
+MARKUP = '<img src=x onerror=alert(1)>'
 CREDENTIAL_PASSWORD = "probe-cred-Zq81x"
 SERVER_PASSWORD = "probe-srv-Kw52y"
 # Odd values for a path segment (percent-encoded as a client would send them).
@@ -72,7 +74,7 @@ def model_of(pattern: str) -> str | None:
 
 @pytest.fixture
 def world(make_tenant):
-    shared = make_tenant("probe_shared")
+    shared = make_tenant("probe_shared", name=MARKUP)
     placed = make_tenant("probe_db")
     server = ensure_default_server()
     credential = DatabaseCredential(tenant=placed, server=server, database="probe_nowhere_db", role="probe_role")
@@ -83,9 +85,10 @@ def world(make_tenant):
     other.set_admin_password(SERVER_PASSWORD)
     other.save()
     run = MigrationRun.objects.create(tenant=shared, kind="move", source_placement="shared", target_placement="schema",
-                                      status="failed", error="boom")
-    MigrationStep.objects.create(run=run, name="preflight", order=1, status="failed", message="boom")
-    plan = MovePlan.objects.create(name="probe plan", target="schema")
+                                      status="failed", error=MARKUP, current_step=MARKUP, report={MARKUP: MARKUP})
+    MigrationStep.objects.create(run=run, name="preflight", order=1, status="failed", message=MARKUP,
+                                 details={MARKUP: MARKUP})
+    plan = MovePlan.objects.create(name=MARKUP, target="schema", error=MARKUP)
     boss = staff_user("boss", superuser=True)
     nobody = staff_user("nobody")
     tokens = {"boss": make_token(boss, "boss"), "nobody": make_token(nobody, "nobody"),
@@ -135,6 +138,8 @@ class Prober:
         if b"Traceback" in body or b"Exception Value" in body:
             self.bad.append(f"{where} -> a stack trace in the page")
         text = body.decode("utf-8", "replace") + " ".join(f"{k}: {v}" for k, v in response.items())
+        if response.get("Content-Type", "").startswith("text/html") and MARKUP in text:
+            self.bad.append(f"{where} -> stored text rendered as markup (not escaped)")
         for secret in self.world["secrets"]:
             if secret in text and not (who.startswith("token") and secret == self.world["tokens"].get(who[6:])):
                 self.bad.append(f"{where} -> a secret ({secret[:3]}...) in the answer")
