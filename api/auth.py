@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 
 from django.core.exceptions import RequestDataTooBig
@@ -93,7 +94,7 @@ def authenticate(request) -> ApiToken:
     if scheme.lower() != "bearer" or not token:
         raise _unauthorized("the Authorization header must be 'Bearer <token>'", "invalid_request")
     prefix = ApiToken.prefix_of(token)
-    if prefix and not prefix.isascii():
+    if prefix and not (prefix.isascii() and prefix.isprintable()):  # a NUL would reach PostgreSQL: a 500
         prefix = None
     found = ApiToken.objects.select_related("user", "created_by").filter(prefix=prefix).first() if prefix else None
     if found is None or not found.matches(token):
@@ -131,15 +132,27 @@ def require(request, *perms: str) -> None:
                                 f"{', '.join(missing)}", missing=missing)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return value
+
+
 def json_body(request) -> dict:
     """The request body as a JSON object ({} when empty), or 400: no NUL, no lone surrogate,
-    nested at most services.JSON_MAX_DEPTH deep."""
+    no NaN, Infinity or number beyond a float (jsonb takes none of them), nested at most
+    services.JSON_MAX_DEPTH deep."""
     raw = request.body
     if not raw.strip():
         return {}
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except ValueError as exc:  # also a number of more than 4300 digits, NaN, Infinity, 1e999
         raise ApiError(400, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "malformed JSON: nested too deep") from None

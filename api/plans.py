@@ -4,6 +4,7 @@ as the admin and the commands are; the same permissions as the admin (acting on 
 tenancy.move_tenant)."""
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.http import JsonResponse
 from django.urls import reverse
 
@@ -48,6 +49,16 @@ def _names(value, what: str) -> list[str]:
     raise BadRequest(f"{what} must be a list of names or ids, got {value!r}")
 
 
+def _max_parallel(value) -> int:
+    """A whole number of at least 1 that the plan's column can hold."""
+    number = plans.max_parallel_of(value)
+    try:
+        MovePlan._meta.get_field("max_parallel").run_validators(number)
+    except ValidationError as exc:
+        raise BadRequest(f"max_parallel: {' '.join(exc.messages)}") from None
+    return number
+
+
 def _plan(request, plan_id) -> MovePlan:
     plan = plans.get_plan(plan_id)
     request.api_call["detail"] = f"plan {plan.pk}"
@@ -75,7 +86,7 @@ def plan_list(request):
         raise BadRequest(f"name must be a text, got {name!r}")
     options = dict(tenants=_names(body.get("tenants"), "tenants"), selection=body.get("selection", "chosen"),
                    target=body.get("to"), servers=[services.server_name(n) for n in _names(body.get("servers"), "servers")],
-                   online=body.get("online", True), max_parallel=body.get("max_parallel", 1),
+                   online=body.get("online", True), max_parallel=_max_parallel(body.get("max_parallel", 1)),
                    order=body.get("order", "biggest_first"), window_start=body.get("window_start"),
                    window_end=body.get("window_end"), on_failure=body.get("on_failure", "stop"), name=name)
     if services.boolean(body.get("dry_run", False), "dry_run"):

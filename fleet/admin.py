@@ -58,7 +58,9 @@ class PlanForm(forms.Form):
                                                        "first; none: the default server.")
     online = forms.BooleanField(required=False, initial=True,
                                 help_text="Keep each tenant writable during its copy (short cutover freeze).")
-    max_parallel = forms.IntegerField(initial=1, label="Moves at once")
+    # Bounded by the plan's column: a bigger number is a form error, not a failed save.
+    max_parallel = forms.IntegerField(initial=1, label="Moves at once",
+                                      validators=MovePlan._meta.get_field("max_parallel").validators)
     order = forms.ChoiceField(choices=Order.choices, initial=Order.BIGGEST_FIRST)
     window_start = forms.DateTimeField(required=False, help_text="UTC, e.g. 2026-12-05 22:00. Empty: at once.")
     window_end = forms.DateTimeField(required=False, help_text="No move starts that would not finish by then.")

@@ -99,6 +99,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # First to read the Host header: a disallowed one gets a short 400 here, never a debug page.
     "tenancy.middleware.TenantMiddleware",
+    # A NUL character, an action on ids that cannot be, a list filter the database refuses: a 400.
+    "tenancy.middleware.BadInputMiddleware",
     # Times what is served for a tenant: per-tenant per-minute figures (monitoring/middleware.py).
     "monitoring.middleware.RequestHealthMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

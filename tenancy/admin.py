@@ -11,7 +11,7 @@ from django.db.models.functions import Coalesce
 
 from tenancy import crypto
 from tenancy.admin_mixins import ReadOnlyAdmin
-from tenancy.forms import DatabaseServerForm
+from tenancy.forms import DatabaseServerForm, TenantSettingsField
 from tenancy.models import DatabaseCredential, DatabaseServer, Domain, Placement, Status, Tenant
 from tenancy.routing import tenant_app_labels
 from tenancy.scoping import TenantScopedModel
@@ -113,6 +113,11 @@ class TenantAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request, **kwargs):
         return TenantChangeList
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        if db_field.name == "settings":  # NaN, a NUL, an empty field: a form error, not a 500
+            kwargs["form_class"] = TenantSettingsField
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(primary_domain=primary_domain())

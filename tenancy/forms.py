@@ -1,5 +1,10 @@
 """Admin forms. A stored secret is write-only: it can be replaced, never shown."""
+import json
+import math
+
 from django import forms
+from django.core.exceptions import ValidationError
+from django.forms.fields import InvalidJSONInput
 
 from tenancy.models import DatabaseServer
 
@@ -36,3 +41,66 @@ class DatabaseServerForm(forms.ModelForm):
             server.save()
             self._save_m2m()
         return server
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:30]} is out of range")
+    return value
+
+
+def _jsonb_problem(value) -> str | None:
+    """Why PostgreSQL's jsonb would refuse this parsed JSON (a NUL or a lone surrogate in a
+    key or a string), or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        texts = [item] if isinstance(item, str) else [str(k) for k in item] if isinstance(item, dict) else []
+        for text in texts:
+            if "\x00" in text:
+                return "a key or a text contains a NUL character"
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return "a key or a text contains invalid Unicode (a lone surrogate)"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+class TenantSettingsField(forms.JSONField):
+    """Tenant settings as JSON that the jsonb column takes: a form error (never a failed save)
+    for NaN, Infinity, a number beyond a float or of more than 4300 digits, a NUL or a lone
+    surrogate; an empty field is {} (the column is NOT NULL)."""
+
+    @staticmethod
+    def _problem(text: str) -> str | None:
+        try:
+            parsed = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError) as exc:
+            return str(exc)[:120]
+        return _jsonb_problem(parsed)
+
+    def to_python(self, value):
+        if self.disabled or not isinstance(value, str):
+            return super().to_python(value)
+        if value.strip() in ("", "null"):
+            return {}
+        problem = self._problem(value)
+        if problem:
+            raise ValidationError(f"Enter valid JSON: {problem}.", code="invalid")
+        return super().to_python(value)
+
+    def bound_data(self, data, initial):
+        # The form shown again with its error: the text as typed (Django's own would parse it
+        # again and fail on a 5000-digit number or print a lone surrogate).
+        if not self.disabled and isinstance(data, str) and data.strip() and self._problem(data):
+            return InvalidJSONInput(data)
+        return super().bound_data(data, initial)
