@@ -17,7 +17,7 @@ from django.utils.http import urlencode
 from fleet import services
 from fleet.models import OPEN_ITEM_STATUSES, ItemStatus, MovePlan, MovePlanItem, OnFailure, Order, PlanStatus, Selection
 from migration_jobs.admin.common import confirmation_page, confirmed, human_duration, run_link
-from migration_jobs.admin.runs import StaffViewOnly  # history is readable by any active staff user
+from migration_jobs.admin.runs import StaffViewOnly  # history: read with the view permission
 from migration_jobs.services.validation import is_id
 from tenancy.admin import TenantAdmin
 from tenancy.models import DatabaseServer, Tenant
@@ -31,6 +31,7 @@ def can_move(request) -> bool:
 
 class MovePlanItemInline(StaffViewOnly, admin.TabularInline):
     model = MovePlanItem
+    view_permission = "fleet.view_moveplan"
     extra = 0
     can_delete = False
     fields = ["position", "tenant", "rows", "estimate", "status", "run_link", "started_at", "finished_at", "error"]
@@ -90,7 +91,7 @@ class MovePlanAdmin(StaffViewOnly, admin.ModelAdmin):
     readonly_fields = fields
 
     def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
+        return self.has_view_permission(request)
 
     def has_add_permission(self, request):
         return can_move(request)

@@ -9,7 +9,7 @@ from django.urls import reverse
 from migration_jobs import services
 from migration_jobs.models import MigrationRun, MigrationStep, RunStatus
 from tenancy.models import DatabaseCredential, DatabaseServer, Placement, Status, Tenant
-from tests.helpers import crash_move, fill, place_counts, shared_counts, texts
+from tests.helpers import crash_move, fill, place_counts, shared_counts, staff_user, texts
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -235,13 +235,18 @@ def test_runs_cannot_be_added_changed_or_deleted(staff, make_tenant):
     assert MigrationRun.objects.filter(pk=run.pk).exists() and response.status_code in (200, 302)
 
 
-def test_staff_without_permissions_can_read_runs(client, make_tenant):
-    user = get_user_model().objects.create_user("clerk", password="pw-Clerk-1", is_staff=True)
-    client.force_login(user)
+def test_runs_are_read_with_the_view_permission_as_in_the_api(client, make_tenant):
     run = services.request_move(make_tenant("nova"), "schema", dry_run=True)
-    assert client.get(RUNS).status_code == 200
-    assert client.get(reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])).status_code == 200
-    assert "Roll back" not in client.get(RUNS).content.decode()  # actions need tenant change permission
+    page = reverse("admin:migration_jobs_migrationrun_change", args=[run.pk])
+    live = reverse("admin:migration_jobs_migrationrun_live", args=[run.pk])
+    client.force_login(staff_user("clerk"))  # staff, no permission: nothing of the runs
+    assert [client.get(url).status_code for url in (RUNS, page, live)] == [403, 403, 403]
+    assert "migration_jobs" not in client.get("/admin/").content.decode()
+    client.force_login(staff_user("reader", ["migration_jobs.view_migrationrun"]))
+    assert [client.get(url).status_code for url in (RUNS, page, live)] == [200, 200, 200]
+    assert "Roll back" not in client.get(RUNS).content.decode()  # actions need tenant move permission
+    client.force_login(staff_user("mover", ["tenancy.move_tenant"]))  # watches the runs it starts
+    assert [client.get(url).status_code for url in (RUNS, page, live)] == [200, 200, 200]
 
 
 def test_roll_back_and_resume_interrupted_runs(staff, make_tenant, cleanup):

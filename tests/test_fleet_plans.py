@@ -457,7 +457,7 @@ def test_admin_plan_pages_and_actions(tenants, staff, queued):
 
     # Without tenancy.move_tenant: the page, but no button, no add form, no action.
     client = Client()
-    client.force_login(staff_user("viewer"))
+    client.force_login(staff_user("viewer", ["fleet.view_moveplan"]))
     page = client.get(f"/admin/fleet/moveplan/{plan.pk}/change/").content.decode()
     assert 'id="plan-state">draft [0/2]<' in page and 'value="cancel_plans"' not in page
     assert client.get("/admin/fleet/moveplan/add/").status_code == 403

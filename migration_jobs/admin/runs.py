@@ -40,10 +40,21 @@ def _moment(field: str, description: str, sortable: bool = True):
 # --- Run history --------------------------------------------------------------------------
 
 class StaffViewOnly(ReadOnlyAdmin):
-    """Readable by any active staff user; nobody adds, changes or deletes history here."""
+    """History: nobody adds, changes or deletes it here. Readable by active staff users with the
+    model's view permission, as the API asks (migration_jobs.view_migrationrun,
+    fleet.view_moveplan), or with tenancy.move_tenant (who starts a run or plan watches it)."""
+    # An inline shows with its parent: the parent's view permission (app.codename) then.
+    view_permission: str | None = None
 
     def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
+        user = request.user
+        if not (user.is_active and user.is_staff):
+            return False
+        if user.has_perm("tenancy.move_tenant"):
+            return True
+        if self.view_permission:
+            return user.has_perm(self.view_permission)
+        return super().has_view_permission(request, obj)
 
 
 @admin.register(MigrationRun)
@@ -77,7 +88,7 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
     readonly_fields = [name for _, section in fieldsets for name in section["fields"]]
 
     def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
+        return self.has_view_permission(request)
 
     def has_move_permission(self, request):
         return request.user.has_perm("tenancy.move_tenant")
