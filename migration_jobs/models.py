@@ -84,7 +84,8 @@ class MigrationRun(models.Model):
         ]
 
     def __str__(self):
-        return f"run {self.pk}: {self.tenant} {self.source_placement}->{self.target_placement} ({self.status})"
+        return (f"run {self.pk}: {self.tenant} {self.source_placement}->{self.target_placement} "
+                f"({self.get_status_display().lower()})")
 
     @property
     def is_active(self) -> bool:

@@ -28,7 +28,9 @@ def capacity_note(cap: capacity.Capacity) -> str:
     limit = "no limit" if cap.limit is None else cap.limit
     note = f"{cap.tenant_databases} / {limit} tenant databases, " + (
         f"{cap.load.free} free connections" if cap.load is not None else cap.problem or "connections not read")
-    return f"{note} (full: a move there is refused)" if cap.refusal() else note
+    if not cap.refusal():
+        return note
+    return f"{note} ({'' if cap.problem else 'full: '}a move there is refused)"  # unreachable is not full
 
 
 @admin.display(description="tenant databases")

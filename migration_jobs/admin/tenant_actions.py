@@ -132,7 +132,9 @@ def verify(modeladmin, request, queryset):
                                     messages.ERROR)
             continue
         if report is None:
-            modeladmin.message_user(request, f"{tenant.slug}: verification queued (task {task_id}).", messages.INFO)
+            modeladmin.message_user(request, f"{tenant.slug}: verification queued (task {task_id}); its report will be under "
+                                             "Django Q, Successful tasks (or Failed tasks), or run "
+                                             f"`manage.py verify_tenant {tenant.slug}`.", messages.INFO)
         elif not isinstance(report, dict):
             modeladmin.message_user(request, f"{tenant.slug}: verification failed.", messages.ERROR)
         elif report["ok"]:
