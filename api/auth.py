@@ -24,6 +24,8 @@ import logging
 import math
 import time
 
+import psycopg
+from django import db
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.utils import timezone
@@ -243,6 +245,12 @@ def api_view(public: bool = False, **permissions: list[str]):
                 response = exc.response()
             except TenantMoveError as exc:
                 response = mapped_response(exc) or _internal_error(request)
+            except (psycopg.OperationalError, db.OperationalError):
+                # A database the call needs does not answer (a tenant's server down): the caller may
+                # retry; what failed is logged, never sent (a connection error can name hosts).
+                log.warning("API %s %s: a database is unreachable", request.method, request.path, exc_info=True)
+                response = error_response(503, "a database this request needs is unreachable; retry later",
+                                          {"Retry-After": "30"})
             except RequestDataTooBig:
                 response = error_response(413, "request body too large (DATA_UPLOAD_MAX_MEMORY_SIZE); archives go "
                                                "to /api/admin/tenants/restore")

@@ -53,12 +53,17 @@ def _choice(value, choices, what: str) -> str:
     return str(value)
 
 
+MAX_PARALLEL = 2_147_483_647  # MovePlan.max_parallel, a PositiveIntegerField
+
+
 def max_parallel_of(value) -> int:
-    """The maximum number of moves at once: a whole number, at least 1."""
+    """The maximum number of moves at once: a whole number, at least 1, that the plan's column holds."""
     text = str(value).strip() if value is not None else ""
-    number = int(text) if text.lstrip("-").isascii() and text.lstrip("-").isdigit() else None
-    if number is None or number < 1:
-        raise BadRequest(f"the maximum number of moves at once must be a whole number of at least 1, got {value!r}")
+    number = int(text) if text.lstrip("-").isascii() and text.lstrip("-").isdigit() and len(text) < 20 else None
+    if number is None or not 1 <= number <= MAX_PARALLEL:
+        shown = value if isinstance(value, int) and abs(value) < 10**20 else str(value)[:40]
+        raise BadRequest(f"the maximum number of moves at once must be a whole number from 1 to {MAX_PARALLEL}, "
+                         f"got {shown!r}")
     return number
 
 

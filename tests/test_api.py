@@ -16,7 +16,7 @@ from migration_jobs.engine.archive_read import validate_archive
 from migration_jobs.engine.places import place_of, shared_place
 from migration_jobs.engine.tables import tenant_tables
 from migration_jobs.models import MigrationRun
-from tenancy.models import Tenant
+from tenancy.models import DatabaseServer, Tenant
 from tests.helpers import delete_tenant, make_token
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -433,3 +433,28 @@ def test_a_token_made_in_the_admin_is_shown_once_and_works(staff, seeded):
     browser.post("/admin/api/apitoken/", {"action": "revoke", "_selected_action": [stored.pk]})
     revoked = Client().get(f"/api/admin/tenants/{tenant.pk}", headers={"Authorization": f"Bearer {plaintext}"})
     assert revoked.status_code == 403
+
+
+def test_a_tenant_database_that_does_not_answer_is_a_503_without_its_address(api, seeded, cleanup):
+    """Exporting a tenant whose dedicated server is down: 503 + Retry-After (was a bare 500),
+    naming neither the server's address nor any credential."""
+    _, tenant = seeded
+    cleanup(tenant)
+    response = api.patch(f"/api/admin/tenants/{tenant.pk}", {"placement": "database"})
+    assert api.get(response.json()["status_url"]).json()["status"] == "succeeded"
+    tenant.refresh_from_db()
+    credential = tenant.credential
+    server = credential.server
+    down = DatabaseServer.objects.create(name="down", host="127.0.0.1", port=1, admin_user="x")  # nothing there
+    credential.server = down
+    credential.save(update_fields=["server"])
+    try:
+        response = api.get(f"/api/tenants/export?tenantId={tenant.pk}")
+    finally:
+        credential.server = server
+        credential.save(update_fields=["server"])
+    assert response.status_code == 503 and response["Retry-After"] == "30", response.status_code
+    body = response.content.decode()
+    assert "unreachable" in response.json()["error"]
+    assert "127.0.0.1" not in body and ":1" not in body and tenant.credential.password() not in body
+    assert ApiCall.objects.filter(path="/api/tenants/export").latest("pk").status_code == 503

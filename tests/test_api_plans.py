@@ -89,7 +89,7 @@ def test_pause_resume_cancel_and_refusals(tenants, token, queued):  # noqa: F811
 
 @pytest.mark.parametrize("body, status, words", [
     ({"tenants": [], "to": "schema"}, 409, "no tenants"),
-    ({"tenants": ["pa"], "to": "schema", "max_parallel": 0}, 400, "at least 1"),
+    ({"tenants": ["pa"], "to": "schema", "max_parallel": 0}, 400, "from 1 to 2147483647"),
     ({"tenants": ["pa"], "to": "schema", "window_end": "2020-01-01T00:00Z"}, 409, "already past"),
     ({"tenants": ["pa"], "to": "database", "servers": ["nowhere"]}, 409, "unknown database server"),
     ({"tenants": ["pa"], "to": "moon"}, 400, "unknown target"),

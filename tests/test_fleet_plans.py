@@ -379,9 +379,11 @@ def test_bad_input_is_one_line_and_changes_nothing(tenants, place_tenant, make_t
         (["--tenants", "fa", "--to", "schema", "--window-end", past],
          f"the window ended at {past.replace('T', ' ').replace('Z', ' UTC')}: it is already past"),
         (["--tenants", "fa", "--to", "schema", "--max-parallel", "0"],
-         "the maximum number of moves at once must be a whole number of at least 1, got '0'"),
+         "the maximum number of moves at once must be a whole number from 1 to 2147483647, got '0'"),
         (["--tenants", "fa", "--to", "schema", "--max-parallel", "-3"],
-         "the maximum number of moves at once must be a whole number of at least 1, got '-3'"),
+         "the maximum number of moves at once must be a whole number from 1 to 2147483647, got '-3'"),
+        (["--tenants", "fa", "--to", "schema", "--max-parallel", "2147483648"],
+         "the maximum number of moves at once must be a whole number from 1 to 2147483647, got '2147483648'"),
         (["--tenants", "fa", "--to", "database", "--server", "nope"],
          "unknown database server 'nope' (known: default)"),
         (["--tenants", "fa", "--to", "schema", "--server", "default"],
@@ -444,7 +446,7 @@ def test_admin_plan_pages_and_actions(tenants, staff, queued):
     preview = staff.post("/admin/fleet/moveplan/add/", {**form, "_preview": "1"}).content.decode()
     assert 'id="plan-preview"' in preview and "<td>fa</td>" in preview and MovePlan.objects.count() == 0
     refused = staff.post("/admin/fleet/moveplan/add/", {**form, "max_parallel": "0", "_save": "1"}).content.decode()
-    assert "at least 1, got 0" in refused and MovePlan.objects.count() == 0
+    assert "from 1 to 2147483647, got 0" in refused and MovePlan.objects.count() == 0
     saved = staff.post("/admin/fleet/moveplan/add/", {**form, "_save": "1"})
     plan = MovePlan.objects.get()
     assert saved.status_code == 302 and saved["Location"] == f"/admin/fleet/moveplan/{plan.pk}/change/"
