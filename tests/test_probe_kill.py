@@ -1,0 +1,101 @@
+"""Probes of what the engine's own connections being cut (pg_terminate_backend, as a DBA or an
+idle-session timeout would) and a worker losing its run lock do to a move; the harness of
+tests/test_killed_worker.py (a real `migrate_tenant` subprocess driven through the management
+commands, put at a precise point by locks this test holds).
+
+What test_killed_worker.py already covers is not repeated here (SIGKILL of an online move to a
+database in copy, catch-up, freeze, switch and cleanup, then resume or roll back).
+
+Probed by hand (tests/test_probe_kill_* scratch scripts, not kept), results: fine unless said
+- SIGKILL of an offline `migrate_tenant --to schema|database` in suspend (the drain), provision,
+  create_tables, copy (between tables and mid-table), sequences, verify, backup, switch and
+  reactivate, then resume_tenant_move or rollback_tenant: tenant active in one place, shared
+  rows untouched on roll back, fence iff tenant away from shared, leftovers clean.
+- pg_terminate_backend of the cutover's freeze connection while it re-closes the shared fence
+  as legacy rows, after the placement switch had committed: BUG, fixed (test below).
+- pg_terminate_backend of the run lock's session while the worker lives: resume_tenant_move
+  was allowed and ran the same run in a second process at once (duplicate keys in the copy,
+  one process dropping the schema the other was copying into): BUG, fixed (test below).
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.test_killed_worker import (Scenario, _commit_inflight, _into_the_freeze, leftovers, manage, run_manage,
+                                      seed_rows)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+SHORT = 60.0
+
+
+@pytest.fixture
+def scenario(make_tenant, cleanup, tmp_path, request):
+    slug = f"probe_{request.node.name.split('[')[0][-12:]}"
+    tenant, other = make_tenant(slug), make_tenant(f"{slug}_other")
+    cleanup(tenant)
+    seed_rows(tenant.pk)
+    seed_rows(other.pk)
+    found = Scenario(tenant, other, tmp_path)
+    try:
+        yield found
+    finally:
+        found.close()
+
+
+def blocked_sessions(s: Scenario, holder) -> list[tuple]:
+    """(pid, application_name, query) of every session waiting for a lock `holder` holds."""
+    return s.db.execute("SELECT pid, application_name, left(query, 120) FROM pg_stat_activity "
+                        "WHERE %s = ANY(pg_blocking_pids(pid))", (holder.info.backend_pid,)).fetchall()
+
+
+def assert_consistent(s: Scenario) -> None:
+    """The tenant in exactly one place, its fence where it does not live, its run's status saying so."""
+    status, placement = s.tenant_row()
+    run = s.run()
+    if placement == "shared":
+        assert not s.fenced(), f"the tenant lives in shared but its shared rows are fenced: {s.state()}"
+        assert run["status"] in ("rolled_back", "running"), s.state()
+    else:
+        assert s.fenced(), (f"the tenant lives in {placement} but its shared (legacy) rows take writes: "
+                            f"{s.state()}")
+        assert run["status"] != "rolled_back", f"the run says rolled back, the tenant moved: {s.state()}"
+
+
+def test_freeze_connection_cut_while_fencing_the_legacy_rows(scenario):
+    """The cutover's freeze connection is terminated while it re-closes the shared fence as
+    legacy rows. Before the fix the placement switch had committed first: the failure then
+    reopened the shared fence and rolled the run back, leaving the tenant living in its
+    database with its shared rows writable (a stale app server's writes there are lost)."""
+    s = scenario
+    s.start_writers()
+    inflight = _into_the_freeze(s)  # held: the worker waits for this transaction to drain
+    fence_lock = s.connect(autocommit=False)
+    fence_lock.execute("SELECT 1 FROM tenant_move_fence WHERE tenant_id = %s FOR UPDATE", (s.tenant.pk,))
+    _commit_inflight(s, inflight)   # the drain ends: the worker applies, verifies, switches
+    pid, app, query = s.wait_for("the switch to block on the fence row",
+                                 lambda: blocked_sessions(s, fence_lock), timeout=SHORT)[0]
+    assert app.startswith("tenant-move") and "tenant_move_fence" in query, (app, query)
+    s.db.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    fence_lock.rollback()
+    s.worker.wait(SHORT)
+    s.worker = None
+    s.wait_worker_sessions_gone()
+    assert_consistent(s)
+
+    status, placement = s.tenant_row()
+    if placement == "shared":  # the cut came before the switch: a clean roll back, a new move works
+        assert status == "active" and s.run()["status"] == "rolled_back", s.state()
+        done = run_manage("migrate_tenant", s.tenant.slug, "--to", "database", "--online")
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert s.tenant_row() == ("active", "database"), s.state()
+    assert_consistent(s)
+    for writer in s.writers:
+        writer.stop()
+        rows, deleted, errors = writer.expected()
+        assert not errors, errors[:5]
+    rows, _, _ = s.writers[0].expected()
+    found = s.rows_in(s.target_conn(), "shop_customer", s.tenant.pk, set(rows) | set(s.extra_acks))
+    assert found == {**rows, **s.extra_acks}, "acknowledged writes of the moved tenant lost"
+    assert leftovers()[0] == 0
