@@ -23,7 +23,7 @@ import subprocess
 
 import pytest
 
-from tests.test_killed_worker import (Scenario, _commit_inflight, _into_the_freeze, leftovers, manage, run_manage,
+from tests.test_killed_worker import (WORKER_APP, Scenario, _commit_inflight, _into_the_freeze, leftovers, manage, run_manage,
                                       seed_rows)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -98,4 +98,65 @@ def test_freeze_connection_cut_while_fencing_the_legacy_rows(scenario):
     rows, _, _ = s.writers[0].expected()
     found = s.rows_in(s.target_conn(), "shop_customer", s.tenant.pk, set(rows) | set(s.extra_acks))
     assert found == {**rows, **s.extra_acks}, "acknowledged writes of the moved tenant lost"
+    assert leftovers()[0] == 0
+
+
+def test_a_worker_that_lost_its_run_lock_stops_before_a_resume_runs_beside_it(scenario):
+    """The run lock's session is terminated while the worker lives (blocked at the start of the
+    copy). resume_tenant_move then finds the lock free, as after a crash, and is allowed. Before
+    the fix both processes executed the run at once (duplicate keys in the copy, one process's
+    roll back dropping the schema the other copied into); now the first stops at its next
+    checkpoint, leaving the run to the resume, which finishes it alone."""
+    s = scenario
+    s.start_writers()
+    table_lock = s.connect(autocommit=False)
+    table_lock.execute("LOCK TABLE shop_customer IN ACCESS EXCLUSIVE MODE")  # the preflight waits
+    s.worker_out = s.tmp / "worker.out"
+    s.worker = manage("migrate_tenant", s.tenant.slug, "--to", "schema", stdout=s.worker_out.open("w"),
+                      stderr=subprocess.STDOUT)
+    s.procs.append(s.worker)
+    s.wait_for("the preflight to wait", lambda: s.blocked_by(table_lock), timeout=SHORT)
+    # Taken before the suspend starts its drain (which would wait for this test's transactions
+    # begun before it): the tenant's row, where the suspend waits; then the copy step's row.
+    tenant_lock = s.connect(autocommit=False)
+    tenant_lock.execute("SELECT id FROM tenancy_tenant WHERE id = %s FOR UPDATE", (s.tenant.pk,))
+    table_lock.rollback()
+    s.wait_for("the suspend to wait", lambda: s.blocked_by(tenant_lock), timeout=SHORT)
+    step_lock = s.connect(autocommit=False)
+    run_id = s.run()["id"]
+    step_lock.execute("SELECT id FROM migration_jobs_migrationstep WHERE run_id = %s AND name = 'copy' FOR UPDATE",
+                      (run_id,))
+    tenant_lock.rollback()
+    s.wait_for("the copy to wait", lambda: s.blocked_by(step_lock), timeout=SHORT)
+
+    cut = s.db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                       (f"tenant-move-run-{run_id}",)).fetchall()
+    assert cut == [(True,)]
+    resume_out = s.tmp / "resume.out"
+    resume = manage("resume_tenant_move", s.tenant.slug, stdout=resume_out.open("w"), stderr=subprocess.STDOUT)
+    s.procs.append(resume)
+    # The resume queues behind the worker for the copy step's row (blocked by it, not by us).
+    s.wait_for("the resume to wait beside the worker", lambda: s.db.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = %s "
+        "AND query LIKE 'UPDATE \"migration_jobs_migrationstep\"%%'", (WORKER_APP,)).fetchone()[0] == 2
+        or resume.poll() is not None, timeout=SHORT)
+    step_lock.rollback()
+    first = s.worker.wait(SHORT)
+    s.worker = None
+    assert resume.wait(SHORT * 2) == 0, f"the resume failed: {resume_out.read_text()[-3000:]}; {s.state()}"
+    assert "lock is gone" in s.worker_out.read_text() and first != 0, s.worker_out.read_text()[-3000:]
+    assert s.tenant_row() == ("active", "schema") and s.run()["status"] == "succeeded", s.state()
+    assert_consistent(s)
+    for writer in s.writers:
+        writer.stop()
+        assert not writer.expected()[2], writer.expected()[2][:5]
+    rows, _, _ = s.writers[0].expected()
+    schema = s.db.execute("SELECT target_schema FROM migration_jobs_migrationrun WHERE id = %s",
+                          (run_id,)).fetchone()[0]
+    s.db.execute(f'SET search_path TO "{schema}"')
+    found = s.rows_in(s.db, "shop_customer", s.tenant.pk, set(rows))
+    s.db.execute("SET search_path TO public")
+    assert found == rows, "acknowledged writes of the moved tenant lost"
+    theirs, _, _ = s.writers[1].expected()
+    assert s.rows_in(s.db, "shop_customer", s.other.pk, set(theirs)) == theirs
     assert leftovers()[0] == 0
