@@ -20,11 +20,12 @@ Probed by hand (tests/test_probe_kill_* scratch scripts, not kept), results: fin
 from __future__ import annotations
 
 import subprocess
+import time
 
 import pytest
 
-from tests.test_killed_worker import (WORKER_APP, Scenario, _commit_inflight, _into_the_freeze, leftovers, manage, run_manage,
-                                      seed_rows)
+from tests.test_killed_worker import (WORKER_APP, Scenario, _blocked_at_switch, _commit_inflight, _into_the_freeze,
+                                      leftovers, manage, run_manage, seed_rows)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SHORT = 60.0
@@ -156,6 +157,45 @@ def test_a_worker_that_lost_its_run_lock_stops_before_a_resume_runs_beside_it(sc
     s.db.execute(f'SET search_path TO "{schema}"')
     found = s.rows_in(s.db, "shop_customer", s.tenant.pk, set(rows))
     s.db.execute("SET search_path TO public")
+    assert found == rows, "acknowledged writes of the moved tenant lost"
+    theirs, _, _ = s.writers[1].expected()
+    assert s.rows_in(s.db, "shop_customer", s.other.pk, set(theirs)) == theirs
+    assert leftovers()[0] == 0
+
+
+def test_killed_after_the_switch_committed_is_not_rolled_back(scenario):
+    """SIGKILL once the cutover's placement switch has committed but before the cutover step is
+    recorded done (blocked saving the freeze's timings on the run row). The tenant already lives
+    and writes in its database: rollback_tenant must not call that run rolled back (before the
+    fix it did: every step "undone", the run `rolled_back`, the tenant in its database); it is
+    refused and resume_tenant_move finishes the move."""
+    s = scenario
+    s.start_writers()
+    row_lock = _blocked_at_switch(s)
+    run_lock = s.connect(autocommit=False)
+    run_lock.execute("SELECT id FROM migration_jobs_migrationrun WHERE id = %s FOR UPDATE", (s.run()["id"],))
+    row_lock.rollback()  # the switch commits; then the worker waits for the run's row
+    s.wait_for("the cutover to record its timings", lambda: s.blocked_by(run_lock), timeout=SHORT)
+    assert s.tenant_row()[1] == "database" and s.step("cutover")[0] == "running", s.state()
+    s.kill_worker()
+    run_lock.rollback()
+    s.wait_worker_sessions_gone()
+
+    done = run_manage("rollback_tenant", s.tenant.slug)
+    assert done.returncode == 2 and "resume" in done.stderr, (done.returncode, done.stdout[-1500:],
+                                                             done.stderr[-1500:], s.state())
+    assert s.tenant_row() == ("active", "database") and s.run()["status"] == "running", s.state()
+    done = run_manage("resume_tenant_move", s.tenant.slug)
+    assert done.returncode == 0, (done.stderr[-2000:], s.state())
+    assert s.tenant_row() == ("active", "database") and s.run()["status"] == "succeeded", s.state()
+    assert_consistent(s)
+    time.sleep(0.3)
+    for writer in s.writers:
+        writer.stop()
+        assert not writer.expected()[2], writer.expected()[2][:5]
+    rows, deleted, _ = s.writers[0].expected()
+    rows = {**rows, **s.extra_acks}
+    found = s.rows_in(s.target_conn(), "shop_customer", s.tenant.pk, set(rows) | deleted)
     assert found == rows, "acknowledged writes of the moved tenant lost"
     theirs, _, _ = s.writers[1].expected()
     assert s.rows_in(s.db, "shop_customer", s.other.pk, set(theirs)) == theirs

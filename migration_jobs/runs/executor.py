@@ -36,6 +36,7 @@ from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Parked, Step
 from migration_jobs.signals import run_finished
 from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
+from tenancy.models import Tenant
 from tenancy.routing import set_read_switch
 from tenancy.shared_db import shared_conninfo, shared_password
 
@@ -407,9 +408,20 @@ def _counting_round_trips(step: MigrationStep):
 
 
 def _past_point_of_no_return(run: MigrationRun) -> bool:
+    """A point-of-no-return step (the cutover) succeeded, or one that did not finish (its worker
+    killed, or it failed) had already switched the tenant to the run's target: either way the
+    tenant writes there now, and undoing the run would lose those writes."""
     definitions = {d.name: d for d in steps_for(run)}
-    return any(definitions[s.name].point_of_no_return
-               for s in run.steps.filter(status=StepStatus.SUCCEEDED) if s.name in definitions)
+    unfinished = False
+    for step in run.steps.filter(status__in=[StepStatus.SUCCEEDED, StepStatus.RUNNING, StepStatus.FAILED]):
+        if step.name in definitions and definitions[step.name].point_of_no_return:
+            if step.status == StepStatus.SUCCEEDED:
+                return True
+            unfinished = True
+    if not unfinished or run.kind not in (RunKind.MOVE, RunKind.MOVE_BACK):
+        return False  # a retirement's runs live where the tenant does: no switch to look for
+    placement = Tenant.objects.filter(pk=run.tenant_id).values_list("placement", flat=True).first()
+    return placement == run.target_placement
 
 
 def _rollback_steps(ctx: RunContext, secrets: list[str], lock: RunLock) -> None:
