@@ -6,16 +6,21 @@ commands, put at a precise point by locks this test holds).
 What test_killed_worker.py already covers is not repeated here (SIGKILL of an online move to a
 database in copy, catch-up, freeze, switch and cleanup, then resume or roll back).
 
-Probed by hand (tests/test_probe_kill_* scratch scripts, not kept), results: fine unless said
-- SIGKILL of an offline `migrate_tenant --to schema|database` in suspend (the drain), provision,
-  create_tables, copy (between tables and mid-table), sequences, verify, backup, switch and
-  reactivate, then resume_tenant_move or rollback_tenant: tenant active in one place, shared
-  rows untouched on roll back, fence iff tenant away from shared, leftovers clean.
-- pg_terminate_backend of the cutover's freeze connection while it re-closes the shared fence
-  as legacy rows, after the placement switch had committed: BUG, fixed (test below).
-- pg_terminate_backend of the run lock's session while the worker lives: resume_tenant_move
-  was allowed and ran the same run in a second process at once (duplicate keys in the copy,
-  one process dropping the schema the other was copying into): BUG, fixed (test below).
+Probed by hand with scratch scripts (not kept: 56 cases, ~15 min), all fine after the fixes:
+- SIGKILL of an offline `migrate_tenant --to schema` and `--to database`, writers on the moving
+  tenant and on another one, in preflight (waiting on a table), suspend (waiting on the tenant's
+  row, then in the drain), at the start of provision, create_tables, copy, sequences, verify,
+  backup, switch and reactivate, mid-copy (waiting on a target table), mid-switch and
+  mid-reactivate (waiting on the tenant's row); each recovered by resume_tenant_move and by
+  rollback_tenant: tenant active in exactly one place, every acknowledged write there, shared
+  rows and the other tenant untouched, target dropped on roll back, fence iff the tenant is
+  away from shared, no capture left.
+- pg_terminate_backend of the online copy's sessions (waiting on a target table), of the
+  catch-up's, and of the freeze's sessions during the drain: the step fails, the run rolls
+  back in the worker, the tenant is active in shared and unfenced, no write lost.
+Found (a test each below): the freeze connection cut while it fences the legacy rows; a worker
+killed between the cutover's switch commit and the step's end; the run lock's session cut
+while its worker lives.
 """
 from __future__ import annotations
 
