@@ -205,3 +205,34 @@ def test_killed_after_the_switch_committed_is_not_rolled_back(scenario):
     theirs, _, _ = s.writers[1].expected()
     assert s.rows_in(s.db, "shop_customer", s.other.pk, set(theirs)) == theirs
     assert leftovers()[0] == 0
+
+
+def test_a_run_that_failed_after_its_cutover_is_finished_by_resume(make_tenant, cleanup):
+    """README: "a failure in cleanup leaves the run `failed` and `resume_tenant_move` finishes
+    it"; the run's own error says "resume the run to finish". Before the fix the resume was
+    refused ("no interrupted run to resume") and the capture (triggers, change log) stayed on
+    the shared tables, logging the tenant's rows for good."""
+    from migration_jobs import services
+    from migration_jobs.models import RunStatus
+    from migration_jobs.runs import executor
+    from migration_jobs.runs.faults import Faults
+    from tests.helpers import fill, run_cmd
+
+    tenant = make_tenant("probe_cleanup_failed")
+    cleanup(tenant)
+    fill(tenant, 3)
+    run = services.request_move(tenant, "schema", online=True)
+    run = executor.execute(run.pk, faults=Faults({"before:cleanup": RuntimeError}))
+    assert run.status == RunStatus.FAILED and "resume the run to finish" in run.error
+    assert leftovers()[0] == 1  # its capture is left on the shared tables, until...
+
+    code, out, err = run_cmd("resume_tenant_move", tenant.slug)
+    assert code == 0, err
+    run.refresh_from_db()
+    tenant.refresh_from_db()
+    assert run.status == RunStatus.SUCCEEDED and not run.error, run.error
+    assert (tenant.placement, tenant.status) == ("schema", "active")
+    assert run.steps.get(name="cleanup").status == "succeeded"
+    assert leftovers()[0] == 0
+    code, _, err = run_cmd("resume_tenant_move", tenant.slug)  # once finished: nothing to resume
+    assert code == 2 and "no interrupted run" in err

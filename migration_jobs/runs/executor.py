@@ -256,10 +256,13 @@ def _claim(run_id: int, resume: bool, park_when_held: bool = False) -> Migration
     worker (`park_when_held`) leaves a parked run alone until its pickup is due."""
     with transaction.atomic():
         run = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant", "target_server").get(pk=run_id)
-        if run.status == RunStatus.QUEUED or (run.status == RunStatus.RUNNING and resume):
+        if run.status == RunStatus.QUEUED or (resume and (run.status == RunStatus.RUNNING
+                                                          or finishes_on_resume(run))):
             if park_when_held and is_parked(run) and not pickup.due(run):
                 log.info("run %s is parked until %s: nothing to do yet", run_id, run.next_round_at)
                 return None
+            if run.status == RunStatus.FAILED:  # finished by this resume
+                run.error, run.finished_at = "", None
             run.status = RunStatus.RUNNING
             run.started_at = run.started_at or timezone.now()
             run.heartbeat_at = timezone.now()
@@ -405,6 +408,12 @@ def _counting_round_trips(step: MigrationStep):
         finally:
             previous = step.details if step.details.get("parks") else {}
             step.details = {**step.details, **{k: previous.get(k, 0) + v for k, v in counted.as_dict().items()}}
+
+
+def finishes_on_resume(run: MigrationRun) -> bool:
+    """A run that failed after its point of no return (its cleanup, say): it did not roll back,
+    the tenant lives in its target, and a resume finishes it."""
+    return run.status == RunStatus.FAILED and _past_point_of_no_return(run)
 
 
 def _past_point_of_no_return(run: MigrationRun) -> bool:
