@@ -18,9 +18,11 @@ Probed by hand with scratch scripts (not kept: 56 cases, ~15 min), all fine afte
 - pg_terminate_backend of the online copy's sessions (waiting on a target table), of the
   catch-up's, and of the freeze's sessions during the drain: the step fails, the run rolls
   back in the worker, the tenant is active in shared and unfenced, no write lost.
+- SIGKILL of an online move to a *schema* (in-server copy) in catch-up, freeze, switch and
+  cleanup, resume and roll back: fine.
 Found (a test each below): the freeze connection cut while it fences the legacy rows; a worker
 killed between the cutover's switch commit and the step's end; the run lock's session cut
-while its worker lives.
+while its worker lives; a run failed after its cutover refused by resume_tenant_move.
 """
 from __future__ import annotations
 
