@@ -238,3 +238,21 @@ def test_a_run_that_failed_after_its_cutover_is_finished_by_resume(make_tenant, 
     assert leftovers()[0] == 0
     code, _, err = run_cmd("resume_tenant_move", tenant.slug)  # once finished: nothing to resume
     assert code == 2 and "no interrupted run" in err
+
+
+def test_round_trip_counting_blocks_of_two_threads_end_in_any_order():
+    """Two runs executing in one process (threads, as test_held_runs does): their steps' counting
+    blocks start with equal counts. Ending the later one first removed the earlier one's counter
+    (equal by value), and the earlier one then failed its step with "list.remove(x): x not in
+    list" (seen as a preflight rolled back once the run lock checks shifted the timing)."""
+    from migration_jobs.engine import roundtrips
+
+    first, second = roundtrips.counting(), roundtrips.counting()
+    a = first.__enter__()
+    b = second.__enter__()
+    assert a == b and a is not b
+    second.__exit__(None, None, None)
+    roundtrips._count(1)  # counted by the block still open only
+    first.__exit__(None, None, None)
+    assert (a.statements, b.statements) == (1, 0)
+    assert not roundtrips._active
