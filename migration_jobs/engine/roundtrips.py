@@ -62,7 +62,9 @@ def counting():
         yield counter
     finally:
         with _lock:
-            _active.remove(counter)
+            # By identity: two blocks of two threads can hold equal counts (RoundTrips compares
+            # by value), and list.remove would take the other thread's, then fail for it.
+            _active[:] = [c for c in _active if c is not counter]
 
 
 # --- psycopg ----------------------------------------------------------------------------------

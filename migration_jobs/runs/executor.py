@@ -36,6 +36,7 @@ from migration_jobs.runs.plans import steps_for
 from migration_jobs.runs.steps.base import Parked, Step
 from migration_jobs.signals import run_finished
 from tenancy.error_reporting import redact  # every written form of each secret, and API tokens
+from tenancy.models import Tenant
 from tenancy.routing import set_read_switch
 from tenancy.shared_db import shared_conninfo, shared_password
 
@@ -62,9 +63,17 @@ def known_secrets(run: MigrationRun) -> list[str]:
 
 # --- The lock that makes one worker the owner of a run ------------------------------------
 
+class RunLockLost(BaseException):
+    """The session holding this worker's run lock is gone (terminated by a DBA, an idle-session
+    timeout, the network) while the worker lives: another worker may own the run already. Like
+    a killed worker, stop at once: nothing undone, nothing recorded (BaseException: no step's
+    `except Exception` turns it into a failure and a roll back)."""
+
+
 class RunLock:
     """The run's advisory lock on a connection of its own: true while held; `release()` lets
-    go of it early (a run that parks lets go inside its park transaction, see _park)."""
+    go of it early (a run that parks lets go inside its park transaction, see _park); `check()`
+    raises RunLockLost once the lock's session is gone."""
 
     def __init__(self, conn: psycopg.Connection, run_id: int):
         self.conn, self.run_id = conn, run_id
@@ -72,6 +81,18 @@ class RunLock:
 
     def __bool__(self) -> bool:
         return bool(self.held)
+
+    def check(self) -> None:
+        """Still ours? One statement on the lock's connection (an advisory lock lives as long as
+        its session); RunLockLost if that session is gone. Safe from the copy's threads."""
+        if not self.held:
+            return  # released on purpose (parked): the caller stops anyway
+        try:
+            self.conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            self.held = False
+            raise RunLockLost(f"run {self.run_id}: the session holding its lock is gone "
+                              f"({type(exc).__name__}); another worker may own the run now") from None
 
     def release(self) -> None:
         # Unlock explicitly: closing also releases it, but only once the server backend has
@@ -165,12 +186,14 @@ def cancel_requested(run_id: int) -> bool:
 class CancelWatch(Faults):
     """The run's checkpoint hook: the test faults first, then, at a safe point, the cancel flag."""
 
-    def __init__(self, run_id: int, faults: Faults):
+    def __init__(self, run_id: int, faults: Faults, lock: RunLock | None = None):
         super().__init__()
-        self.run_id, self.inner = run_id, faults
+        self.run_id, self.inner, self.lock = run_id, faults, lock
 
     def checkpoint(self, name: str) -> None:
         self.inner.checkpoint(name)
+        if self.lock is not None:
+            self.lock.check()  # every checkpoint: between tables, rounds, phases of the cutover
         if name.startswith(SAFE_POINTS) and cancel_requested(self.run_id):
             raise RunCancelled(CANCELLED_MESSAGE)
 
@@ -233,10 +256,13 @@ def _claim(run_id: int, resume: bool, park_when_held: bool = False) -> Migration
     worker (`park_when_held`) leaves a parked run alone until its pickup is due."""
     with transaction.atomic():
         run = MigrationRun.objects.select_for_update(of=("self",)).select_related("tenant", "target_server").get(pk=run_id)
-        if run.status == RunStatus.QUEUED or (run.status == RunStatus.RUNNING and resume):
+        if run.status == RunStatus.QUEUED or (resume and (run.status == RunStatus.RUNNING
+                                                          or finishes_on_resume(run))):
             if park_when_held and is_parked(run) and not pickup.due(run):
                 log.info("run %s is parked until %s: nothing to do yet", run_id, run.next_round_at)
                 return None
+            if run.status == RunStatus.FAILED:  # finished by this resume
+                run.error, run.finished_at = "", None
             run.status = RunStatus.RUNNING
             run.started_at = run.started_at or timezone.now()
             run.heartbeat_at = timezone.now()
@@ -262,46 +288,58 @@ def execute(run_id: int, *, resume: bool = False, faults: Faults | None = None,
         run = _claim(run_id, resume, park_when_held)
         if run is None:
             return MigrationRun.objects.get(pk=run_id)
-        ctx = RunContext(run, faults=CancelWatch(run.pk, faults or NO_FAULTS), park_when_held=park_when_held)
-        secrets = known_secrets(run)
-        for definition in steps_for(run):
-            step = run.steps.filter(name=definition.name).first()
-            if step is None or step.status == StepStatus.SUCCEEDED:
-                continue
-            if not _past_point_of_no_return(run) and _cancel_before_step(run, definition.name):
-                log.info("run %s cancelled before %s; rolling back", run.pk, definition.name)
-                _rollback_steps(ctx, secrets)
-                run.refresh_from_db()
-                failed_rollback = run.steps.filter(status=StepStatus.FAILED).exists()
-                _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.CANCELLED, CANCELLED_MESSAGE)
+        ctx = RunContext(run, faults=CancelWatch(run.pk, faults or NO_FAULTS, lock), park_when_held=park_when_held)
+        try:
+            return _execute_steps(run, ctx, lock)
+        except RunLockLost as lost:
+            log.error("%s: this worker stops here, leaving the run to whoever owns it", lost)
+            return MigrationRun.objects.get(pk=run_id)
+
+
+def _execute_steps(run: MigrationRun, ctx: RunContext, lock: RunLock) -> MigrationRun:
+    """The steps of a claimed run, from its first unfinished one, under `lock`."""
+    secrets = known_secrets(run)
+    for definition in steps_for(run):
+        step = run.steps.filter(name=definition.name).first()
+        if step is None or step.status == StepStatus.SUCCEEDED:
+            continue
+        lock.check()
+        if not _past_point_of_no_return(run) and _cancel_before_step(run, definition.name):
+            log.info("run %s cancelled before %s; rolling back", run.pk, definition.name)
+            _rollback_steps(ctx, secrets, lock)
+            run.refresh_from_db()
+            failed_rollback = run.steps.filter(status=StepStatus.FAILED).exists()
+            _finish(run, RunStatus.FAILED if failed_rollback else RunStatus.CANCELLED, CANCELLED_MESSAGE)
+            return run
+        try:
+            if _run_until_parked(ctx, definition, step, lock):
                 return run
-            try:
-                if _run_until_parked(ctx, definition, step, lock):
-                    return run
-            except Exception as exc:  # noqa: BLE001 - every failure ends in a rollback
-                message = redact(f"{definition.name}: {exc}", secrets)
-                step.status, step.finished_at, step.message = StepStatus.FAILED, timezone.now(), message[:4000]
-                step.save()
-                if _past_point_of_no_return(run):
-                    # The tenant already writes to the target: undoing would lose those writes.
-                    log.warning("run %s failed at %s after its cutover; not rolling back", run.pk, definition.name)
-                    _finish(run, RunStatus.FAILED, f"{message} (after cutover: the tenant lives in "
-                                                   f"{run.target_placement}; resume the run to finish)")
-                    return run
-                log.warning("run %s failed at %s; rolling back", run.pk, definition.name)
-                _rollback_steps(ctx, secrets)
-                run.refresh_from_db()
-                failed_rollback = run.steps.filter(status=StepStatus.FAILED).exclude(pk=step.pk).exists()
-                cancelled = isinstance(exc, RunCancelled)
-                if cancelled:
-                    step.message = CANCELLED_MESSAGE
-                    step.save(update_fields=["message"])
-                ended = RunStatus.CANCELLED if cancelled else RunStatus.ROLLED_BACK
-                _finish(run, RunStatus.FAILED if failed_rollback else ended, message)
+        except Exception as exc:  # noqa: BLE001 - every failure ends in a rollback
+            lock.check()  # the failure may be the cut itself: record nothing another worker now owns
+            message = redact(f"{definition.name}: {exc}", secrets)
+            step.status, step.finished_at, step.message = StepStatus.FAILED, timezone.now(), message[:4000]
+            step.save()
+            if _past_point_of_no_return(run):
+                # The tenant already writes to the target: undoing would lose those writes.
+                log.warning("run %s failed at %s after its cutover; not rolling back", run.pk, definition.name)
+                _finish(run, RunStatus.FAILED, f"{message} (after cutover: the tenant lives in "
+                                               f"{run.target_placement}; resume the run to finish)")
                 return run
-        run.report = {**run.report, "summary": summary(run)}
-        _finish(run, RunStatus.SUCCEEDED)
-        return run
+            log.warning("run %s failed at %s; rolling back", run.pk, definition.name)
+            _rollback_steps(ctx, secrets, lock)
+            run.refresh_from_db()
+            failed_rollback = run.steps.filter(status=StepStatus.FAILED).exclude(pk=step.pk).exists()
+            cancelled = isinstance(exc, RunCancelled)
+            if cancelled:
+                step.message = CANCELLED_MESSAGE
+                step.save(update_fields=["message"])
+            ended = RunStatus.CANCELLED if cancelled else RunStatus.ROLLED_BACK
+            _finish(run, RunStatus.FAILED if failed_rollback else ended, message)
+            return run
+    lock.check()
+    run.report = {**run.report, "summary": summary(run)}
+    _finish(run, RunStatus.SUCCEEDED)
+    return run
 
 
 def _run_until_parked(ctx: RunContext, definition: Step, step: MigrationStep, lock: RunLock) -> bool:
@@ -372,18 +410,37 @@ def _counting_round_trips(step: MigrationStep):
             step.details = {**step.details, **{k: previous.get(k, 0) + v for k, v in counted.as_dict().items()}}
 
 
+def finishes_on_resume(run: MigrationRun) -> bool:
+    """A run that failed after its point of no return (its cleanup, say): it did not roll back,
+    the tenant lives in its target, and a resume finishes it."""
+    return run.status == RunStatus.FAILED and _past_point_of_no_return(run)
+
+
 def _past_point_of_no_return(run: MigrationRun) -> bool:
+    """A point-of-no-return step (the cutover) succeeded, or one that did not finish (its worker
+    killed, or it failed) had already switched the tenant to the run's target: either way the
+    tenant writes there now, and undoing the run would lose those writes."""
     definitions = {d.name: d for d in steps_for(run)}
-    return any(definitions[s.name].point_of_no_return
-               for s in run.steps.filter(status=StepStatus.SUCCEEDED) if s.name in definitions)
+    unfinished = False
+    for step in run.steps.filter(status__in=[StepStatus.SUCCEEDED, StepStatus.RUNNING, StepStatus.FAILED]):
+        if step.name in definitions and definitions[step.name].point_of_no_return:
+            if step.status == StepStatus.SUCCEEDED:
+                return True
+            unfinished = True
+    if not unfinished or run.kind not in (RunKind.MOVE, RunKind.MOVE_BACK):
+        return False  # a retirement's runs live where the tenant does: no switch to look for
+    placement = Tenant.objects.filter(pk=run.tenant_id).values_list("placement", flat=True).first()
+    return placement == run.target_placement
 
 
-def _rollback_steps(ctx: RunContext, secrets: list[str]) -> None:
-    """Compensate every step that did anything, newest first. Continues past failures."""
+def _rollback_steps(ctx: RunContext, secrets: list[str], lock: RunLock) -> None:
+    """Compensate every step that did anything, newest first. Continues past failures, not past
+    the loss of the run's lock (RunLockLost: another worker may own the run now)."""
     set_read_switch(ctx.run.tenant_id, 0)  # no read goes to a target being undone
     definitions = {d.name: d for d in steps_for(ctx.run)}
     for step in ctx.run.steps.filter(status__in=[StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.RUNNING]
                                      ).order_by("-order"):
+        lock.check()
         try:
             note = definitions[step.name].rollback(ctx, step)
             status = StepStatus.ROLLED_BACK
@@ -408,7 +465,11 @@ def rollback(run_id: int, reason: str = "rolled back on request", *, cancel: boo
         if _past_point_of_no_return(run):
             raise StepFailed(f"run {run_id} is past its cutover: the tenant writes to its new place; "
                              "resume it to finish, or move the tenant back")
-        _rollback_steps(RunContext(run), known_secrets(run))
+        try:
+            _rollback_steps(RunContext(run), known_secrets(run), owned)
+            owned.check()
+        except RunLockLost as lost:
+            raise StepFailed(f"{lost}; the roll back stopped: run it again") from None
         ended = RunStatus.CANCELLED if cancel or run.status == RunStatus.QUEUED else RunStatus.ROLLED_BACK
         _finish(run, ended, reason)
         return run

@@ -147,8 +147,10 @@ def request_placement(tenant: Tenant, target: str, *, server_name: str | None = 
 def resumable_run(tenant: Tenant) -> MigrationRun:
     """The tenant's unfinished run whose worker is gone, or Refused."""
     run = tenant.migration_runs.filter(status=RunStatus.RUNNING).first()
-    if run is None:
-        raise Refused(f"tenant {tenant.slug} has no interrupted run to resume")
+    if run is None:  # or one that failed after its cutover: a resume finishes it
+        run = tenant.migration_runs.filter(status=RunStatus.FAILED).order_by("-created_at").first()
+        if run is None or not executor.finishes_on_resume(run):
+            raise Refused(f"tenant {tenant.slug} has no interrupted run to resume")
     if not executor.lock_is_free(run.pk):
         raise Refused(f"run {run.pk} of tenant {tenant.slug} is still being executed by a live worker")
     return run

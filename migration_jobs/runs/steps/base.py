@@ -62,9 +62,12 @@ def switch_placement(ctx: RunContext, status: str | None = None, source_conn=Non
     run = ctx.run
     if run.kind == RunKind.MOVE_BACK:  # shared: its legacy fence from the move out goes
         fences.remove(ctx.target, run.tenant_id, ctx.tables)
-    set_tenant(run.tenant_id, placement=run.target_placement, **({"status": status} if status else {}))
+    # The source's fence first, the placement last: a failure in between (the freeze's connection
+    # cut) leaves the tenant where it was, still fenced, for the cutover or the roll back to
+    # reopen. The other way round, the tenant lived in its target with its old rows reopened.
     fences.close(ctx.source, run.tenant_id, f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}",
                  conn=source_conn, slug=ctx.tenant.slug)
+    set_tenant(run.tenant_id, placement=run.target_placement, **({"status": status} if status else {}))
 
 
 def unswitch_placement(ctx: RunContext) -> None:

@@ -136,6 +136,15 @@ class Cutover(Step):
     def run(self, ctx, step):
         """Records around engine/cutover.py: the tenant's status and the freeze's timings."""
         run, tenant = ctx.run, ctx.refresh_tenant()
+        if tenant.placement == run.target_placement:
+            # Resumed after a worker died between the switch's commit and this step's end: the
+            # tenant has lived and written there since. Freezing and comparing again would find
+            # those writes "missing" from the fenced source; only make sure the old rows stay fenced.
+            fences.close(ctx.source, tenant.pk, slug=tenant.slug,
+                         reason=f"legacy rows: tenant moved to {run.target_placement} by run {run.pk}")
+            ctx.save_details(step, switched_before_resume=True)
+            return (f"the switch had committed before the worker died: placement {run.target_placement}, "
+                    "old rows fenced")
         catch_up = ctx.step("catch_up")
         previous = run.previous_status or tenant.status
         if not run.previous_status:
