@@ -228,6 +228,15 @@ def test_a_run_that_failed_after_its_cutover_is_finished_by_resume(make_tenant, 
     assert run.status == RunStatus.FAILED and "resume the run to finish" in run.error
     assert leftovers()[0] == 1  # its capture is left on the shared tables, until...
 
+    # The admin's resume action offers it too (it skipped every run but a running one).
+    from django.test import Client
+    from tests.helpers import staff_user
+    admin = Client()
+    admin.force_login(staff_user("resumer", superuser=True))
+    page = admin.post("/admin/migration_jobs/migrationrun/", {"action": "resume_runs", "_selected_action": [run.pk]})
+    assert page.status_code == 200 and "Yes, resume" in page.content.decode()
+    assert f"{tenant.slug}: skipped" not in page.content.decode()
+
     code, out, err = run_cmd("resume_tenant_move", tenant.slug)
     assert code == 0, err
     run.refresh_from_db()

@@ -203,12 +203,14 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
 
     # --- interrupted runs ---
 
-    def _interrupted(self, request, queryset, *, allow_queued: bool):
+    def _interrupted(self, request, queryset, *, allow_queued: bool, finishing: bool = False):
         """Split the selection into (runs that can be acted on, [(run, why not)])."""
-        return services.interrupted_runs(queryset.select_related("tenant"), allow_queued=allow_queued)
+        return services.interrupted_runs(queryset.select_related("tenant"), allow_queued=allow_queued,
+                                         finishing=finishing)
 
-    def _confirm_runs(self, request, queryset, *, action, title, intro, consequences, submit, allow_queued):
-        ok, skipped = self._interrupted(request, queryset, allow_queued=allow_queued)
+    def _confirm_runs(self, request, queryset, *, action, title, intro, consequences, submit, allow_queued,
+                      finishing=False):
+        ok, skipped = self._interrupted(request, queryset, allow_queued=allow_queued, finishing=finishing)
         items = [(run, f"{run.tenant.slug}: {run.source_placement} → {run.target_placement}, {run.status}"
                        f"{f' at {run.current_step}' if run.current_step else ''}") for run in ok]
         items += [(run, f"{run.tenant.slug}: skipped, {why}") for run, why in skipped]
@@ -221,9 +223,10 @@ class MigrationRunAdmin(StaffViewOnly, admin.ModelAdmin):
             return self._confirm_runs(
                 request, queryset, action="resume_runs", title="Resume interrupted runs",
                 intro="Resume the selected runs from their first unfinished step?", submit="Yes, resume",
-                consequences=["Only runs left running by a worker that is gone can be resumed; others are "
-                              "skipped."], allow_queued=False)
-        ok, skipped = self._interrupted(request, queryset, allow_queued=False)
+                consequences=["Only runs left running by a worker that is gone, or that failed after their "
+                              "cutover (the resume finishes them), can be resumed; others are skipped."],
+                allow_queued=False, finishing=True)
+        ok, skipped = self._interrupted(request, queryset, allow_queued=False, finishing=True)
         for run, why in skipped:
             self.message_user(request, format_html("{}: not resumed, {}.", run_link(run), why), messages.WARNING)
         for run in ok:

@@ -169,13 +169,17 @@ def rollback_unfinished(tenant: Tenant) -> MigrationRun | None:
         raise Refused(str(exc)) from None
 
 
-def interrupted_runs(runs, *, allow_queued: bool) -> tuple[list[MigrationRun], list[tuple[MigrationRun, str]]]:
+def interrupted_runs(runs, *, allow_queued: bool,
+                     finishing: bool = False) -> tuple[list[MigrationRun], list[tuple[MigrationRun, str]]]:
     """Split runs into (those that can be resumed, or with allow_queued rolled back / cancelled,
-    now) and [(run, why not)]: a run is taken while a live worker holds its lock."""
+    now) and [(run, why not)]: a run is taken while a live worker holds its lock. `finishing`
+    (a resume): a run that failed after its cutover is taken too, a resume finishes it."""
     ok, skipped = [], []
     statuses = [RunStatus.RUNNING, RunStatus.QUEUED] if allow_queued else [RunStatus.RUNNING]
     for run in runs:
-        if run.status not in statuses:
+        if finishing and executor.finishes_on_resume(run):
+            ok.append(run)  # failed runs hold no lock: nothing executes them
+        elif run.status not in statuses:
             skipped.append((run, f"it is {run.get_status_display().lower()}"))
         elif executor.is_parked(run):
             skipped.append((run, "it is held in sync between catch-up rounds (not interrupted): cut it over or "
