@@ -40,14 +40,15 @@ GOAL_SMALL_ROWS = 100_000   # sizes up to this are checked against the 1.5 s goa
 GOAL_SMALL_SECONDS = 1.5
 GOAL_VERIFY_ROWS_PER_SECOND = 1_000_000
 # Memory must stay flat from ~200k rows to the biggest size: each copying thread holds at most
-# the block it reads, libpq's copy of the block it sends, its archive part's queue, the block
-# being compressed and its output; nothing grows with the rows. The bound below is that, plus
-# slack for the interpreter and the ORM.
+# the block it reads, libpq's output buffer (up to two blocks: it doubles when a block does not
+# fit behind what it still holds), its archive part's queue, the block being compressed and its
+# output; nothing grows with the rows. The bound below is that, plus slack for the interpreter
+# and the ORM.
 MEMORY_FROM_ROWS = 150_000
 
 
 def memory_bound_mib() -> float:
-    blocks = settings.MIGRATION_COPY_WORKERS * (PART_QUEUE_BLOCKS + 4)
+    blocks = settings.MIGRATION_COPY_WORKERS * (PART_QUEUE_BLOCKS + 5)
     return blocks * BLOCK_SIZE / 2**20 + 4
 
 
