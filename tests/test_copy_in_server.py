@@ -211,7 +211,12 @@ def test_a_failing_in_server_copy_rolls_the_schema_move_back(seeded, made_places
     tenant = seeded
     before = snapshot(shared_place(), tenant.pk)
     schema = tenant.schema_name
-    provision.ensure_schema(schema)   # made ahead, with a table that refuses the tenant's rows
+    # The schema an earlier move out and back left (reused by the next move), with a table
+    # that now refuses the tenant's rows.
+    assert move(tenant, "schema").status == RunStatus.SUCCEEDED
+    tenant.refresh_from_db()
+    assert executor.execute(services.request_move_back(tenant).pk).status == RunStatus.SUCCEEDED
+    tenant.refresh_from_db()
     made_places.append(("schema", schema))
     place = schema_place(schema)
     with place.connect(autocommit=True) as conn:

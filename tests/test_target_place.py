@@ -34,6 +34,8 @@ def assert_refused(run, tenant, before, name):
 def test_a_schema_the_product_did_not_make_is_neither_used_nor_dropped(seeded):
     tenant = seeded
     schema = tenant.schema_name
+    dry = executor.execute(services.request_move(tenant, "schema", dry_run=True).pk)  # made nothing
+    assert dry.status == RunStatus.SUCCEEDED and dry.target_schema == schema
     with shared_place().connect() as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         conn.execute(sql.SQL("CREATE TABLE {} (id int, note text)").format(sql.Identifier(schema, "shop_customer")))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import psycopg
 from django.conf import settings
+from django.db.models import Q
 
 from migration_jobs.engine import preflight, provision
 from migration_jobs.engine.archive import PartError, assemble_archive, parts_dir, write_archive
@@ -63,7 +64,11 @@ def check_target_place(run, report: preflight.PreflightReport) -> None:
     """A move out never takes over a schema or database it did not make: one of the target's
     name that exists already is reused only when an earlier run of this tenant made it (a tenant
     moved back and out again); anything else would be filled, and dropped by a rollback."""
-    earlier = MigrationRun.objects.filter(tenant_id=run.tenant_id).exclude(pk=run.pk)
+    # Runs of the tenant that made such a place: a move out whose provision step began, or a
+    # move back (it came from one). A dry run or a run refused by its preflight made nothing.
+    earlier = MigrationRun.objects.filter(tenant_id=run.tenant_id, dry_run=False).exclude(pk=run.pk).filter(
+        Q(kind=RunKind.MOVE_BACK) | Q(steps__name="provision", steps__status__in=[
+            StepStatus.RUNNING, StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.ROLLED_BACK]))
     if run.target_placement == Placement.SCHEMA:
         name, exists = f"schema {run.target_schema}", provision.schema_exists(run.target_schema)
         earlier = earlier.filter(target_schema=run.target_schema)
