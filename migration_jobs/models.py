@@ -99,9 +99,16 @@ class MigrationRun(models.Model):
 
     @property
     def progress_percent(self) -> float | None:
+        if self.status == RunStatus.SUCCEEDED and self.rows_copied:
+            return 100.0  # rows_total was the preflight's estimate; the copy counted exactly
         if not self.rows_total:
             return None
         return min(100.0, 100.0 * self.rows_copied / self.rows_total)
+
+    @property
+    def rows_expected(self) -> int:
+        """The rows to copy: the preflight's estimate, the exact count once the run succeeded."""
+        return self.rows_copied if self.status == RunStatus.SUCCEEDED and self.rows_copied else self.rows_total
 
     def steps_report(self) -> list[dict]:
         """The steps as plain data: the run's recorded summary, `--json` and the API."""

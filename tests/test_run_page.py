@@ -84,6 +84,12 @@ def test_run_page_after_a_real_move_timeline_chart_times_and_folded_report(staff
     assert [s["name"] for s in report["steps"]] == steps
     assert report["steps"][0]["label"] == "Preflight checks" and report["steps"][0]["started_at"]
 
+    # Done: 100 % of the rows the copy counted (the preflight's total was an estimate).
+    run.rows_total = run.rows_copied + 17
+    run.save(update_fields=["rows_total"])
+    html = staff.get(page_url(run)).content.decode()
+    assert f'id="run-progress-text">100.0 % ({run.rows_copied} / {run.rows_copied} rows)<' in html
+
     # The live JSON of the finished run: not live, its steps, its samples, the report fragment.
     live = staff.get(live_url(run)).json()
     assert live["live"] is False and [s["name"] for s in live["steps"]] == steps

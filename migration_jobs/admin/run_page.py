@@ -52,7 +52,7 @@ def live_figures(run: MigrationRun) -> dict:
         "id": run.pk, "title": str(run), "status": run.status, "state": services.run_state(run), "live": run.is_active,
         "current_step": run.current_step or None,
         "progress_percent": None if percent is None or run.dry_run else round(percent, 1),
-        "rows_copied": run.rows_copied, "rows_total": run.rows_total,
+        "rows_copied": run.rows_copied, "rows_total": run.rows_expected,
         "rate": f"{run.rows_per_second:,.0f} rows/s" if run.rows_per_second else "—",
         "lag": lag_text(run),
         "freeze": freeze_text(run),
