@@ -293,13 +293,7 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
 
         with target.connect(autocommit=True) as probe:
             fks = _target_foreign_keys(probe, target, [t.name for t in tables])
-        referenced = {parent for child, parent in fks if child != parent}
-        if fks:
-            workers = 1  # FKs in place: children must find their parents committed
-        else:
-            sizes = _source_sizes(coordinator, source, [t.name for t in todo])
-            todo.sort(key=lambda t: -sizes.get(t.name, 0))  # biggest first: balanced workers
-        workers = max(1, min(workers, len(todo)))
+        referenced, workers = copy_order(coordinator, source, fks, todo, workers)
         pending: queue.SimpleQueue[TableSpec] = queue.SimpleQueue()
         for spec in todo:
             pending.put(spec)
@@ -320,15 +314,12 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
         def worker(number: int):
             src = dst = None
             try:
-                src = source.connect(autocommit=True, application_name=f"tenant-move copy {number}")
-                with lock:
-                    live.add(src)
+                src = track(source.connect(autocommit=True, application_name=f"tenant-move copy {number}"), live, lock)
                 engine_session(src)
                 src.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 src.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-                dst = target.connect(autocommit=False, application_name=f"tenant-move copy {number}")
-                with lock:
-                    live.add(dst)
+                dst = track(target.connect(autocommit=False, application_name=f"tenant-move copy {number}"),
+                            live, lock)
                 engine_session(dst)
                 # COPY FREEZE needs no snapshot older than the TRUNCATE (whatever the server's
                 # default_transaction_isolation says).
@@ -361,15 +352,8 @@ def copy_tenant(source: Place, target: Place, tenant_id: int, tables: list[Table
                              result.seconds)
                     if on_table_done is not None:
                         on_table_done(spec.name, result)
-            except BaseException:
-                stop.set()
-                raise
             finally:
-                for conn in (dst, src):
-                    if conn is not None:
-                        with lock:
-                            live.discard(conn)
-                        conn.close()
+                release(live, lock, dst, src)
 
         run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy",
                     on_thread_end=on_worker_end)
@@ -390,6 +374,9 @@ def run_workers(worker: Callable[[int], None], workers: int, *, stop: threading.
     def run(number: int) -> None:
         try:
             worker(number)
+        except BaseException:
+            stop.set()  # the other workers take no more tables
+            raise
         finally:
             if on_thread_end is not None:
                 on_thread_end()
@@ -412,6 +399,36 @@ def run_workers(worker: Callable[[int], None], workers: int, *, stop: threading.
     real = [e for e in errors if not isinstance(e, (CopyCancelled, psycopg.errors.QueryCanceled))]
     if real or errors:
         raise (real or errors)[0]
+
+
+def copy_order(coordinator: psycopg.Connection, source: Place, fks: list[tuple[str, str]], todo: list[TableSpec],
+               workers: int) -> tuple[set[str], int]:
+    """(tables other tables' foreign keys reference, workers to use) for copying `todo`; sorts
+    `todo` biggest first (balanced workers) when the target has no foreign keys between them.
+    With foreign keys in place one worker copies in FK order: children find their parents committed."""
+    referenced = {parent for child, parent in fks if child != parent}
+    if fks:
+        workers = 1
+    else:
+        sizes = _source_sizes(coordinator, source, [t.name for t in todo])
+        todo.sort(key=lambda t: -sizes.get(t.name, 0))
+    return referenced, max(1, min(workers, len(todo)))
+
+
+def track(conn: psycopg.Connection, live: set, lock: threading.Lock) -> psycopg.Connection:
+    """A worker's connection, registered in `live` so that run_workers can cancel its work."""
+    with lock:
+        live.add(conn)
+    return conn
+
+
+def release(live: set, lock: threading.Lock, *conns: psycopg.Connection | None) -> None:
+    """Close a worker's connections (those it opened: None for the others) and unregister them."""
+    for conn in conns:
+        if conn is not None:
+            with lock:
+                live.discard(conn)
+            conn.close()
 
 
 def _empty_target_table(conn: psycopg.Connection, target: Place, table: TableSpec, tenant_id: int,

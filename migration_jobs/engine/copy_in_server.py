@@ -45,7 +45,7 @@ from psycopg import sql
 
 # Private helpers of the pipe copy, shared so both copies empty, order and stop alike.
 from .copy import (BLOCK_SIZE, Sink, Tee, TableCopy, _current_tee, _empty_target_table, _read_blocks,
-                   _rollback_quietly, _source_sizes, _target_foreign_keys, engine_session, run_workers)
+                   _rollback_quietly, _target_foreign_keys, copy_order, engine_session, release, run_workers, track)
 from .places import Place
 from .tables import TableSpec
 
@@ -154,13 +154,7 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
         # Same database: the coordinator can read the target's catalog too (no transaction
         # snapshot applies to catalog lookups).
         fks = _target_foreign_keys(coordinator, target, [t.name for t in tables])
-        referenced = {parent for child, parent in fks if child != parent}
-        if fks:
-            workers = 1  # FKs in place: children must find their parents committed
-        else:
-            sizes = _source_sizes(coordinator, source, [t.name for t in todo])
-            todo.sort(key=lambda t: -sizes.get(t.name, 0))  # biggest first: balanced workers
-        workers = max(1, min(workers, len(todo)))
+        referenced, workers = copy_order(coordinator, source, fks, todo, workers)
         # A transaction that imported the snapshot cannot see rows committed after it: with
         # foreign keys in the target, a child table's check would not find the parents that an
         # earlier table's transaction committed. Then every table goes in one transaction.
@@ -172,9 +166,8 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
         def worker(number: int):
             conn = None
             try:
-                conn = target.connect(autocommit=True, application_name=f"tenant-move copy {number}")
-                with lock:
-                    live.add(conn)
+                conn = track(target.connect(autocommit=True, application_name=f"tenant-move copy {number}"),
+                             live, lock)
                 engine_session(conn)
                 while not stop.is_set():
                     try:
@@ -188,14 +181,8 @@ def copy_tenant_in_server(source: Place, target: Place, tenant_id: int, tables: 
                         log.info("copied %s in server: %s rows in %.2fs", name, result.rows, result.seconds)
                         if on_table_done is not None:
                             on_table_done(name, result)
-            except BaseException:
-                stop.set()
-                raise
             finally:
-                if conn is not None:
-                    with lock:
-                        live.discard(conn)
-                    conn.close()
+                release(live, lock, conn)
 
         run_workers(worker, workers, stop=stop, live=live, lock=lock, thread_name_prefix="tenant-copy-in-server",
                     on_thread_end=on_worker_end)
