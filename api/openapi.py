@@ -151,22 +151,14 @@ SCHEMA = {
             "parameters": [PLAN_ID],
             "get": _op("A plan: progress (done / running / waiting / failed, rows, rate, ETA) and its tenants",
                        views.api_permissions(plans.plan_detail, "GET"), {"200": _json("The plan"), **_errors(404)})},
-        "/api/admin/plans/{plan_id}/start": {
+        **{f"/api/admin/plans/{{plan_id}}/{action}": {
             "parameters": [PLAN_ID],
-            "post": _op("Start a draft plan", views.api_permissions(plans.plan_start, "POST"),
-                        {"200": _json("The plan"), **_errors(404, 409)})},
-        "/api/admin/plans/{plan_id}/pause": {
-            "parameters": [PLAN_ID],
-            "post": _op("Pause a plan: no new move starts", views.api_permissions(plans.plan_pause, "POST"),
-                        {"200": _json("The plan"), **_errors(404, 409)})},
-        "/api/admin/plans/{plan_id}/resume": {
-            "parameters": [PLAN_ID],
-            "post": _op("Resume a paused plan", views.api_permissions(plans.plan_resume, "POST"),
-                        {"200": _json("The plan"), **_errors(404, 409)})},
-        "/api/admin/plans/{plan_id}/cancel": {
-            "parameters": [PLAN_ID],
-            "post": _op("Cancel a plan: no new move; running moves are rolled back", views.api_permissions(plans.plan_cancel, "POST"),
-                        {"200": _json("The plan"), **_errors(404, 409)})},
+            "post": _op(summary, views.api_permissions(view, "POST"), {"200": _json("The plan"), **_errors(404, 409)})}
+           for action, summary, view in [
+               ("start", "Start a draft plan", plans.plan_start),
+               ("pause", "Pause a plan: no new move starts", plans.plan_pause),
+               ("resume", "Resume a paused plan", plans.plan_resume),
+               ("cancel", "Cancel a plan: no new move; running moves are rolled back", plans.plan_cancel)]},
         "/api/admin/migrations/{run_id}": {
             "parameters": [RUN_ID],
             "get": _op("A run's status and report", views.api_permissions(views.migration_run, "GET"),

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,10 +296,9 @@ def seed_rows(tenant_id: int) -> None:
                     "ORDER BY id LIMIT %s", [tenant_id, SEEDED["shop_repair"]])
 
 
-@pytest.fixture
-def scenario(make_tenant, cleanup, tmp_path, request):
-    phase, recovery = request.node.callspec.params["phase"], request.node.callspec.params["recovery"]
-    slug = f"kill_{phase}_{recovery}"
+@contextmanager
+def seeded_scenario(slug: str, make_tenant, cleanup, tmp_path):
+    """A Scenario of a seeded tenant `slug` and another one beside it, closed on exit."""
     tenant, other = make_tenant(slug), make_tenant(f"{slug}_other")
     cleanup(tenant)
     seed_rows(tenant.pk)
@@ -308,6 +308,13 @@ def scenario(make_tenant, cleanup, tmp_path, request):
         yield found
     finally:
         found.close()
+
+
+@pytest.fixture
+def scenario(make_tenant, cleanup, tmp_path, request):
+    phase, recovery = request.node.callspec.params["phase"], request.node.callspec.params["recovery"]
+    with seeded_scenario(f"kill_{phase}_{recovery}", make_tenant, cleanup, tmp_path) as found:
+        yield found
 
 
 # --- Putting the worker at a point inside each phase, then killing it -----------------------

@@ -32,7 +32,7 @@ import time
 import pytest
 
 from tests.test_killed_worker import (WORKER_APP, Scenario, _blocked_at_switch, _commit_inflight, _into_the_freeze,
-                                      leftovers, manage, run_manage, seed_rows)
+                                      leftovers, manage, run_manage, seeded_scenario)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 SHORT = 60.0
@@ -41,15 +41,8 @@ SHORT = 60.0
 @pytest.fixture
 def scenario(make_tenant, cleanup, tmp_path, request):
     slug = f"probe_{request.node.name.split('[')[0][-12:]}"
-    tenant, other = make_tenant(slug), make_tenant(f"{slug}_other")
-    cleanup(tenant)
-    seed_rows(tenant.pk)
-    seed_rows(other.pk)
-    found = Scenario(tenant, other, tmp_path)
-    try:
+    with seeded_scenario(slug, make_tenant, cleanup, tmp_path) as found:
         yield found
-    finally:
-        found.close()
 
 
 def blocked_sessions(s: Scenario, holder) -> list[tuple]:
