@@ -14,8 +14,9 @@ BOOKKEEPING_TABLES = ("django_migrations", "tenant_move_fence", "tenant_move_cap
 
 
 def check_target_server(server, database: str, report: preflight.PreflightReport, *,
-                        connections_needed: int, tenant_tables: list[str]) -> None:
-    """Add the server's checks to `report`."""
+                        connections_needed: int, tenant_tables: list[str]) -> bool | None:
+    """Add the server's checks to `report`. Returns whether the database exists already (None:
+    the server could not be reached)."""
     try:
         with provision.admin_connection(server) as conn:
             preflight.check_server(conn, f"server {server.name}", report, need_create_db=True,
@@ -27,10 +28,10 @@ def check_target_server(server, database: str, report: preflight.PreflightReport
     except psycopg.OperationalError as exc:
         report.add(f"server {server.name}: reachable", False, type(exc).__name__,
                    "check the server's host, port, admin user and password, and that it accepts connections")
-        return
+        return None
     report.add(f"server {server.name}: reachable", True, f"{server.host}:{server.port}")
     if not exists:
-        return
+        return False
     with psycopg.connect(**server.conninfo(database)) as conn:
         others = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' "
                               "AND NOT (tablename = ANY(%s))",
@@ -39,3 +40,4 @@ def check_target_server(server, database: str, report: preflight.PreflightReport
                f"database {database} exists (left by an earlier run); it will be emptied and reused"
                if not others else f"database {database} exists and holds {others} unrelated tables",
                "choose another server or drop that database")
+    return True

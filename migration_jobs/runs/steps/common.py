@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import psycopg
 from django.conf import settings
 from django.db.models import Q
 
@@ -41,11 +40,13 @@ class Preflight(Step):
                                    references=run.kind != RunKind.MOVE)
             preflight.check_server(conn, "source server", report, need_create_db=False,
                                    connections_needed=workers + 2)
-        if ctx.dedicated.kind == "database" and run.kind == RunKind.MOVE:
-            check_target_server(run.target_server, run.target_database, report, connections_needed=workers + 2,
-                                tenant_tables=[t.name for t in ctx.tables])
         if run.kind == RunKind.MOVE:
-            check_target_place(run, report)
+            database_exists = None
+            if ctx.dedicated.kind == "database":
+                database_exists = check_target_server(run.target_server, run.target_database, report,
+                                                      connections_needed=workers + 2,
+                                                      tenant_tables=[t.name for t in ctx.tables])
+            check_target_place(run, report, database_exists)
         if run.kind == RunKind.MOVE_BACK:
             collisions = find_collisions(ctx.dedicated, shared_place(), tenant.pk, ctx.tables)
             report.add("key collisions", not collisions, f"{collisions or 'none'}",
@@ -60,10 +61,12 @@ class Preflight(Step):
         return report.summary()
 
 
-def check_target_place(run, report: preflight.PreflightReport) -> None:
+def check_target_place(run, report: preflight.PreflightReport, database_exists: bool | None = None) -> None:
     """A move out never takes over a schema or database it did not make: one of the target's
     name that exists already is reused only when an earlier run of this tenant made it (a tenant
-    moved back and out again); anything else would be filled, and dropped by a rollback."""
+    moved back and out again); anything else would be filled, and dropped by a rollback.
+    `database_exists`: what check_target_server found (None: its server is unreachable, which
+    that check reports)."""
     # Runs of the tenant that made such a place: a move out whose provision step began, or a
     # move back (it came from one). A dry run or a run refused by its preflight made nothing.
     earlier = MigrationRun.objects.filter(tenant_id=run.tenant_id, dry_run=False).exclude(pk=run.pk).filter(
@@ -73,11 +76,9 @@ def check_target_place(run, report: preflight.PreflightReport) -> None:
         name, exists = f"schema {run.target_schema}", provision.schema_exists(run.target_schema)
         earlier = earlier.filter(target_schema=run.target_schema)
     else:
-        name = f"database {run.target_database} on server {run.target_server.name}"
-        try:
-            exists = provision.database_exists(run.target_server, run.target_database)
-        except psycopg.OperationalError:
-            return  # unreachable: check_target_server said so
+        if database_exists is None:
+            return
+        name, exists = f"database {run.target_database} on server {run.target_server.name}", database_exists
         earlier = earlier.filter(target_server=run.target_server, target_database=run.target_database)
     if exists:
         ours = earlier.exists()
