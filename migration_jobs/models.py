@@ -99,11 +99,10 @@ class MigrationRun(models.Model):
 
     @property
     def progress_percent(self) -> float | None:
-        if self.status == RunStatus.SUCCEEDED and self.rows_copied:
-            return 100.0  # rows_total was the preflight's estimate; the copy counted exactly
-        if not self.rows_total:
+        total = self.rows_expected
+        if not total:
             return None
-        return min(100.0, 100.0 * self.rows_copied / self.rows_total)
+        return min(100.0, 100.0 * self.rows_copied / total)
 
     @property
     def rows_expected(self) -> int:
